@@ -1,0 +1,470 @@
+"""The one configuration tree: `nexus.toml` plus `NEXUS_*` environment overrides.
+
+Sources, strongest first: explicit init values, environment (`NEXUS_<SECTION>_<KEY>`, e.g.
+`NEXUS_REDIS_URL`, `NEXUS_SERVER_PORT`, `NEXUS_BUDGET_MONTHLY_LIMIT_USD`, `NEXUS_ADMIN_TOKEN`), the TOML file.
+This module is the only place that reads the process environment (`resolve_secret` for backend keys).
+
+The same pydantic models validate the TOML, admin API bodies and the desired state stored in Redis, so
+a value is accepted or refused identically wherever it enters. `DesiredConfig` is the part of the tree
+that lives in Redis and changes at run time; the rest is per-process.
+
+Invalid input raises `ConfigError`, whose message names the file, each bad key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from controlplane.errors import ConfigError
+from controlplane.globs import GlobError, validate_glob
+from controlplane.model import BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
+
+__all__ = [
+    "MAX_ALIAS_HOPS",
+    "AdminConfig",
+    "BackendConfig",
+    "BudgetConfig",
+    "DesiredConfig",
+    "HealthCheckConfig",
+    "ModelConfig",
+    "NexusSettings",
+    "PolicyConfig",
+    "QualityConfig",
+    "QueueConfig",
+    "RedisConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "TelemetryConfig",
+    "WeightsConfig",
+    "check_aliases",
+    "format_validation_error",
+    "load_settings",
+    "resolve_secret",
+]
+
+MAX_ALIAS_HOPS = 3
+_CLOUD_TYPES_NEEDING_KEY = frozenset({BackendType.OPENAI, BackendType.ANTHROPIC, BackendType.GOOGLE})
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _zone(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("restricted", "open"):
+            return v
+    raise ValueError(f"unknown zone {value!r}; use \"restricted\" or \"open\" (any case), or leave it out")
+
+
+def _soft_fraction(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().rstrip("%"))
+        except ValueError:
+            return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if value < 0:
+        raise ValueError("must not be negative; give a fraction such as 0.75 or a percent such as 75")
+    return value / 100.0 if value > 1 else float(value)
+
+
+_Section = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(BaseModel):
+    model_config = _Section
+
+    name: str = Field(min_length=1)
+    context_length: int | None = Field(default=None, gt=0)
+    vision: bool = False
+    tools: bool = True
+    json_mode: bool = True
+    input_usd_per_1m: float | None = Field(default=None, ge=0)
+    output_usd_per_1m: float | None = Field(default=None, ge=0)
+
+
+def _model_entry(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class BackendConfig(BaseModel):
+    model_config = _Section
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+    url: str = Field(pattern=r"^https?://\S+$")
+    type: Annotated[BackendType, BeforeValidator(_lower)] = BackendType.GENERIC
+    zone: Annotated[Zone | None, BeforeValidator(_zone)] = None
+    tier: int = Field(default=1, ge=1, le=5)
+    priority: int = Field(default=1, ge=0)
+    max_concurrency: int = Field(default=8, ge=1)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    models: list[Annotated[ModelConfig, BeforeValidator(_model_entry)]] = Field(default_factory=list)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> BackendConfig:
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} is listed twice; keep one entry")
+            seen.add(m.name)
+        return self
+
+
+class PolicyConfig(BaseModel):
+    model_config = _Section
+
+    model_pattern: str
+    privacy: Annotated[PrivacyRequirement, BeforeValidator(_lower)] = PrivacyRequirement.UNRESTRICTED
+    min_tier: int | None = Field(default=None, ge=1, le=5)
+    max_cost_per_request: float | None = Field(default=None, ge=0)
+    fallback_allowed: bool = True
+
+    @field_validator("model_pattern")
+    @classmethod
+    def _glob(cls, v: str) -> str:
+        try:
+            return validate_glob(v)
+        except GlobError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class BudgetConfig(BaseModel):
+    model_config = _Section
+
+    monthly_limit_usd: float | None = Field(default=None, ge=0)
+    soft_limit_percent: Annotated[float, BeforeValidator(_soft_fraction)] = Field(default=0.75, ge=0, le=1)
+    hard_limit_action: Annotated[HardLimitAction, BeforeValidator(_lower)] = HardLimitAction.WARN
+    reset_day: int = Field(default=1, ge=1, le=28)
+    reconciliation_interval_secs: float = Field(default=60.0, gt=0)
+
+
+class WeightsConfig(BaseModel):
+    model_config = _Section
+
+    priority: float = Field(default=50.0, ge=0)
+    load: float = Field(default=30.0, ge=0)
+    latency: float = Field(default=20.0, ge=0)
+
+
+def check_aliases(aliases: Mapping[str, str]) -> None:
+    """Refuse cycles and chains longer than MAX_ALIAS_HOPS, naming the alias and the chain."""
+    for start in aliases:
+        chain = [start]
+        current = start
+        while current in aliases:
+            current = aliases[current]
+            if current in chain:
+                loop = " -> ".join([*chain, current])
+                raise ValueError(f"alias cycle {loop}; remove one of these aliases")
+            chain.append(current)
+        if len(chain) - 1 > MAX_ALIAS_HOPS:
+            raise ValueError(
+                f"alias chain {' -> '.join(chain)} has {len(chain) - 1} hops; at most {MAX_ALIAS_HOPS} "
+                f"are allowed: point {start!r} closer to the model"
+            )
+
+
+class RoutingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Annotated[Strategy, BeforeValidator(_lower)] = Strategy.SMART
+    max_retries: int = Field(default=2, ge=0, le=10)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    weights: WeightsConfig = WeightsConfig()
+    policies: list[PolicyConfig] = Field(default_factory=list)
+    budget: BudgetConfig = BudgetConfig()
+    key_budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, target in v.items():
+            if not k or not target:
+                raise ValueError("aliases need a non-empty name and target")
+            if k == target:
+                raise ValueError(f"alias cycle {k} -> {k}; remove the alias {k!r}")
+        check_aliases(v)
+        return v
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    api_keys: list[str] = Field(default_factory=list, description="sha256:<hex> digests of client keys")
+    api_keys_env: str | None = Field(default=None, description="env var with comma-separated plain keys")
+    request_timeout_seconds: float = Field(default=300.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_concurrent_requests: int = Field(default=1000, ge=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, v: list[str]) -> list[str]:
+        for key in v:
+            digest = key.removeprefix("sha256:")
+            if not key.startswith("sha256:") or len(digest) != 64:
+                raise ValueError(
+                    "api_keys holds sha256 digests ('sha256:' + 64 hex chars), never plain keys; "
+                    "put plain keys in the variable named by api_keys_env instead"
+                )
+        return v
+
+
+class RedisConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = ""
+    data_dir: str = ".nexus-data"
+    snapshot_poll_seconds: float = Field(default=2.0, gt=0)
+
+
+class HealthCheckConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=10.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    recovery_threshold: int = Field(default=2, ge=1)
+
+
+class QualityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    ttft_penalty_threshold_ms: float = Field(default=3000.0, gt=0)
+    metrics_interval_seconds: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=5, ge=0, description="1h requests below which quality has no say")
+
+
+class QueueConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    max_size: int = Field(default=100, ge=0)
+    max_wait_seconds: float = Field(default=30.0, gt=0)
+
+
+class TelemetryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flush_interval_ms: int = Field(default=50, gt=0)
+    buffer_max_records: int = Field(default=100_000, gt=0)
+
+
+class AdminConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str = ""
+    port: int = Field(default=8001, ge=0, le=65535)
+
+
+class DesiredConfig(BaseModel):
+    """What the admin API changes live and Redis stores: backends and routing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backends: list[BackendConfig] = Field(default_factory=list)
+    routing: RoutingConfig = RoutingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DesiredConfig:
+        names: set[str] = set()
+        for b in self.backends:
+            if b.name in names:
+                raise ValueError(f"backend name {b.name!r} is used twice; backend names must be unique")
+            names.add(b.name)
+        return self
+
+
+class _NexusEnvSource(PydanticBaseSettingsSource):
+    """`NEXUS_<SECTION>_<KEY>` for every scalar key of every section; `NEXUS_BUDGET_<KEY>` for the
+    global budget. Names are derived from the model, so a new key is overridable without code here."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = self._environ
+        out: dict[str, Any] = {}
+        sections: list[tuple[tuple[str, ...], str, type[BaseModel]]] = [
+            ((name,), name.upper(), info.annotation)  # type: ignore[misc]
+            for name, info in NexusSettings.model_fields.items()
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        ]
+        sections.append((("routing", "budget"), "BUDGET", BudgetConfig))
+        for path, prefix, model in sections:
+            for key, info in model.model_fields.items():
+                if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                    continue
+                raw = env.get(f"NEXUS_{prefix}_{key.upper()}")
+                if raw is None:
+                    continue
+                value: Any = [p.strip() for p in raw.split(",") if p.strip()] if key == "api_keys" else raw
+                node = out
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[key] = value
+        return out
+
+
+class NexusSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    server: ServerConfig = ServerConfig()
+    redis: RedisConfig = RedisConfig()
+    admin: AdminConfig = AdminConfig()
+    backends: list[BackendConfig] = Field(default_factory=list)
+    routing: RoutingConfig = RoutingConfig()
+    health_check: HealthCheckConfig = HealthCheckConfig()
+    quality: QualityConfig = QualityConfig()
+    queue: QueueConfig = QueueConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML arrives through init values (load_settings); env must beat it, so merge by hand there.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> NexusSettings:
+        DesiredConfig(backends=self.backends, routing=self.routing)
+        return self
+
+    def desired(self) -> DesiredConfig:
+        return DesiredConfig(backends=self.backends, routing=self.routing)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")) or part in ("str", "int", "float"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, source: str, data: Any = None) -> str:
+    """One line per problem: `<source>: <key>: <message>`, with backend names where known."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = _loc(loc)
+        if data is not None and len(loc) >= 2 and loc[0] == "backends" and isinstance(loc[1], int):
+            try:
+                where += f" (backend {data['backends'][loc[1]]['name']!r})"
+            except (KeyError, IndexError, TypeError):
+                pass
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against examples/nexus.toml"
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def resolve_secret(env_name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of a backend's key variable, or None. Never logged, never stored."""
+    value = (os.environ if environ is None else environ).get(env_name)
+    return value or None
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    check_secrets: bool = True,
+) -> NexusSettings:
+    """Read `path` (if any), apply NEXUS_* overrides and `overrides`, validate everything."""
+    env = os.environ if environ is None else environ
+    source = str(path) if path is not None else "environment"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found; pass --config with the path of your nexus.toml") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the file ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    env_values = _NexusEnvSource(NexusSettings, env)()
+    data = _deep_merge(data, env_values)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        settings = NexusSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, data)) from None
+    if check_secrets:
+        problems = []
+        for b in settings.backends:
+            if b.type in _CLOUD_TYPES_NEEDING_KEY and not b.api_key_env:
+                problems.append(
+                    f"{source}: backends (backend {b.name!r}).api_key_env: required for type "
+                    f"{b.type.value!r}; name the environment variable that holds its key"
+                )
+            elif b.api_key_env and resolve_secret(b.api_key_env, env) is None:
+                problems.append(
+                    f"{source}: backends (backend {b.name!r}).api_key_env: variable {b.api_key_env} "
+                    "is not set or empty; export it before starting Nexus"
+                )
+        if problems:
+            raise ConfigError("\n".join(problems))
+    return settings
+

@@ -1,0 +1,32 @@
+"""Errors of the control plane package.
+
+    NexusError
+    ├── ConfigError          invalid nexus.toml, env override or admin write (message names key and fix)
+    ├── StateError           Redis desired/observed state could not be read or written
+    │   └── StateUnavailable Redis is unreachable (wraps the redis-py exception with `from`)
+    └── EmbeddedRedisError   the embedded redis-server could not be started or stopped
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "EmbeddedRedisError", "NexusError", "StateError", "StateUnavailable"]
+
+
+class NexusError(Exception):
+    """Base of every error Nexus raises on purpose."""
+
+
+class ConfigError(NexusError):
+    """Configuration is invalid; str(err) is the operator-facing message, one problem per line."""
+
+
+class StateError(NexusError):
+    """Shared state in Redis is missing, malformed, or a write failed."""
+
+
+class StateUnavailable(StateError):
+    """Redis cannot be reached right now."""
+
+
+class EmbeddedRedisError(NexusError):
+    """The embedded redis-server did not start, answer, or stop."""

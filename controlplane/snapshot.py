@@ -1,0 +1,238 @@
+"""The immutable in-process snapshot that router nodes route from.
+
+`build_snapshot` is pure: desired config + observed state + the time, in; a `Snapshot` out. Everything
+the pipeline would otherwise compute per request is computed here once: the merged backend views, the
+per-model candidate lists (sorted by name), the policy matching each known model, per-model prices and
+the static part of each backend's score. `Snapshot.with_load` makes a cheap copy with new cluster-wide
+in-flight counts, which change far more often than the rest.
+
+Invariants:
+- Observed health older than twice the health interval is `unknown`, never trusted as healthy/unhealthy.
+- Local backends cost 0; cloud prices come from the model entry, else the default price table.
+- `by_model[m]` lists exactly the backends that declare or have reported model `m`, sorted by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from controlplane.config import BudgetConfig, DesiredConfig, HealthCheckConfig, ModelConfig, QualityConfig
+from controlplane.globs import best_match, compile_glob, literal_count
+from controlplane.model import (
+    Backend,
+    BudgetState,
+    HealthState,
+    ModelSpec,
+    Policy,
+    QualityStats,
+    Strategy,
+    Weights,
+    is_local_type,
+    zone_for,
+)
+from controlplane.prices import default_price
+
+__all__ = ["GLOBAL_SCOPE", "HealthObservation", "Observed", "Snapshot", "SpendObservation", "build_snapshot"]
+
+GLOBAL_SCOPE = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthObservation:
+    state: HealthState
+    checked_at: float
+    models: tuple[ModelConfig, ...] = ()
+    latency_ema_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendObservation:
+    spend_usd: float
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything workers and router nodes report, as read from Redis."""
+
+    health: Mapping[str, HealthObservation] = field(default_factory=dict)
+    quality: Mapping[str, QualityStats] = field(default_factory=dict)
+    spend: Mapping[str, SpendObservation] = field(default_factory=dict)
+    inflight: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    built_at: float
+    backends: Mapping[str, Backend]
+    aliases: Mapping[str, str]
+    fallbacks: Mapping[str, tuple[str, ...]]
+    policies: tuple[Policy, ...]
+    strategy: Strategy
+    weights: Weights
+    max_retries: int
+    budgets: Mapping[str, BudgetState]
+    quality_error_threshold: float
+    quality_min_requests: int
+    ttft_penalty_ms: float
+    inflight: Mapping[str, int]
+    # derived once per build
+    by_model: Mapping[str, tuple[Backend, ...]]
+    policy_by_model: Mapping[str, Policy | None]
+    compiled_policies: tuple[tuple[re.Pattern[str], int, Policy], ...]
+    prices: Mapping[tuple[str, str], tuple[float, float]]
+    static_scores: Mapping[str, float]
+
+    def policy_for(self, model: str) -> Policy | None:
+        try:
+            return self.policy_by_model[model]
+        except KeyError:
+            return best_match(model, self.compiled_policies)
+
+    def price(self, backend: str, model: str) -> tuple[float, float]:
+        return self.prices.get((backend, model), (0.0, 0.0))
+
+    def with_load(self, inflight: Mapping[str, int]) -> Snapshot:
+        return replace(self, inflight=inflight)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.by_model)
+
+
+def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
+    if b_is_local:
+        pin, pout = 0.0, 0.0
+    else:
+        dflt = default_price(m.name)
+        pin = m.input_usd_per_1m if m.input_usd_per_1m is not None else dflt[0]
+        pout = m.output_usd_per_1m if m.output_usd_per_1m is not None else dflt[1]
+    return ModelSpec(
+        name=m.name,
+        context_length=m.context_length,
+        vision=m.vision,
+        tools=m.tools,
+        json_mode=m.json_mode,
+        input_usd_per_1m=pin,
+        output_usd_per_1m=pout,
+    )
+
+
+def _budget(scope: str, cfg: BudgetConfig, spend: SpendObservation | None) -> BudgetState:
+    return BudgetState(
+        scope=scope,
+        monthly_limit_usd=cfg.monthly_limit_usd,
+        soft_limit_fraction=cfg.soft_limit_percent,
+        hard_limit_action=cfg.hard_limit_action,
+        spend_usd=spend.spend_usd if spend else 0.0,
+        period=spend.period if spend else "",
+    )
+
+
+def static_score(b: Backend, weights: Weights) -> float:
+    """Score parts that do not change between snapshot builds: priority, latency, quality."""
+    prio = 1.0 / (1.0 + b.priority)
+    lat = 0.5 if b.latency_ema_ms is None else 100.0 / (100.0 + b.latency_ema_ms)
+    quality = 1.0 if b.quality is None else max(0.0, 1.0 - b.quality.error_rate_1h)
+    return (weights.priority * prio + weights.latency * lat) * quality
+
+
+def build_snapshot(
+    desired: DesiredConfig,
+    observed: Observed,
+    *,
+    version: int,
+    now: float,
+    health: HealthCheckConfig | None = None,
+    quality: QualityConfig | None = None,
+) -> Snapshot:
+    health = health or HealthCheckConfig()
+    quality = quality or QualityConfig()
+    stale_after = 2.0 * health.interval_seconds
+    routing = desired.routing
+    weights = Weights(
+        priority=routing.weights.priority, load=routing.weights.load, latency=routing.weights.latency
+    )
+
+    backends: dict[str, Backend] = {}
+    for cfg in sorted(desired.backends, key=lambda b: b.name):
+        obs = observed.health.get(cfg.name)
+        state = HealthState.UNKNOWN
+        latency = None
+        if obs is not None and now - obs.checked_at <= stale_after:
+            state = obs.state
+            latency = obs.latency_ema_ms
+        local = is_local_type(cfg.type)
+        models = {m.name: _spec(local, m) for m in cfg.models}
+        if obs is not None:
+            for m in obs.models:
+                models.setdefault(m.name, _spec(local, m))
+        backends[cfg.name] = Backend(
+            name=cfg.name,
+            url=cfg.url,
+            type=cfg.type,
+            zone=zone_for(cfg.type, cfg.zone.value if cfg.zone else None),
+            tier=cfg.tier,
+            priority=cfg.priority,
+            max_concurrency=cfg.max_concurrency,
+            models=models,
+            health=state,
+            latency_ema_ms=latency,
+            quality=observed.quality.get(cfg.name),
+            api_key_env=cfg.api_key_env,
+        )
+
+    by_model: dict[str, list[Backend]] = {}
+    prices: dict[tuple[str, str], tuple[float, float]] = {}
+    for b in backends.values():
+        for spec in b.models.values():
+            by_model.setdefault(spec.name, []).append(b)
+            prices[(b.name, spec.name)] = (spec.input_usd_per_1m, spec.output_usd_per_1m)
+
+    policies = tuple(
+        Policy(
+            model_pattern=p.model_pattern,
+            privacy=p.privacy,
+            min_tier=p.min_tier,
+            max_cost_per_request=p.max_cost_per_request,
+            fallback_allowed=p.fallback_allowed,
+            index=i,
+        )
+        for i, p in enumerate(routing.policies)
+    )
+    compiled = tuple((compile_glob(p.model_pattern), literal_count(p.model_pattern), p) for p in policies)
+    known = set(by_model) | set(routing.aliases) | set(routing.aliases.values())
+    for chain in routing.fallbacks.values():
+        known.update(chain)
+    policy_by_model = {m: best_match(m, compiled) for m in known}
+
+    budgets = {GLOBAL_SCOPE: _budget(GLOBAL_SCOPE, routing.budget, observed.spend.get(GLOBAL_SCOPE))}
+    for scope, cfg in routing.key_budgets.items():
+        budgets[scope] = _budget(scope, cfg, observed.spend.get(scope))
+
+    return Snapshot(
+        version=version,
+        built_at=now,
+        backends=MappingProxyType(backends),
+        aliases=MappingProxyType(dict(routing.aliases)),
+        fallbacks=MappingProxyType({k: tuple(v) for k, v in routing.fallbacks.items()}),
+        policies=policies,
+        strategy=routing.strategy,
+        weights=weights,
+        max_retries=routing.max_retries,
+        budgets=MappingProxyType(budgets),
+        quality_error_threshold=quality.error_rate_threshold,
+        quality_min_requests=quality.min_requests,
+        ttft_penalty_ms=quality.ttft_penalty_threshold_ms,
+        inflight=MappingProxyType(dict(observed.inflight)),
+        by_model=MappingProxyType({m: tuple(bs) for m, bs in by_model.items()}),
+        policy_by_model=MappingProxyType(policy_by_model),
+        compiled_policies=compiled,
+        prices=MappingProxyType(prices),
+        static_scores=MappingProxyType({n: static_score(b, weights) for n, b in backends.items()}),
+    )
+
