@@ -13,6 +13,7 @@ Invalid input raises `ConfigError`, whose message names the file, each bad key a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -405,10 +406,8 @@ def format_validation_error(exc: ValidationError, source: str, data: Any = None)
         loc = tuple(err["loc"])
         where = _loc(loc)
         if data is not None and len(loc) >= 2 and loc[0] == "backends" and isinstance(loc[1], int):
-            try:
+            with contextlib.suppress(KeyError, IndexError, TypeError):
                 where += f" (backend {data['backends'][loc[1]]['name']!r})"
-            except (KeyError, IndexError, TypeError):
-                pass
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against examples/nexus.toml"

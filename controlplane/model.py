@@ -160,15 +160,12 @@ class Backend:
     latency_ema_ms: float | None = None
     quality: QualityStats | None = None
     api_key_env: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.type in LOCAL_TYPES
+    is_local: bool = False  # derived from type by the snapshot builder; a field because it is hot
 
     @property
     def kind(self) -> str:
         """`local` or `cloud`, as the X-Nexus-Backend-Type header says it."""
-        return "local" if self.type in LOCAL_TYPES else "cloud"
+        return "local" if self.is_local else "cloud"
 
 
 @dataclass(frozen=True, slots=True)

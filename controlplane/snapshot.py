@@ -35,7 +35,16 @@ from controlplane.model import (
 )
 from controlplane.prices import default_price
 
-__all__ = ["GLOBAL_SCOPE", "HealthObservation", "Observed", "Snapshot", "SpendObservation", "build_snapshot"]
+__all__ = [
+    "GLOBAL_SCOPE",
+    "HealthObservation",
+    "ModelFacts",
+    "Observed",
+    "Snapshot",
+    "SpendObservation",
+    "build_snapshot",
+    "static_score",
+]
 
 GLOBAL_SCOPE = "global"
 
@@ -65,6 +74,17 @@ class Observed:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What holds for every backend serving one model, so the analyzer can skip per-backend checks."""
+
+    unhealthy: tuple[Backend, ...]
+    min_context: int | None
+    all_vision: bool
+    all_tools: bool
+    all_json: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
     built_at: float
@@ -77,11 +97,12 @@ class Snapshot:
     max_retries: int
     budgets: Mapping[str, BudgetState]
     quality_error_threshold: float
-    quality_min_requests: int
-    ttft_penalty_ms: float
     inflight: Mapping[str, int]
     # derived once per build
     by_model: Mapping[str, tuple[Backend, ...]]
+    model_facts: Mapping[str, ModelFacts]
+    failing: frozenset[str]
+    slow: frozenset[str]
     policy_by_model: Mapping[str, Policy | None]
     compiled_policies: tuple[tuple[re.Pattern[str], int, Policy], ...]
     prices: Mapping[tuple[str, str], tuple[float, float]]
@@ -175,7 +196,7 @@ def build_snapshot(
             name=cfg.name,
             url=cfg.url,
             type=cfg.type,
-            zone=zone_for(cfg.type, cfg.zone.value if cfg.zone else None),
+            zone=zone_for(cfg.type, cfg.zone),
             tier=cfg.tier,
             priority=cfg.priority,
             max_concurrency=cfg.max_concurrency,
@@ -184,6 +205,7 @@ def build_snapshot(
             latency_ema_ms=latency,
             quality=observed.quality.get(cfg.name),
             api_key_env=cfg.api_key_env,
+            is_local=local,
         )
 
     by_model: dict[str, list[Backend]] = {}
@@ -192,6 +214,27 @@ def build_snapshot(
         for spec in b.models.values():
             by_model.setdefault(spec.name, []).append(b)
             prices[(b.name, spec.name)] = (spec.input_usd_per_1m, spec.output_usd_per_1m)
+
+    facts = {}
+    for m, bs in by_model.items():
+        specs = [b.models[m] for b in bs]
+        contexts = [s.context_length for s in specs if s.context_length is not None]
+        facts[m] = ModelFacts(
+            unhealthy=tuple(b for b in bs if b.health is HealthState.UNHEALTHY),
+            min_context=min(contexts) if contexts else None,
+            all_vision=all(s.vision for s in specs),
+            all_tools=all(s.tools for s in specs),
+            all_json=all(s.json_mode for s in specs),
+        )
+    failing, slow = set(), set()
+    for b in backends.values():
+        q = b.quality
+        if q is None or q.requests_1h < quality.min_requests:
+            continue
+        if q.error_rate_1h >= quality.error_rate_threshold:
+            failing.add(b.name)
+        elif q.avg_ttfb_ms_1h > quality.ttft_penalty_threshold_ms:
+            slow.add(b.name)
 
     policies = tuple(
         Policy(
@@ -226,10 +269,11 @@ def build_snapshot(
         max_retries=routing.max_retries,
         budgets=MappingProxyType(budgets),
         quality_error_threshold=quality.error_rate_threshold,
-        quality_min_requests=quality.min_requests,
-        ttft_penalty_ms=quality.ttft_penalty_threshold_ms,
         inflight=MappingProxyType(dict(observed.inflight)),
         by_model=MappingProxyType({m: tuple(bs) for m, bs in by_model.items()}),
+        model_facts=MappingProxyType(facts),
+        failing=frozenset(failing),
+        slow=frozenset(slow),
         policy_by_model=MappingProxyType(policy_by_model),
         compiled_policies=compiled,
         prices=MappingProxyType(prices),
