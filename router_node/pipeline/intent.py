@@ -112,6 +112,7 @@ class RoutingIntent:
         load: Mapping[str, int] | None = None,
         rng: random.Random | None = None,
         sequence: int = 0,
+        privacy_required: Zone | None = None,
     ) -> None:
         self.request_id = request_id
         self.requested_model = model
@@ -131,7 +132,8 @@ class RoutingIntent:
         self.model_known = False
         self.error: str | None = None
         self.policy: Policy | None = None
-        self.privacy_required: Zone | None = None
+        # preset by a caller that must carry an earlier decision's privacy over (fallback chains)
+        self.privacy_required: Zone | None = privacy_required
         self.budget_status = BudgetStatus.NORMAL
         self.budget_scope: str | None = None
         self.cost_estimates: dict[str, float] = {}
@@ -171,6 +173,7 @@ class _DecisionBase:
     requested_model: str
     policy: Policy | None
     budget_status: BudgetStatus
+    budget_scope: str | None
     reasons: tuple[RejectionReason, ...]
     warnings: tuple[str, ...]
     trace: tuple[TraceStep, ...]

@@ -104,3 +104,13 @@ def test_unrestricted_policy_excludes_nothing():
     snap = snapshot([backend("cloud", "openai"), backend("local", "vllm")],
                     policies=[{"model_pattern": "*", "privacy": "unrestricted"}])
     assert excluded_by(run(snap), NAME) == set()
+
+
+def test_preset_restriction_holds_for_a_model_without_a_restricted_policy():
+    # a fallback after a restricted decision: the fallback model's own policy is unrestricted
+    snap = snapshot([backend("cloud", "openai", models=["fb"]), backend("local", "vllm", models=["fb"], priority=9)],
+                    policies=[{"model_pattern": "fb", "privacy": "unrestricted"}])
+    decision = run(snap, "fb", privacy_required=Zone.RESTRICTED)
+    assert decision.backend.name == "local"
+    assert excluded_by(decision, NAME) == {"cloud"}
+    assert "falls back from" in decision.reasons[0].reason

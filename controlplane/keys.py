@@ -1,0 +1,118 @@
+"""The Redis key schema: every key string, TTL and channel name Nexus uses, and nothing else.
+
+No other module builds a key string; they import the constants and functions here (as arq keeps its
+names in one `constants.py`). Changing the layout of a value means bumping `VERSION`, so an old and a
+new release never read each other's data by accident.
+
+Invariants:
+- Every key starts with `PREFIX` (`nexus:v1`).
+- Keys of one logical unit share a hash tag (`{config}`, `{observed}`, `{telemetry}`, `{load}`,
+  `{nodes}`), so a transaction or Lua script touching one unit stays in one Redis Cluster slot.
+  Code must never combine keys of two units in one MULTI or script.
+- Pub/sub channels are not keys (they have no slot); they carry the prefix all the same.
+
+Layout (values are orjson-encoded JSON unless said otherwise):
+
+    {config}     backends  hash  backend name -> BackendConfig
+                 routing   str   RoutingConfig (policies, aliases, fallbacks, weights, budgets)
+                 version   int   bumped by every desired-state write; its existence means "seeded"
+    {observed}   health    hash  backend name -> health record (state, checked_at, models, counters)
+                 quality   hash  backend name -> QualityStats
+                 spend     hash  budget scope -> {spend_usd, period}
+    {telemetry}  records:<day>  hash  request id -> record (HSETNX makes replays idempotent)
+                 spend:<period> hash  budget scope -> float (HINCRBYFLOAT, live spend of the period)
+    {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
+                 nodes            zset  node id -> last gauge write (unix s); index of the gauges
+    {nodes}      heartbeats  hash  node id -> heartbeat JSON; stale after NODE_STALE_SECONDS
+    channel      nexus:v1:events  {"version": n, "kind": "...", "at": unix seconds}
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONFIG_BACKENDS",
+    "CONFIG_ROUTING",
+    "CONFIG_VERSION",
+    "EVENTS_CHANNEL",
+    "INFLIGHT_NODES",
+    "INFLIGHT_REGISTRY_PRUNE_SECONDS",
+    "INFLIGHT_TTL_SECONDS",
+    "NODES_HEARTBEATS",
+    "NODE_STALE_SECONDS",
+    "OBSERVED_HEALTH",
+    "OBSERVED_QUALITY",
+    "OBSERVED_SPEND",
+    "PREFIX",
+    "TELEMETRY_RECORDS_TTL_SECONDS",
+    "TELEMETRY_SPEND_TTL_SECONDS",
+    "VERSION",
+    "inflight",
+    "telemetry_records",
+    "telemetry_spend",
+]
+
+VERSION = "v1"
+PREFIX = f"nexus:{VERSION}"
+
+
+def _key(unit: str, name: str) -> str:
+    return f"{PREFIX}:{{{unit}}}:{name}"
+
+
+def _part(kind: str, value: str) -> str:
+    # An empty or whitespace-bearing suffix would silently alias another key or break redis-cli use.
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"{kind} must be a non-empty string without whitespace, got {value!r}")
+    return value
+
+
+# -- desired state (written by the admin API and by seeding) -----------------------------------------
+CONFIG_BACKENDS = _key("config", "backends")
+CONFIG_ROUTING = _key("config", "routing")
+CONFIG_VERSION = _key("config", "version")
+
+EVENTS_CHANNEL = f"{PREFIX}:events"
+
+# -- observed state (written by workers) ---------------------------------------------------------------
+OBSERVED_HEALTH = _key("observed", "health")
+OBSERVED_QUALITY = _key("observed", "quality")
+OBSERVED_SPEND = _key("observed", "spend")
+
+# -- telemetry (written by router nodes after each request) ---------------------------------------------
+# Records are bucketed by UTC day so old ones expire as whole keys instead of needing a sweeper; a
+# replayed record carries its original timestamp, so it lands in the same bucket and HSETNX dedups it.
+TELEMETRY_RECORDS_TTL_SECONDS = 35 * 24 * 3600
+# Live spend outlives its budget period by a margin so the budget worker can still close the period.
+TELEMETRY_SPEND_TTL_SECONDS = 40 * 24 * 3600
+
+
+def telemetry_records(day: str) -> str:
+    """Hash of request id -> record for one UTC day (`YYYY-MM-DD`)."""
+    return _key("telemetry", f"records:{_part('day', day)}")
+
+
+def telemetry_spend(period: str) -> str:
+    """Hash of budget scope -> spend (USD float) accumulated in `period` (e.g. `2025-06`)."""
+    return _key("telemetry", f"spend:{_part('period', period)}")
+
+
+# -- cluster-wide load (one gauge per router node) -------------------------------------------------------
+# A node rewrites its gauge every flush (tens of ms); the TTL only matters when a node dies, and must
+# be long enough that a node paused by GC or a slow Redis does not flicker out of the sum.
+INFLIGHT_TTL_SECONDS = 15.0
+# Registry entries not refreshed for this long are pruned by writers; the gauge TTL, not this, decides
+# what is counted, so the prune horizon only bounds the registry's size.
+INFLIGHT_REGISTRY_PRUNE_SECONDS = 10 * INFLIGHT_TTL_SECONDS
+INFLIGHT_NODES = _key("load", "nodes")
+
+
+def inflight(node_id: str) -> str:
+    """Gauge hash of backend name -> requests in flight on router node `node_id`."""
+    return _key("load", f"inflight:{_part('node id', node_id)}")
+
+
+# -- router node heartbeats -----------------------------------------------------------------------------
+NODES_HEARTBEATS = _key("nodes", "heartbeats")
+# Heartbeats live in one hash (fields cannot expire in Redis 6), so readers judge staleness by the
+# timestamp inside the value against this horizon.
+NODE_STALE_SECONDS = 30.0

@@ -1,0 +1,315 @@
+"""Typed async access to the shared state in Redis: desired config, change events, snapshot loading.
+
+The observed-state API (`write_health`, `read_observed`, `write_inflight`, ...) lives in
+`controlplane.observed` and is re-exported here, so `controlplane.state` is the one import for state.
+
+Every value is orjson-encoded JSON, validated on read by the same pydantic models that validate TOML and
+admin bodies (`BackendConfig`, `RoutingConfig`, ...); a value that does not validate is a `StateError`.
+Redis connection failures and timeouts surface as `StateUnavailable`, chained from the redis-py error.
+Key strings come from `controlplane.keys` only.
+
+Invariants:
+- Desired config changes only through `_update`: WATCH the version key, read the whole config in one
+  atomic script, validate the complete resulting `DesiredConfig`, then HSET/HDEL/SET + INCR version +
+  PUBLISH in one MULTI. A validation failure writes nothing; a concurrent writer makes EXEC abort and
+  the read-modify-write is retried, so no update is ever lost and versions never skip or repeat.
+- A write that changes nothing stores nothing, publishes nothing and returns the current version.
+- The version key exists iff the config was seeded or written; an unseeded store reads as version 0
+  with an empty `DesiredConfig`, and `seed_desired` writes only while the version is 0.
+- Reads of the config unit are atomic (one Lua script over same-slot keys), so a reader never sees a
+  version with backends or routing of another version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticSerializationError
+from redis import exceptions as redis_exc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from controlplane import keys
+from controlplane.config import BackendConfig, DesiredConfig, NexusSettings, RoutingConfig, format_validation_error
+from controlplane.errors import ConfigError, StateError, StateUnavailable
+from controlplane.observed import (
+    HealthRecord,
+    decode_hash,
+    decode_observed,
+    guard,
+    load_json,
+    queue_observed_reads,
+    read_health,
+    read_inflight,
+    read_observed,
+    sum_gauges,
+    write_health,
+    write_inflight,
+    write_quality,
+    write_spend,
+)
+from controlplane.snapshot import Snapshot, build_snapshot
+
+__all__ = [
+    "MAX_WRITE_ATTEMPTS",
+    "ChangeEvent",
+    "ChangeSubscription",
+    "HealthRecord",
+    "delete_backend",
+    "load_snapshot",
+    "put_backend",
+    "put_routing",
+    "read_desired",
+    "read_health",
+    "read_inflight",
+    "read_observed",
+    "seed_desired",
+    "subscribe_changes",
+    "update_desired",
+    "write_desired",
+    "write_health",
+    "write_inflight",
+    "write_quality",
+    "write_spend",
+]
+
+# Each failed attempt means another writer committed, so N concurrent writers need at most N attempts;
+# the cap only turns a pathological storm into an error instead of an endless loop.
+MAX_WRITE_ATTEMPTS = 100
+
+# GET/HGETALL/GET in one script: atomic without MULTI, so it can share a pipeline with observed reads
+# (other hash tags) and still keep one round trip. All three keys are in the {config} slot.
+_READ_CONFIG = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}"
+_CONFIG_KEYS = (keys.CONFIG_VERSION, keys.CONFIG_BACKENDS, keys.CONFIG_ROUTING)
+
+
+class ChangeEvent(BaseModel):
+    """Payload published on `keys.EVENTS_CHANNEL` by every desired-state write."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    version: int
+    kind: str
+    at: float
+
+
+def _decode_config(reply: Any) -> tuple[int, dict[str, BackendConfig], RoutingConfig | None]:
+    raw_version, flat_backends, raw_routing = reply
+    try:
+        version = int(raw_version) if raw_version is not None else 0
+    except ValueError as exc:
+        raise StateError(f"malformed value at {keys.CONFIG_VERSION}: {raw_version!r}") from exc
+    backends = {}
+    for name, raw in decode_hash(flat_backends).items():
+        where = f"{keys.CONFIG_BACKENDS}[{name}]"
+        backend = load_json(raw, where, BackendConfig.model_validate)
+        if backend.name != name:
+            raise StateError(f"malformed value at {where}: it holds backend {backend.name!r}")
+        backends[name] = backend
+    routing = None if raw_routing is None else load_json(raw_routing, keys.CONFIG_ROUTING, RoutingConfig.model_validate)
+    return version, backends, routing
+
+
+def _desired(backends: Mapping[str, BackendConfig], routing: RoutingConfig | None) -> DesiredConfig:
+    # Sorted by name: a hash has no order, and readers must see the same config for the same version.
+    ordered = [backends[name] for name in sorted(backends)]
+    return DesiredConfig(backends=ordered, routing=routing or RoutingConfig())
+
+
+def _validated(proposed: DesiredConfig, kind: str) -> DesiredConfig:
+    """Re-validate from plain data: `proposed` may be built with model_construct/model_copy, which skip
+    validation, and only a full validation catches cross-field problems such as alias cycles."""
+    source = f"desired config ({kind})"
+    try:
+        # warnings=False: a wrongly typed field is reported by the validation below, not as a warning.
+        data = proposed.model_dump(mode="json", warnings=False)
+    except PydanticSerializationError as exc:
+        raise ConfigError(f"{source}: cannot be serialised: {exc}") from None
+    try:
+        return DesiredConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, data)) from None
+
+
+async def _update(
+    redis: Redis, kind: str, change: Callable[[int, DesiredConfig], DesiredConfig | None]
+) -> tuple[int, bool]:
+    """Apply `change(version, current)` atomically; None from `change` means "leave it". Returns the
+    resulting version and whether anything was written."""
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        with guard("writing desired config"):
+            async with redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(keys.CONFIG_VERSION)
+                version, backends, routing = _decode_config(await pipe.eval(_READ_CONFIG, 3, *_CONFIG_KEYS))
+                proposed = change(version, _desired(backends, routing))
+                if proposed is None:
+                    return version, False
+                new = _validated(proposed, kind)
+                old_b = {name: b.model_dump(mode="json") for name, b in backends.items()}
+                new_b = {b.name: b.model_dump(mode="json") for b in new.backends}
+                removed = [name for name in old_b if name not in new_b]
+                upserts = {name: orjson.dumps(d) for name, d in new_b.items() if old_b.get(name) != d}
+                new_r = new.routing.model_dump(mode="json")
+                routing_changed = routing is None or routing.model_dump(mode="json") != new_r
+                # An unseeded store is always written, so that seeding an empty config still marks it seeded.
+                if version > 0 and not removed and not upserts and not routing_changed:
+                    return version, False
+                event = orjson.dumps({"version": version + 1, "kind": kind, "at": time.time()})
+                pipe.multi()
+                if removed:
+                    pipe.hdel(keys.CONFIG_BACKENDS, *removed)
+                if upserts:
+                    pipe.hset(keys.CONFIG_BACKENDS, mapping=upserts)
+                if routing_changed:
+                    pipe.set(keys.CONFIG_ROUTING, orjson.dumps(new_r))
+                pipe.incr(keys.CONFIG_VERSION)
+                pipe.publish(keys.EVENTS_CHANNEL, event)
+                try:
+                    await pipe.execute()
+                except redis_exc.WatchError:
+                    continue  # another writer committed first: re-read and re-apply on its result
+                return version + 1, True
+    raise StateError(f"desired config ({kind}): gave up after {MAX_WRITE_ATTEMPTS} conflicting attempts")
+
+
+async def seed_desired(redis: Redis, desired: DesiredConfig) -> bool:
+    """Store `desired` as version 1 unless the store was ever seeded or written. True if it seeded."""
+    _, seeded = await _update(redis, "seed", lambda version, _current: desired if version == 0 else None)
+    return seeded
+
+
+async def read_desired(redis: Redis) -> tuple[int, DesiredConfig]:
+    """The config version and the desired config, read atomically (version 0 when unseeded)."""
+    with guard("reading desired config"):
+        reply = await redis.eval(_READ_CONFIG, 3, *_CONFIG_KEYS)
+    version, backends, routing = _decode_config(reply)
+    return version, _desired(backends, routing)
+
+
+async def update_desired(redis: Redis, change: Callable[[DesiredConfig], DesiredConfig | None], kind: str) -> int:
+    """Read-modify-write of the whole desired config (e.g. a budget change via `model_copy`), retried on
+    conflict; `change` may run more than once, must have no side effects, and returns None to leave the
+    config as it is. Returns the resulting version."""
+    version, _ = await _update(redis, kind, lambda _version, current: change(current))
+    return version
+
+
+async def write_desired(redis: Redis, desired: DesiredConfig, kind: str) -> int:
+    """Replace the whole desired config. Returns the new version."""
+    return await update_desired(redis, lambda _current: desired, kind)
+
+
+def _replace_backend(current: DesiredConfig, name: str, new: BackendConfig | None) -> DesiredConfig | None:
+    """`current` with backend `name` replaced by `new`, or removed if `new` is None (then None if absent)."""
+    others = [b for b in current.backends if b.name != name]
+    if new is None and len(others) == len(current.backends):
+        return None
+    return current.model_copy(update={"backends": others if new is None else [*others, new]})
+
+
+async def put_backend(redis: Redis, backend: BackendConfig) -> int:
+    """Create or replace the backend named `backend.name`. Returns the new version."""
+    return await update_desired(redis, lambda cur: _replace_backend(cur, backend.name, backend), "backend.put")
+
+
+async def delete_backend(redis: Redis, name: str) -> int | None:
+    """Remove backend `name`. Returns the new version, or None when no such backend exists."""
+    version, written = await _update(redis, "backend.delete", lambda _v, cur: _replace_backend(cur, name, None))
+    return version if written else None
+
+
+async def put_routing(redis: Redis, routing: RoutingConfig) -> int:
+    """Replace the routing section (policies, aliases, fallbacks, weights, budgets). Returns the version."""
+    return await update_desired(redis, lambda current: current.model_copy(update={"routing": routing}), "routing.put")
+
+
+async def load_snapshot(redis: Redis, settings: NexusSettings, now: float) -> Snapshot:
+    """Desired + observed state in one pipeline (plus one for load gauges), built into a `Snapshot`."""
+    with guard("loading snapshot"):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_READ_CONFIG, 3, *_CONFIG_KEYS)
+            queue_observed_reads(pipe)
+            config, health, quality, spend, nodes = await pipe.execute()
+        inflight = await sum_gauges(redis, nodes)
+    version, backends, routing = _decode_config(config)
+    observed = decode_observed(health, quality, spend, inflight)
+    return build_snapshot(
+        _desired(backends, routing),
+        observed,
+        version=version,
+        now=now,
+        health=settings.health_check,
+        quality=settings.quality,
+    )
+
+
+def _event(message: Any) -> ChangeEvent | None:
+    if message is None or message.get("type") != "message":
+        return None
+    try:
+        return ChangeEvent.model_validate(orjson.loads(message["data"]))
+    except (orjson.JSONDecodeError, ValidationError):
+        # Events are only hints to re-read the version (consumers also poll), so a garbled one is
+        # dropped rather than allowed to kill the consumer's loop.
+        return None
+
+
+class ChangeSubscription:
+    """Parsed change events, subscribed from creation until `aclose` (or the end of `async with`).
+
+    A disconnected subscriber misses events; consumers must also poll `read_desired` as a safety net.
+    """
+
+    __slots__ = ("_pubsub",)
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    async def get(self, timeout: float | None = None) -> ChangeEvent | None:
+        """The next event; None if none arrives within `timeout` seconds (None: wait for ever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            with guard("receiving change events"):
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            if (event := _event(message)) is not None:
+                return event
+
+    def __aiter__(self) -> ChangeSubscription:
+        return self
+
+    async def __anext__(self) -> ChangeEvent:
+        event = await self.get()
+        assert event is not None  # get() without a timeout only returns events
+        return event
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+
+    async def __aenter__(self) -> ChangeSubscription:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+async def subscribe_changes(redis: Redis, *, timeout: float = 5.0) -> ChangeSubscription:
+    """Subscribe to change events; returns once Redis confirmed, so no later write's event is missed."""
+    pubsub = redis.pubsub()
+    try:
+        with guard("subscribing to change events"):
+            await pubsub.subscribe(keys.EVENTS_CHANNEL)
+            deadline = time.monotonic() + timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = await pubsub.get_message(timeout=remaining)
+                if message is not None and message.get("type") == "subscribe":
+                    return ChangeSubscription(pubsub)
+        raise StateUnavailable(f"Redis did not confirm the subscription within {timeout} s")
+    except BaseException:
+        await pubsub.aclose()
+        raise

@@ -1,0 +1,38 @@
+"""Fixtures shared by every test package.
+
+- `redis_server` (session): ONE real embedded redis-server for the whole run, in a temporary data dir.
+  Tests that stop, kill or restart Redis must start their own `EmbeddedRedis`, never touch this one.
+- `redis` (function): a `redis.asyncio.Redis` on that server, flushed before the test and closed after.
+  It uses `decode_responses=False`: replies are bytes, as production clients get them (orjson decodes
+  bytes directly); `controlplane.state` accepts either kind of client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from controlplane.embedded_redis import EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=False)
+    try:
+        await client.flushall()
+        yield client
+    finally:
+        # aclose() (not close()) releases the pool's connections: no unclosed-connection ResourceWarning.
+        await client.aclose()
