@@ -42,6 +42,73 @@ def _fake_backend(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(ns: argparse.Namespace, *, demo: bool = False):  # -> NexusSettings
+    from controlplane.config import load_settings
+
+    overrides: dict = {}
+    if getattr(ns, "redis_url", None):
+        overrides.setdefault("redis", {})["url"] = ns.redis_url
+    if getattr(ns, "port", None) is not None:
+        overrides.setdefault("server", {})["port"] = ns.port
+    if getattr(ns, "host", None):
+        overrides.setdefault("server", {})["host"] = ns.host
+    if getattr(ns, "data_dir", None):
+        overrides.setdefault("redis", {})["data_dir"] = ns.data_dir
+    if demo:
+        from router_node.server import DEMO_CONFIG
+
+        return load_settings(DEMO_CONFIG, overrides=overrides)
+    return load_settings(ns.config, overrides=overrides)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from controlplane.errors import ConfigError, NexusError
+    from router_node.server import serve
+
+    if not ns.demo and not ns.config:
+        print("nexus serve: give --config nexus.toml, or --demo for the built-in demo", file=sys.stderr)
+        return 2
+    try:
+        settings = _settings(ns, demo=ns.demo)
+        serve(settings, demo=ns.demo)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except NexusError as exc:
+        print(f"nexus serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _router(ns: argparse.Namespace) -> int:
+    from controlplane.errors import ConfigError
+    from router_node.server import build_gateway, run_gateway
+
+    try:
+        settings = _settings(ns)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not settings.redis.url:
+        print("nexus router: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
+        return 2
+    app = build_gateway(settings, settings.redis.url, node_id=ns.node_id)
+    run_gateway(
+        app,
+        settings.server.host,
+        settings.server.port,
+        f"Nexus router node {app.node.node_id} serving http://{settings.server.host}:{settings.server.port}/v1",
+    )
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
+    p.add_argument("--config", "-c", required=config_required, help="path of nexus.toml")
+    p.add_argument("--redis-url", help="shared Redis (overrides [redis] url and NEXUS_REDIS_URL)")
+    p.add_argument("--host", help="listen address (overrides [server] host)")
+    p.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from router_node.fake_backend import add_arguments as add_fake_arguments
 
@@ -51,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a nexus.toml and exit")
     check.add_argument("--config", "-c", required=True, help="path of nexus.toml")
     check.set_defaults(func=_check_config)
+
+    serve_p = sub.add_parser("serve", help="run everything in one process (embedded Redis unless a URL is given)")
+    _common(serve_p, config_required=False)
+    serve_p.add_argument("--demo", action="store_true", help="use the built-in demo config and its fake backends")
+    serve_p.add_argument("--data-dir", help="embedded Redis data directory (overrides [redis] data_dir)")
+    serve_p.set_defaults(func=_serve)
+
+    router = sub.add_parser("router", help="run one router node (gateway replica) against a shared Redis")
+    _common(router, config_required=True)
+    router.add_argument("--node-id", help="stable id of this replica (default: hostname + random suffix)")
+    router.set_defaults(func=_router)
 
     fake = sub.add_parser("fake-backend", help="run the fake OpenAI-compatible backend (tests, demo, benchmarks)")
     add_fake_arguments(fake)

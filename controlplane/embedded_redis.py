@@ -247,8 +247,11 @@ class EmbeddedRedis:
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
             try:
+                # A session of its own: Ctrl-C in the terminal must not kill Redis under a gateway that is
+                # still draining and flushing telemetry; the owner stops it last.
                 self._proc = subprocess.Popen(
-                    [executable, str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    [executable, str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise EmbeddedRedisError(f"cannot run {executable}: {exc}") from exc

@@ -1,0 +1,154 @@
+"""The router node's ASGI application.
+
+A plain dispatcher over the OpenAI-compatible endpoints and the node's operational ones; `/admin`
+is handed to a mounted admin app when one is given (`nexus serve`). The ASGI lifespan owns the node:
+start on startup, drain and stop on shutdown.
+
+    POST /v1/chat/completions   POST /v1/embeddings   GET /v1/models
+    GET /health (liveness)      GET /ready (snapshot loaded, not draining)      GET /metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from controlplane.model import HealthState
+from router_node.asgi import send_error, send_json
+from router_node.errors import GatewayError
+from router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, handle_inference
+from router_node.metrics import CONTENT_TYPE_LATEST
+from router_node.node import RouterNode
+
+__all__ = ["GatewayApp"]
+
+log = logging.getLogger("nexus.router")
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class _NotFound(GatewayError):
+    status = 404
+    type_ = "invalid_request_error"
+    code = "not_found"
+
+
+class _MethodNotAllowed(GatewayError):
+    status = 405
+    type_ = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class GatewayApp:
+    def __init__(
+        self,
+        node: RouterNode,
+        *,
+        admin: ASGIApp | None = None,
+        extra_startup: list[Callable[[], Awaitable[None]]] | None = None,
+        extra_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+        drain_seconds: float = 10.0,
+    ) -> None:
+        self.node = node
+        self.admin = admin
+        self._startup = extra_startup or []
+        self._shutdown = extra_shutdown or []
+        self._drain = drain_seconds
+
+    def add_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._startup.append(hook)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.node.start()
+                    for hook in self._startup:
+                        await hook()
+                except Exception as exc:  # report to the server instead of dying silently
+                    log.exception("router node failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self._shutdown:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("shutdown hook failed")
+                await self.node.stop(self._drain)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path in (CHAT_PATH, EMBEDDINGS_PATH):
+            if method != "POST":
+                await send_error(send, _MethodNotAllowed(f"{method} {path} is not supported; use POST"))
+                return
+            await handle_inference(self.node, scope, receive, send, path)
+        elif path == "/v1/models" and method == "GET":
+            await send_json(send, 200, self._models())
+        elif path == "/health":
+            await send_json(send, 200, b'{"status":"ok"}')
+        elif path == "/ready":
+            await self._ready(send)
+        elif path == "/metrics":
+            body = self.node.metrics.render()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        elif self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
+            await self.admin(scope, receive, send)
+        else:
+            await send_error(send, _NotFound(f"no route for {method} {path}"))
+
+    async def _ready(self, send: Any) -> None:
+        node = self.node
+        snap = node.snapshot
+        body = {
+            "ready": node.ready,
+            "node": node.node_id,
+            "draining": node.draining,
+            "snapshot_version": snap.version if snap else None,
+            "snapshot_age_seconds": round(time.time() - snap.built_at, 3) if snap else None,
+            "redis_ok": node.telemetry.redis_ok,
+        }
+        await send_json(send, 200 if node.ready else 503, orjson.dumps(body))
+
+    def _models(self) -> bytes:
+        snap = self.node.snapshot
+        if snap is None:
+            return orjson.dumps({"object": "list", "data": []})
+        routable = {
+            model
+            for model, backends in snap.by_model.items()
+            if any(b.health is not HealthState.UNHEALTHY for b in backends)
+        }
+        names = set(routable)
+        for alias in snap.aliases:
+            target, hops = alias, 0
+            while target in snap.aliases and hops <= 3:
+                target, hops = snap.aliases[target], hops + 1
+            if target in routable:
+                names.add(alias)
+        created = int(snap.built_at)
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "nexus"} for name in sorted(names)]
+        return orjson.dumps({"object": "list", "data": data})

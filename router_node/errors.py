@@ -1,0 +1,120 @@
+"""Errors of the router node, and their OpenAI-envelope rendering.
+
+    GatewayError                 an answer the client gets instead of a completion
+    ├── BadRequest        400    malformed JSON, missing or mistyped fields (param names the field)
+    ├── Unauthorized      401    missing or unknown API key
+    ├── ModelNotFound     404    unknown model, or its fallbacks exhausted
+    ├── PayloadTooLarge   413    body over server.max_body_bytes
+    ├── UpstreamFailed    502    every candidate failed before the first byte
+    ├── UpstreamTimeout   504    the last candidate timed out
+    └── Unavailable       503    a Reject or a queue timeout; carries the rejection context
+
+    UpstreamError                one attempt against one backend failed (retried on the next candidate)
+
+Every `GatewayError` renders as `{"error": {"message", "type", "param", "code"}}`, plus a sibling
+`"context"` object for 503 rejections. Messages never contain secrets or upstream response bodies
+beyond their status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BadRequest",
+    "GatewayError",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "error_body",
+]
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None, context: dict[str, Any] | None = None
+) -> bytes:
+    payload: dict[str, Any] = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    if context is not None:
+        payload["context"] = context
+    return orjson.dumps(payload)
+
+
+class GatewayError(Exception):
+    status = 500
+    type_ = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        context: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.context = context
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type_, self.code, self.param, self.context)
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type_ = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type_ = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type_ = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type_ = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UpstreamFailed(GatewayError):
+    status = 502
+    type_ = "upstream_error"
+    code = "upstream_failed"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type_ = "upstream_error"
+    code = "upstream_timeout"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    type_ = "service_unavailable"
+    code = "no_viable_backend"
+
+
+class UpstreamError(Exception):
+    """One attempt against one backend failed before the first byte reached the client."""
+
+    def __init__(self, backend: str, message: str, *, status: int | None = None, timeout: bool = False) -> None:
+        super().__init__(f"{backend}: {message}")
+        self.backend = backend
+        self.status = status
+        self.timeout = timeout

@@ -1,0 +1,282 @@
+"""One router node: the components a gateway replica owns, and their lifecycle.
+
+`RouterNode.start` seeds the desired state from the TOML if Redis has none, loads the first snapshot
+(tolerating Redis being away: the node then starts unready and keeps trying), and starts the
+background tasks: snapshot refresh (events + poll), telemetry flush (records, in-flight gauges, live
+spend), heartbeat. `stop` turns readiness off, drains in-flight requests up to a deadline, cancels the
+tasks, flushes telemetry one last time and closes the upstream pool.
+
+The snapshot requests route from is the refreshed one with the budgets' spend replaced by the live
+spend this node knows (Redis live spend + its own unflushed records), rebuilt only when either changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import socket
+import time
+import uuid
+from dataclasses import replace
+from types import MappingProxyType
+
+from redis.asyncio import Redis
+
+from controlplane.config import NexusSettings, resolve_secret
+from controlplane.errors import StateError
+from controlplane.model import Backend, BudgetStatus
+from controlplane.snapshot import Snapshot
+from controlplane.state import seed_desired
+from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
+from router_node.load import LoadTracker
+from router_node.metrics import Metrics
+from router_node.queue import RequestQueue
+from router_node.refresher import SnapshotRefresher
+from router_node.telemetry import Telemetry
+from router_node.upstream import Upstream, Usage
+
+__all__ = ["RouterNode"]
+
+log = logging.getLogger("nexus.router")
+HEARTBEAT_SECONDS = 1.0
+_STATUS_VALUE = {BudgetStatus.NORMAL: 0, BudgetStatus.SOFT_LIMIT: 1, BudgetStatus.HARD_LIMIT: 2}
+
+
+class RouterNode:
+    def __init__(
+        self,
+        settings: NexusSettings,
+        redis: Redis,
+        *,
+        node_id: str | None = None,
+        seed: bool = True,
+        rng_seed: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.node_id = node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self._seed = seed
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        self.load = LoadTracker()
+        self.queue = RequestQueue(settings.queue.max_size, settings.queue.enabled)
+        self.upstream = Upstream(settings.server)
+        self.rng = random.Random(rng_seed)
+        self._sequence = itertools.count()
+        self.api_key_digests = self._key_digests()
+        self.refresher = SnapshotRefresher(redis, settings, self._on_snapshot)
+        self.telemetry = Telemetry(
+            redis,
+            self.node_id,
+            self.load,
+            interval_ms=settings.telemetry.flush_interval_ms,
+            max_records=settings.telemetry.buffer_max_records,
+            reset_day=self._reset_day,
+            on_dropped=self.metrics.telemetry_dropped.inc,
+            on_refresh=self._on_refresh,
+        )
+        self._base: Snapshot | None = None
+        self._effective: Snapshot | None = None
+        self._spend_seen: tuple = ()
+        self._tasks: list[asyncio.Task] = []
+        self.draining = False
+        self.metrics.on_scrape(self._scrape)
+
+    # -- configuration-derived ------------------------------------------------------------------------
+    def _key_digests(self) -> frozenset[str]:
+        import hashlib
+
+        server = self.settings.server
+        digests = {k.removeprefix("sha256:") for k in server.api_keys}
+        if server.api_keys_env:
+            raw = resolve_secret(server.api_keys_env) or ""
+            digests.update(hashlib.sha256(k.strip().encode()).hexdigest() for k in raw.split(",") if k.strip())
+        return frozenset(digests)
+
+    def _reset_day(self) -> int:
+        return self.settings.routing.budget.reset_day
+
+    def next_sequence(self) -> int:
+        return next(self._sequence)
+
+    # -- the snapshot requests route from -------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._effective
+
+    @property
+    def ready(self) -> bool:
+        return self._effective is not None and not self.draining
+
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        self._base = snap
+        self._spend_seen = ()
+        self._apply_spend()
+        self.queue.notify()
+
+    def _on_refresh(self) -> None:
+        self._apply_spend()
+        self.queue.notify()  # cluster load or spend may have changed: queued requests re-decide
+
+    def _apply_spend(self) -> None:
+        base = self._base
+        if base is None:
+            return
+        tel = self.telemetry
+        seen = tuple((scope, tel.spend(scope)) for scope in base.budgets)
+        if seen == self._spend_seen and self._effective is not None:
+            return
+        self._spend_seen = seen
+        budgets = {}
+        for scope, state in base.budgets.items():
+            live = tel.spend(scope)
+            budgets[scope] = replace(
+                state, spend_usd=max(state.spend_usd, live), period=tel.live_period or state.period
+            )
+        self._effective = replace(base, budgets=MappingProxyType(budgets))
+
+    # -- telemetry ------------------------------------------------------------------------------------
+    def record_request(
+        self,
+        *,
+        request_id: str,
+        started: float,
+        backend: Backend,
+        model: str,
+        requested_model: str,
+        key_id: str | None,
+        usage: Usage,
+        estimated: bool,
+        cost: float,
+        latency_ms: float,
+        ttfb_ms: float,
+        outcome: str,
+        status: int,
+        stream: bool,
+        fallback: str | None,
+        retries: int,
+    ) -> None:
+        self.telemetry.record(
+            TelemetryRecord(
+                id=request_id,
+                ts=started,
+                node=self.node_id,
+                backend=backend.name,
+                backend_type=backend.kind,
+                model=model,
+                requested_model=requested_model,
+                key=key_id,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+                estimated=estimated,
+                latency_ms=latency_ms,
+                ttfb_ms=ttfb_ms,
+                outcome=outcome,
+                status=status,
+                stream=stream,
+                fallback_model=fallback,
+                retries=retries,
+            )
+        )
+        self._apply_spend()
+
+    def record_attempt_failure(
+        self,
+        request_id: str,
+        attempt: int,
+        backend: Backend,
+        model: str,
+        key_id: str | None,
+        error: str,
+        latency_ms: float,
+    ) -> None:
+        self.telemetry.record(
+            TelemetryRecord(
+                id=f"{request_id}:{attempt}",
+                ts=time.time(),
+                node=self.node_id,
+                backend=backend.name,
+                backend_type=backend.kind,
+                model=model,
+                key=key_id,
+                latency_ms=latency_ms,
+                outcome="upstream_error",
+                status=502,
+            )
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.upstream.start()
+        try:
+            if self._seed:
+                await seed_desired(self.redis, self.settings.desired())
+            await self.refresher.load()
+        except StateError as exc:
+            log.warning("router node %s starting without a snapshot (Redis unavailable): %s", self.node_id, exc)
+        self._tasks = [
+            asyncio.create_task(self.refresher.run_poll(), name="snapshot-poll"),
+            asyncio.create_task(self.refresher.run_events(), name="snapshot-events"),
+            asyncio.create_task(self.telemetry.run(), name="telemetry-flush"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        self.draining = True
+        deadline = time.monotonic() + drain_seconds
+        while self.load.total() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(StateError):
+            await asyncio.wait_for(self.telemetry.flush(), 2.0)
+        with contextlib.suppress(StateError, TimeoutError):
+            await asyncio.wait_for(self._beat(), 1.0)
+        await self.upstream.close()
+
+    async def _beat(self) -> None:
+        snap = self._base
+        await write_heartbeat(
+            self.redis,
+            NodeHeartbeat(
+                node=self.node_id,
+                at=time.time(),
+                started_at=self.started_at,
+                snapshot_version=snap.version if snap else 0,
+                snapshot_built_at=snap.built_at if snap else None,
+                inflight=self.load.total(),
+                queue_depth=self.queue.depth,
+                telemetry_buffered=self.telemetry.buffered,
+                redis_ok=self.telemetry.redis_ok,
+                draining=self.draining,
+            ),
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            with contextlib.suppress(StateError):
+                await self._beat()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    def _scrape(self, m: Metrics) -> None:
+        m.queue_depth.set(self.queue.depth)
+        m.telemetry_buffered.set(self.telemetry.buffered)
+        m.inflight.clear()
+        for name, n in self.load.local.items():
+            m.inflight.labels(name).set(n)
+        snap = self._effective
+        if snap is None:
+            return
+        now = time.time()
+        m.snapshot_age.set(now - snap.built_at)
+        m.snapshot_version.set(snap.version)
+        for scope, state in snap.budgets.items():
+            m.budget_spend.labels(scope).set(state.spend_usd)
+            m.budget_utilization.labels(scope).set(state.utilization())
+            m.budget_status.labels(scope).set(_STATUS_VALUE[state.status()])

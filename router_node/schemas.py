@@ -1,0 +1,103 @@
+"""Request validation for the OpenAI-compatible endpoints.
+
+Validation checks what routing and proxying rely on (model, messages and their roles and content
+shapes, stream flags, token limits) and lets every other field through untouched: backends accept
+vendor extensions and newer OpenAI fields that Nexus need not know. A failure becomes a 400 whose
+`param` names the first bad field (`messages[0].role`), never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from router_node.errors import BadRequest
+
+__all__ = ["ChatCompletionCreate", "EmbeddingCreate", "parse_chat", "parse_embeddings", "parse_json_object"]
+
+_Open = ConfigDict(extra="allow")
+
+
+class ContentPart(BaseModel):
+    model_config = _Open
+    type: str = Field(min_length=1)
+
+
+class Message(BaseModel):
+    model_config = _Open
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = _Open
+    include_usage: StrictBool | None = None
+
+
+class ChatCompletionCreate(BaseModel):
+    model_config = _Open
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    n: StrictInt | None = Field(default=None, ge=1, le=128)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    tools: list[dict[str, Any]] | None = None
+
+
+class EmbeddingCreate(BaseModel):
+    model_config = _Open
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[StrictInt] | list[list[StrictInt]]
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[ContentPart]", "list[str]", "list[int]", "list[list[int]]", "none"):
+            continue  # union branch names, not fields
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _bad(exc: ValidationError) -> BadRequest:
+    # With unions pydantic reports every branch; the deepest location is the one the client meant.
+    first = max(exc.errors(), key=lambda e: len(e["loc"]))
+    param = _param(tuple(first["loc"]))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        msg = "is required"
+    return BadRequest(f"{param}: {msg}" if param else msg, param=param or None)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def parse_chat(body: dict[str, Any]) -> ChatCompletionCreate:
+    try:
+        return ChatCompletionCreate.model_validate(body)
+    except ValidationError as exc:
+        raise _bad(exc) from None
+
+
+def parse_embeddings(body: dict[str, Any]) -> EmbeddingCreate:
+    try:
+        return EmbeddingCreate.model_validate(body)
+    except ValidationError as exc:
+        raise _bad(exc) from None

@@ -1,0 +1,125 @@
+"""Process entry points: `nexus router` (one gateway replica) and `nexus serve` (everything on one machine).
+
+`serve` runs the gateway on one port with, when no Redis URL is configured, an embedded redis-server
+(AOF under `redis.data_dir`) started before and stopped after it. `--demo` also starts the two fake
+backends the demo config routes between. Components added by later parts (worker loops, admin API)
+attach through the same startup/shutdown hooks, so one process owns and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import uvicorn
+from redis.asyncio import Redis
+
+from controlplane.config import NexusSettings
+from controlplane.embedded_redis import EmbeddedRedis
+from router_node.app import GatewayApp
+from router_node.node import RouterNode
+
+__all__ = ["DEMO_CONFIG", "build_gateway", "run_gateway", "serve"]
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "controlplane" / "demo" / "nexus.toml"
+log = logging.getLogger("nexus")
+Hook = Callable[[], Awaitable[None]]
+
+
+def _uvicorn_config(app: GatewayApp, host: str, port: int) -> uvicorn.Config:
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # uvicorn[standard] brings it; keep working without it
+        loop = "asyncio"
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        loop=loop,
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def build_gateway(
+    settings: NexusSettings,
+    redis_url: str,
+    *,
+    node_id: str | None = None,
+    startup: list[Hook] | None = None,
+    shutdown: list[Hook] | None = None,
+) -> GatewayApp:
+    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+    node = RouterNode(settings, redis, node_id=node_id)
+
+    async def close_redis() -> None:
+        await redis.aclose()
+
+    return GatewayApp(node, extra_startup=startup, extra_shutdown=[*(shutdown or []), close_redis])
+
+
+def run_gateway(app: GatewayApp, host: str, port: int, banner: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM; uvicorn stops accepting, finishes requests, then the lifespan drains."""
+    if banner:
+
+        async def announce() -> None:
+            print(banner, flush=True)
+
+        app.add_startup(announce)
+    server = uvicorn.Server(_uvicorn_config(app, host, port))
+    server.run()
+    if not server.started:
+        sys.exit(1)
+
+
+def _demo_hooks(settings: NexusSettings) -> tuple[list[Hook], list[Hook]]:
+    from router_node.fake_backend import FakeBackend, FakeBackendOptions
+
+    fakes: list[tuple[FakeBackend, int]] = []
+    for b in settings.backends:
+        port = urlparse(b.url).port or 80
+        fakes.append(
+            (FakeBackend(FakeBackendOptions(name=b.name, models=tuple(m.name for m in b.models), latency_ms=20)), port)
+        )
+
+    async def start() -> None:
+        for fake, port in fakes:
+            await fake.start("127.0.0.1", port)
+
+    async def stop() -> None:
+        for fake, _ in fakes:
+            await fake.stop()
+
+    return [start], [stop]
+
+
+def serve(settings: NexusSettings, *, demo: bool = False) -> None:
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis.url
+    if not url:
+        embedded = EmbeddedRedis(settings.redis.data_dir).start()
+        url = embedded.url
+    startup, shutdown = _demo_hooks(settings) if demo else ([], [])
+    try:
+        app = build_gateway(settings, url, startup=startup, shutdown=shutdown)
+        host, port = settings.server.host, settings.server.port
+        where = f"embedded Redis at {url} (data in {settings.redis.data_dir})" if embedded else f"Redis at {url}"
+        banner = f"Nexus is serving http://{host}:{port}/v1 ({where})"
+        if demo:
+            banner += (
+                "\nDemo: two fake backends, local-gpu (restricted zone) and cloud-api (open zone). Try:\n"
+                f"  curl -si http://{host}:{port}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                '    -d \'{"model": "llama3:8b", "messages": [{"role": "user", "content": "Hello"}]}\''
+            )
+        run_gateway(app, host, port, banner)
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,134 @@
+"""The router node's telemetry buffer and its flush loop.
+
+Requests append records to an in-process buffer (no I/O on the request path). Every
+`telemetry.flush_interval_ms` one loop iteration: writes the buffered records in one idempotent script
+call, publishes this node's in-flight gauge, reads back the cluster-wide in-flight sum and the period's
+live spend. A record leaves the buffer only after Redis confirmed the write; while Redis is away the
+buffer keeps growing up to `telemetry.buffer_max_records` (oldest dropped beyond that, counted) and is
+replayed when Redis returns. Replays are safe: records are stored by request id exactly once.
+
+The spend this node routes by is the live spend read back plus what it has recorded but not yet flushed,
+so a replica cut off from Redis still counts its own spending against the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from controlplane.errors import StateError
+from controlplane.observed import read_inflight, write_inflight
+from controlplane.periods import period_of
+from controlplane.snapshot import GLOBAL_SCOPE
+from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from router_node.load import LoadTracker
+
+__all__ = ["Telemetry"]
+
+log = logging.getLogger("nexus.telemetry")
+MAX_BATCH = 500
+GAUGE_REFRESH_SECONDS = 1.0
+
+
+class Telemetry:
+    def __init__(
+        self,
+        redis: Redis,
+        node_id: str,
+        load: LoadTracker,
+        *,
+        interval_ms: int,
+        max_records: int,
+        reset_day: Callable[[], int],
+        on_dropped: Callable[[int], None] | None = None,
+        on_refresh: Callable[[], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._node_id = node_id
+        self._load = load
+        self._interval = interval_ms / 1000.0
+        self._max = max_records
+        self._reset_day = reset_day
+        self._on_dropped = on_dropped
+        self._on_refresh = on_refresh
+        self._buffer: deque[TelemetryRecord] = deque()
+        self._pending: dict[str, float] = {}
+        self._unseen: list[TelemetryRecord] = []
+        self.live_spend: dict[str, float] = {}
+        self.live_period = ""
+        self.redis_ok = True
+        self.dropped = 0
+        self._gauge_sent: dict[str, int] | None = None
+        self._gauge_at = 0.0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def record(self, rec: TelemetryRecord) -> None:
+        if len(self._buffer) >= self._max:
+            old = self._buffer.popleft()
+            self._adjust_pending(old, -1)
+            self.dropped += 1
+            if self._on_dropped:
+                self._on_dropped(1)
+        self._buffer.append(rec)
+        self._adjust_pending(rec, 1)
+
+    def _adjust_pending(self, rec: TelemetryRecord, sign: int) -> None:
+        if rec.cost_usd <= 0:
+            return
+        for scope in (GLOBAL_SCOPE, rec.key) if rec.key else (GLOBAL_SCOPE,):
+            value = self._pending.get(scope, 0.0) + sign * rec.cost_usd
+            if abs(value) < 1e-12:
+                self._pending.pop(scope, None)
+            else:
+                self._pending[scope] = value
+
+    def spend(self, scope: str) -> float:
+        """This period's spend of `scope` as far as this node knows."""
+        return self.live_spend.get(scope, 0.0) + self._pending.get(scope, 0.0)
+
+    async def flush(self) -> None:
+        """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
+        while self._buffer:
+            batch = [self._buffer[i] for i in range(min(MAX_BATCH, len(self._buffer)))]
+            await write_records(self._redis, batch, self._reset_day())
+            for _ in batch:
+                # still pending until the live spend read below includes it
+                self._unseen.append(self._buffer.popleft())
+        now = time.monotonic()
+        local = dict(self._load.local)
+        if local != self._gauge_sent or now - self._gauge_at >= GAUGE_REFRESH_SECONDS:
+            await write_inflight(self._redis, self._node_id, self._load.snapshot_local())
+            self._gauge_sent, self._gauge_at = local, now
+        self._load.update_cluster(await read_inflight(self._redis))
+        period = period_of(time.time(), self._reset_day())
+        self.live_spend = await read_live_spend(self._redis, period)
+        self.live_period = period
+        for rec in self._unseen:
+            self._adjust_pending(rec, -1)
+        self._unseen.clear()
+
+    async def run(self) -> None:
+        backoff = self._interval
+        while True:
+            try:
+                await self.flush()
+                if not self.redis_ok:
+                    log.warning("redis is back; telemetry buffer replayed")
+                self.redis_ok = True
+                backoff = self._interval
+            except StateError as exc:
+                if self.redis_ok:
+                    log.warning("telemetry flush failed, buffering %d records: %s", len(self._buffer), exc)
+                self.redis_ok = False
+                backoff = min(1.0, backoff * 2)
+            if self._on_refresh:
+                self._on_refresh()
+            await asyncio.sleep(backoff if not self.redis_ok else self._interval)
