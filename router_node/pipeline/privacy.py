@@ -2,8 +2,9 @@
 
 The matching policy is the most specific glob over the resolved model (precomputed per known model
 in the snapshot). A caller may preset `privacy_required` (a fallback after a restricted decision): the
-constraint then holds whatever the fallback model's own policy says. Privacy is a hard constraint: the decision carries `privacy_required`, and every
-later path (failover alternatives, fallbacks, queue re-runs) stays inside the candidates left here.
+constraint then holds whatever the fallback model's own policy says. Privacy is a hard constraint: the
+decision carries `privacy_required`, and every later path (failover alternatives, fallbacks, queue
+re-runs) stays inside the candidates left here.
 """
 
 from __future__ import annotations
