@@ -74,7 +74,7 @@ def _zone(value: Any) -> Any:
         v = value.strip().lower()
         if v in ("restricted", "open"):
             return v
-    raise ValueError(f"unknown zone {value!r}; use \"restricted\" or \"open\" (any case), or leave it out")
+    raise ValueError(f'unknown zone {value!r}; use "restricted" or "open" (any case), or leave it out')
 
 
 def _soft_fraction(value: Any) -> Any:
@@ -90,14 +90,15 @@ def _soft_fraction(value: Any) -> Any:
     return value / 100.0 if value > 1 else float(value)
 
 
-_Section = ConfigDict(extra="forbid", frozen=True)
+# Bounded numbers everywhere: values travel as JSON (orjson: 64-bit ints, no inf/nan) through Redis.
+_Section = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(BaseModel):
     model_config = _Section
 
     name: str = Field(min_length=1)
-    context_length: int | None = Field(default=None, gt=0)
+    context_length: int | None = Field(default=None, gt=0, le=100_000_000)
     vision: bool = False
     tools: bool = True
     json_mode: bool = True
@@ -117,8 +118,8 @@ class BackendConfig(BaseModel):
     type: Annotated[BackendType, BeforeValidator(_lower)] = BackendType.GENERIC
     zone: Annotated[Zone | None, BeforeValidator(_zone)] = None
     tier: int = Field(default=1, ge=1, le=5)
-    priority: int = Field(default=1, ge=0)
-    max_concurrency: int = Field(default=8, ge=1)
+    priority: int = Field(default=1, ge=0, le=1_000_000)
+    max_concurrency: int = Field(default=8, ge=1, le=1_000_000)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     models: list[Annotated[ModelConfig, BeforeValidator(_model_entry)]] = Field(default_factory=list)
     timeout_seconds: float | None = Field(default=None, gt=0)
@@ -127,6 +128,15 @@ class BackendConfig(BaseModel):
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cloud_key(self) -> BackendConfig:
+        if self.type in _CLOUD_TYPES_NEEDING_KEY and not self.api_key_env:
+            raise ValueError(
+                f"api_key_env is required for type {self.type.value!r}; name the environment variable that "
+                "holds its key"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_models(self) -> BackendConfig:
@@ -193,7 +203,7 @@ def check_aliases(aliases: Mapping[str, str]) -> None:
 
 
 class RoutingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     strategy: Annotated[Strategy, BeforeValidator(_lower)] = Strategy.SMART
     max_retries: int = Field(default=2, ge=0, le=10)
@@ -217,16 +227,16 @@ class RoutingConfig(BaseModel):
 
 
 class ServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0, le=2**40)
     api_keys: list[str] = Field(default_factory=list, description="sha256:<hex> digests of client keys")
     api_keys_env: str | None = Field(default=None, description="env var with comma-separated plain keys")
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    max_concurrent_requests: int = Field(default=1000, ge=1)
+    max_concurrent_requests: int = Field(default=1000, ge=1, le=10_000_000)
 
     @field_validator("api_keys")
     @classmethod
@@ -242,7 +252,7 @@ class ServerConfig(BaseModel):
 
 
 class RedisConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     url: str = ""
     data_dir: str = ".nexus-data"
@@ -250,41 +260,43 @@ class RedisConfig(BaseModel):
 
 
 class HealthCheckConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = True
     interval_seconds: float = Field(default=10.0, gt=0)
     timeout_seconds: float = Field(default=5.0, gt=0)
-    failure_threshold: int = Field(default=3, ge=1)
-    recovery_threshold: int = Field(default=2, ge=1)
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    recovery_threshold: int = Field(default=2, ge=1, le=1000)
 
 
 class QualityConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
     ttft_penalty_threshold_ms: float = Field(default=3000.0, gt=0)
     metrics_interval_seconds: float = Field(default=30.0, gt=0)
-    min_requests: int = Field(default=5, ge=0, description="1h requests below which quality has no say")
+    min_requests: int = Field(
+        default=5, ge=0, le=1_000_000_000, description="1h requests below which quality has no say"
+    )
 
 
 class QueueConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = True
-    max_size: int = Field(default=100, ge=0)
+    max_size: int = Field(default=100, ge=0, le=10_000_000)
     max_wait_seconds: float = Field(default=30.0, gt=0)
 
 
 class TelemetryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    flush_interval_ms: int = Field(default=50, gt=0)
-    buffer_max_records: int = Field(default=100_000, gt=0)
+    flush_interval_ms: int = Field(default=50, gt=0, le=60_000)
+    buffer_max_records: int = Field(default=100_000, gt=0, le=100_000_000)
 
 
 class AdminConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     token: str = ""
     port: int = Field(default=8001, ge=0, le=65535)
@@ -293,7 +305,7 @@ class AdminConfig(BaseModel):
 class DesiredConfig(BaseModel):
     """What the admin API changes live and Redis stores: backends and routing."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backends: list[BackendConfig] = Field(default_factory=list)
     routing: RoutingConfig = RoutingConfig()
@@ -453,12 +465,7 @@ def load_settings(
     if check_secrets:
         problems = []
         for b in settings.backends:
-            if b.type in _CLOUD_TYPES_NEEDING_KEY and not b.api_key_env:
-                problems.append(
-                    f"{source}: backends (backend {b.name!r}).api_key_env: required for type "
-                    f"{b.type.value!r}; name the environment variable that holds its key"
-                )
-            elif b.api_key_env and resolve_secret(b.api_key_env, env) is None:
+            if b.api_key_env and resolve_secret(b.api_key_env, env) is None:
                 problems.append(
                     f"{source}: backends (backend {b.name!r}).api_key_env: variable {b.api_key_env} "
                     "is not set or empty; export it before starting Nexus"
@@ -466,4 +473,3 @@ def load_settings(
         if problems:
             raise ConfigError("\n".join(problems))
     return settings
-

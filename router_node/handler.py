@@ -425,6 +425,9 @@ async def _stream(
             async for chunk in ex.rest():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except MidStreamError as err:
+            if err.reported:
+                await send({"type": "http.response.body", "body": b""})
+                return "midstream_error"
             event = {
                 "error": {
                     "message": f"upstream failed mid-stream: {err}",

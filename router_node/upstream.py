@@ -13,6 +13,7 @@ to and from the Messages API. Keys come from `api_key_env` at call time and neve
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,17 @@ from router_node.errors import UpstreamError
 
 __all__ = ["Exchange", "MidStreamError", "Upstream", "Usage", "endpoint_url"]
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})  # 529: Anthropic overloaded
 ANTHROPIC_VERSION = "2023-06-01"
 
 
 class MidStreamError(Exception):
-    """The backend failed after the client received the first bytes."""
+    """The backend failed after the client received the first bytes. `reported` means the translated
+    stream already carried an error event to the client, so the gateway must not send another."""
+
+    def __init__(self, message: str, *, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported
 
 
 @dataclass(slots=True)
@@ -122,6 +128,8 @@ class Exchange:
             tail = tr.flush()
             if tail:
                 yield tail
+            if getattr(tr, "error", None) is not None:
+                raise MidStreamError(f"the backend reported an error mid-stream: {tr.error}", reported=True)
             if not tr.done:
                 raise MidStreamError("the backend closed the stream before it finished")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -190,9 +198,7 @@ class Upstream:
     ) -> Exchange:
         """One attempt; raises UpstreamError for anything that may be retried elsewhere."""
         if backend.type is BackendType.ANTHROPIC:
-            from router_node.adapters import anthropic as adapter
-
-            return await adapter.open(self, backend, path, body, model=model, stream=stream, timeout=timeout)
+            return await self._open_anthropic(backend, body, model=model, stream=stream, timeout=timeout)
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         patch: dict[str, Any] = {}
         if body.get("model") != model:
@@ -205,6 +211,38 @@ class Upstream:
             return await self._whole(backend, response)
         translate = _OpenAIStream(drop_usage_event=not client_wants_usage)
         return await self.first_events(backend, response, translate)
+
+    async def _open_anthropic(
+        self, backend: Backend, body: dict[str, Any], *, model: str, stream: bool, timeout: float | None
+    ) -> Exchange:
+        from router_node.adapters import anthropic as adapter
+
+        try:
+            request = adapter.to_anthropic({**body, "stream": stream}, model)
+        except adapter.TranslationError as exc:
+            err = {"message": str(exc), "type": "invalid_request_error", "param": exc.param, "code": None}
+            return Exchange(400, "application/json", orjson.dumps({"error": err}), False, None, None)
+        response = await self.request(backend, endpoint_url(backend, "/v1/messages"), orjson.dumps(request), timeout)
+        created, status = int(time.time()), response.status
+        if status != 200 or not stream:
+
+            def convert(raw: bytes) -> bytes:
+                return orjson.dumps(adapter.from_anthropic(orjson.loads(raw) if raw.startswith(b"{") else {}, model,
+                                                           created))
+
+            ex = await self._whole(backend, response, convert)
+            if status != 200:
+                ex.first = orjson.dumps(adapter.from_anthropic_error(status, ex.first))
+                ex.content_type = "application/json"
+            return ex
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translate = adapter.StreamTranslator(model, created, include_usage)
+        ex = await self.first_events(backend, response, translate)
+        if translate.error is not None:
+            # the error came with the first bytes, none of which reached the client yet: retry elsewhere
+            ex.close()
+            raise UpstreamError(backend.name, f"stream error before the first token: {translate.error}")
+        return ex
 
     async def request(self, backend: Backend, url: str, data: bytes, timeout: float | None) -> aiohttp.ClientResponse:
         kwargs: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from router_node.app import GatewayApp
 from router_node.fake_backend import FakeBackend, FakeBackendOptions
 from router_node.node import RouterNode
 
-__all__ = ["GatewayHarness", "eventually", "fake_backend", "settings_for"]
+__all__ = ["AppServer", "GatewayHarness", "eventually", "fake_backend", "settings_for"]
 
 FAST = {"redis": {"snapshot_poll_seconds": 0.2}, "telemetry": {"flush_interval_ms": 20}}
 
@@ -58,15 +58,15 @@ def settings_for(backends: list[Mapping[str, Any]], **sections: Any) -> NexusSet
     return load_settings(overrides=data, environ={"TEST_KEY": "sk-test-secret"})
 
 
-class GatewayHarness:
-    def __init__(self, settings: NexusSettings, redis_url: str, *, node_id: str | None = None) -> None:
-        self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=1)
-        self.node = RouterNode(settings, self.redis, node_id=node_id, rng_seed=0)
-        self.app = GatewayApp(self.node, drain_seconds=2.0)
+class AppServer:
+    """Any ASGI app served by uvicorn in the current event loop on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
         self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                           access_log=False, http="httptools", timeout_graceful_shutdown=5)
+            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False,
+                           http="httptools", timeout_graceful_shutdown=5)
         )
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task: asyncio.Task | None = None
         self.port = 0
 
@@ -74,16 +74,13 @@ class GatewayHarness:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, *, wait_ready: bool = True) -> GatewayHarness:
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    async def start(self) -> AppServer:
         self._task = asyncio.create_task(self._server.serve())
         await eventually(lambda: self._server.started or self._task.done(), timeout=15)
         if self._task.done():
             self._task.result()
-            raise RuntimeError("gateway did not start")
+            raise RuntimeError("server did not start")
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        if wait_ready:
-            await eventually(lambda: self.node.ready, timeout=15)
         return self
 
     async def stop(self) -> None:
@@ -91,4 +88,29 @@ class GatewayHarness:
             self._server.should_exit = True
             await self._task
             self._task = None
+
+
+class GatewayHarness:
+    def __init__(self, settings: NexusSettings, redis_url: str, *, node_id: str | None = None) -> None:
+        self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=1)
+        self.node = RouterNode(settings, self.redis, node_id=node_id, rng_seed=0)
+        self.app = GatewayApp(self.node, drain_seconds=2.0)
+        self.server = AppServer(self.app)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self, *, wait_ready: bool = True) -> GatewayHarness:
+        await self.server.start()
+        if wait_ready:
+            await eventually(lambda: self.node.ready, timeout=15)
+        return self
+
+    async def stop(self) -> None:
+        await self.server.stop()
         await self.redis.aclose()

@@ -78,7 +78,7 @@ BAD = [
     pytest.param('[routing.budget]\nhard_limit_action = "explode"\n',
                  ["routing.budget.hard_limit_action", "'warn', 'block_cloud' or 'block_all'"], id="bad-action"),
     pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\n',
-                 ["(backend 'a').api_key_env", "required for type 'openai'"], id="cloud-without-key-env"),
+                 ["backends[0] (backend 'a')", "api_key_env is required for type 'openai'"], id="cloud-without-key-env"),
     pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\napi_key_env = "NOPE_KEY"\n',
                  ["(backend 'a').api_key_env", "NOPE_KEY is not set"], id="unreadable-secret"),
     pytest.param('[server]\nprot = 1\n', ["server.prot", "unknown key"], id="typo"),

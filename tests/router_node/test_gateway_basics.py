@@ -39,3 +39,28 @@ async def test_unknown_model_is_404_with_available_models(fakes, gateways):
         assert "available models: m" in err.value.body["message"]
     finally:
         await client.close()
+
+
+async def test_anthropic_backend_is_translated_both_ways(fakes, gateways, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-test-secret")  # the gateway reads the key from its environment
+    claude = await fakes("claude", ("claude-sonnet-4",), stream_chunks=4, api_key="sk-test-secret")
+    gw = await gateways([backend_for(claude, type="anthropic", api_key_env="TEST_KEY")])
+    client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    body = {"model": "claude-sonnet-4", "messages": [{"role": "system", "content": "be brief"},
+                                                     {"role": "user", "content": "hello claude"}]}
+    try:
+        completion = await client.chat.completions.create(**body)
+        assert completion.object == "chat.completion"
+        assert completion.choices[0].message.content
+        assert completion.usage.prompt_tokens > 0
+        stream = await client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == completion.choices[0].message.content
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    finally:
+        await client.close()
+    sent = [r for r in claude.requests if r["path"] == "/v1/messages"]
+    assert len(sent) == 2
+    assert sent[0]["body"]["system"] and sent[0]["body"]["max_tokens"]
+    assert sent[1]["body"]["stream"] is True
