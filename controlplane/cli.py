@@ -102,6 +102,27 @@ def _router(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controlplane.admin import create_admin_app
+    from controlplane.errors import ConfigError
+
+    try:
+        settings = _settings(ns)
+        if not settings.redis.url:
+            print("nexus admin: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
+            return 2
+        app = create_admin_app(settings)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    port = ns.port if ns.port is not None else settings.admin.port
+    print(f"Nexus admin API on http://{settings.server.host}:{port}/admin/v1", flush=True)
+    uvicorn.run(app, host=settings.server.host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
     p.add_argument("--config", "-c", required=config_required, help="path of nexus.toml")
     p.add_argument("--redis-url", help="shared Redis (overrides [redis] url and NEXUS_REDIS_URL)")
@@ -130,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--node-id", help="stable id of this replica (default: hostname + random suffix)")
     router.set_defaults(func=_router)
 
+    admin = sub.add_parser("admin", help="run the admin API alone (needs a shared Redis and NEXUS_ADMIN_TOKEN)")
+    _common(admin, config_required=True)
+    admin.set_defaults(func=_admin)
+
+    from controlplane.cli_admin import add_commands
+
+    add_commands(sub)
+
     fake = sub.add_parser("fake-backend", help="run the fake OpenAI-compatible backend (tests, demo, benchmarks)")
     add_fake_arguments(fake)
     fake.set_defaults(func=_fake_backend)
@@ -138,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    if getattr(ns, "admin_command", False):
+        from controlplane.cli_admin import run
+
+        return run(ns)
     return int(ns.func(ns) or 0)
 
 

@@ -300,6 +300,7 @@ class AdminConfig(BaseModel):
 
     token: str = ""
     port: int = Field(default=8001, ge=0, le=65535)
+    url: str = Field(default="http://127.0.0.1:8000", description="where operator commands find the admin API")
 
 
 class DesiredConfig(BaseModel):

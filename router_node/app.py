@@ -82,12 +82,13 @@ class GatewayApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # the node first (drain, last telemetry flush), then what it used (clients, Redis itself)
+                await self.node.stop(self._drain)
                 for hook in self._shutdown:
                     try:
                         await hook()
                     except Exception:
                         log.exception("shutdown hook failed")
-                await self.node.stop(self._drain)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

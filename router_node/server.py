@@ -56,14 +56,21 @@ def build_gateway(
     node_id: str | None = None,
     startup: list[Hook] | None = None,
     shutdown: list[Hook] | None = None,
+    admin_token: str | None = None,
 ) -> GatewayApp:
+    """A gateway app owning one Redis client; with `admin_token` the admin API is mounted at /admin."""
     redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
     node = RouterNode(settings, redis, node_id=node_id)
+    admin = None
+    if admin_token is not None:
+        from controlplane.admin import create_admin_app
+
+        admin = create_admin_app(settings, redis, token=admin_token, local_demo=True)
 
     async def close_redis() -> None:
         await redis.aclose()
 
-    return GatewayApp(node, extra_startup=startup, extra_shutdown=[*(shutdown or []), close_redis])
+    return GatewayApp(node, admin=admin, extra_startup=startup, extra_shutdown=[close_redis, *(shutdown or [])])
 
 
 def run_gateway(app: GatewayApp, host: str, port: int, banner: str | None = None) -> None:
@@ -101,18 +108,40 @@ def _demo_hooks(settings: NexusSettings) -> tuple[list[Hook], list[Hook]]:
     return [start], [stop]
 
 
+def _admin_token(settings: NexusSettings, demo: bool) -> tuple[str | None, str]:
+    """The token to mount the admin API with (None: not mounted) and a line for the banner."""
+    from controlplane.admin import check_admin_token, generate_token
+    from controlplane.errors import ConfigError
+
+    try:
+        return check_admin_token(settings.admin.token), "admin API at /admin/v1 (token from NEXUS_ADMIN_TOKEN)"
+    except ConfigError as exc:
+        if demo:
+            token = generate_token()
+            return token, f"admin API at /admin/v1, demo token: {token}"
+        return None, f"admin API disabled: {exc}"
+
+
 def serve(settings: NexusSettings, *, demo: bool = False) -> None:
+    token, admin_line = _admin_token(settings, demo)
+    startup, shutdown = _demo_hooks(settings) if demo else ([], [])
     embedded: EmbeddedRedis | None = None
     url = settings.redis.url
     if not url:
         embedded = EmbeddedRedis(settings.redis.data_dir).start()
         url = embedded.url
-    startup, shutdown = _demo_hooks(settings) if demo else ([], [])
+    if embedded is not None:
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which ends the process before any
+        # `finally` here runs: stop Redis from the lifespan, after the node's last telemetry flush.
+        async def stop_embedded() -> None:
+            embedded.stop()
+
+        shutdown = [*shutdown, stop_embedded]
     try:
-        app = build_gateway(settings, url, startup=startup, shutdown=shutdown)
+        app = build_gateway(settings, url, startup=startup, shutdown=shutdown, admin_token=token)
         host, port = settings.server.host, settings.server.port
         where = f"embedded Redis at {url} (data in {settings.redis.data_dir})" if embedded else f"Redis at {url}"
-        banner = f"Nexus is serving http://{host}:{port}/v1 ({where})"
+        banner = f"Nexus is serving http://{host}:{port}/v1 ({where})\n{admin_line}"
         if demo:
             banner += (
                 "\nDemo: two fake backends, local-gpu (restricted zone) and cloud-api (open zone). Try:\n"

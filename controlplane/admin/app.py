@@ -28,8 +28,23 @@ from controlplane.errors import ConfigError, StateError, StateUnavailable
 __all__ = ["PLACEHOLDER_TOKENS", "AdminAuthError", "check_admin_token", "create_admin_app", "generate_token"]
 
 PREFIX = "/admin/v1"
-PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "change_me", "placeholder", "secret", "admin", "token",
-                                "password", "nexus", "xxx", "todo", "test", "default"})
+PLACEHOLDER_TOKENS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "change_me",
+        "placeholder",
+        "secret",
+        "admin",
+        "token",
+        "password",
+        "nexus",
+        "xxx",
+        "todo",
+        "test",
+        "default",
+    }
+)
 MIN_TOKEN_LENGTH = 16
 
 
@@ -57,8 +72,9 @@ def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": detail.splitlines()}, status_code=status)
 
 
-def create_admin_app(settings: NexusSettings, redis: Redis | None = None, *, token: str | None = None,
-                     local_demo: bool = False) -> FastAPI:
+def create_admin_app(
+    settings: NexusSettings, redis: Redis | None = None, *, token: str | None = None, local_demo: bool = False
+) -> FastAPI:
     required = check_admin_token(token if token is not None else settings.admin.token, local_demo=local_demo)
 
     @asynccontextmanager
@@ -97,7 +113,9 @@ def create_admin_app(settings: NexusSettings, redis: Redis | None = None, *, tok
 
     @app.exception_handler(StateUnavailable)
     async def _unavailable(_request: Request, exc: StateUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"shared state unavailable: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"detail": f"shared state unavailable: {exc}"}, status_code=503, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(StateError)
     async def _state_error(_request: Request, exc: StateError) -> JSONResponse:

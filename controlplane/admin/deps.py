@@ -28,9 +28,7 @@ def _redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def _authorize(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+def _authorize(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     expected: bytes = request.app.state.admin_token
     given = credentials.credentials.encode() if credentials is not None else b""
     if not credentials or not hmac.compare_digest(given, expected):

@@ -116,5 +116,3 @@ class ExplainRequest(BaseModel):
     request: dict[str, Any] = Field(description="an OpenAI chat-completions request body")
     headers: dict[str, str] = Field(default_factory=dict, description="e.g. {'X-Nexus-Flexible': 'true'}")
     api_key_id: str | None = Field(default=None, description="the key id whose budget applies, if any")
-
-

@@ -41,9 +41,17 @@ async def list_budgets(redis: RedisDep) -> list[BudgetPublic]:
         obs = observed.get(scope)
         spend = max(live.get(scope, 0.0), obs.spend_usd if obs and obs.period == period else 0.0)
         state = BudgetState(scope, cfg.monthly_limit_usd, cfg.soft_limit_percent, cfg.hard_limit_action, spend, period)
-        out.append(BudgetPublic(**cfg.model_dump(), scope=scope, period=period, spend_usd=spend,
-                                status=state.status().value, utilization=state.utilization(),
-                                remaining_usd=state.remaining()))
+        out.append(
+            BudgetPublic(
+                **cfg.model_dump(),
+                scope=scope,
+                period=period,
+                spend_usd=spend,
+                status=state.status().value,
+                utilization=state.utilization(),
+                remaining_usd=state.remaining(),
+            )
+        )
     return out
 
 
@@ -70,7 +78,7 @@ async def put_budget(scope: Scope, body: BudgetUpdate, redis: RedisDep) -> Write
 @router.delete("/{scope}", response_model=WriteResult, responses={404: {"description": "no such key budget"}})
 async def delete_budget(scope: Scope, redis: RedisDep) -> WriteResult:
     if scope == GLOBAL_SCOPE:
-        raise HTTPException(422, "the global budget cannot be deleted; PUT {\"unlimited\": true} to remove its limit")
+        raise HTTPException(422, 'the global budget cannot be deleted; PUT {"unlimited": true} to remove its limit')
     _, desired = await read_desired(redis)
     if scope not in desired.routing.key_budgets:
         raise HTTPException(404, f"no budget for scope {scope!r}")

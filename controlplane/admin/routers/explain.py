@@ -42,8 +42,13 @@ async def explain_route(body: ExplainRequest, redis: RedisDep, settings: Setting
     if priority not in ("high", "normal"):
         raise HTTPException(422, "headers.X-Nexus-Priority must be 'high' or 'normal'")
     snap = await load_snapshot(redis, settings, time.time())
-    intent = RoutingIntent(chat.model, extract_requirements(body.request), tier_mode=tier_mode, priority=priority,
-                           api_key_id=body.api_key_id)
+    intent = RoutingIntent(
+        chat.model,
+        extract_requirements(body.request),
+        tier_mode=tier_mode,
+        priority=priority,
+        api_key_id=body.api_key_id,
+    )
     out = explain(decide(intent, snap, trace=True))
     out["snapshot_version"] = snap.version
     return out

@@ -26,11 +26,18 @@ async def backend_health(redis: RedisDep, settings: SettingsDep) -> list[HealthP
     out = []
     for name, b in snap.backends.items():
         record = records.get(name)
-        out.append(HealthPublic(
-            name=name, type=b.type.value, zone=b.zone.value, health=b.health.value,
-            checked_at=record.checked_at if record else None, latency_ema_ms=b.latency_ema_ms,
-            models=sorted(b.models), quality=asdict(b.quality) if b.quality else None,
-        ))
+        out.append(
+            HealthPublic(
+                name=name,
+                type=b.type.value,
+                zone=b.zone.value,
+                health=b.health.value,
+                checked_at=record.checked_at if record else None,
+                latency_ema_ms=b.latency_ema_ms,
+                models=sorted(b.models),
+                quality=asdict(b.quality) if b.quality else None,
+            )
+        )
     return out
 
 
@@ -40,12 +47,23 @@ async def nodes(redis: RedisDep) -> list[NodePublic]:
     out = []
     for beat in await read_heartbeats(redis):
         age = now - beat.at
-        status = "gone" if getattr(beat, "gone", False) or age > keys.NODE_STALE_SECONDS else (
-            "draining" if beat.draining else "up")
-        out.append(NodePublic(
-            node=beat.node, status=status, last_seen_seconds=round(age, 3), snapshot_version=beat.snapshot_version,
-            snapshot_age_seconds=round(beat.at - beat.snapshot_built_at, 3) if beat.snapshot_built_at else None,
-            inflight=beat.inflight, queue_depth=beat.queue_depth, telemetry_buffered=beat.telemetry_buffered,
-            redis_ok=beat.redis_ok, draining=beat.draining,
-        ))
+        status = (
+            "gone"
+            if getattr(beat, "gone", False) or age > keys.NODE_STALE_SECONDS
+            else ("draining" if beat.draining else "up")
+        )
+        out.append(
+            NodePublic(
+                node=beat.node,
+                status=status,
+                last_seen_seconds=round(age, 3),
+                snapshot_version=beat.snapshot_version,
+                snapshot_age_seconds=round(beat.at - beat.snapshot_built_at, 3) if beat.snapshot_built_at else None,
+                inflight=beat.inflight,
+                queue_depth=beat.queue_depth,
+                telemetry_buffered=beat.telemetry_buffered,
+                redis_ok=beat.redis_ok,
+                draining=beat.draining,
+            )
+        )
     return out

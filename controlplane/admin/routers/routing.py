@@ -17,8 +17,14 @@ policies_router = APIRouter(prefix="/policies", tags=["policies"], dependencies=
 
 def _public(desired: DesiredConfig) -> RoutingPublic:
     r = desired.routing
-    return RoutingPublic(strategy=r.strategy, max_retries=r.max_retries, aliases=r.aliases, fallbacks=r.fallbacks,
-                         weights=r.weights, policies=r.policies)
+    return RoutingPublic(
+        strategy=r.strategy,
+        max_retries=r.max_retries,
+        aliases=r.aliases,
+        fallbacks=r.fallbacks,
+        weights=r.weights,
+        policies=r.policies,
+    )
 
 
 @routing_router.get("", response_model=RoutingPublic)
