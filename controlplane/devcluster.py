@@ -1,0 +1,243 @@
+"""A local cluster on loopback: the production topology as separate processes on one machine.
+
+Redis (the embedded redis-server, AOF on), N router nodes (`nexus router`), M workers (`nexus worker`),
+the admin API (`nexus admin`), fake backends (`nexus fake-backend`) and, when the `nginx` binary is
+installed and asked for, nginx in front of the routers with the config from `deploy/nginx/`. `nexus
+dev-cluster` runs it for people; the end-to-end tests drive it, including the faults: SIGKILL a router,
+restart Redis, stop every worker.
+
+Every process is started in its own session and stopped (SIGTERM, then SIGKILL after a deadline) by
+`stop()`, which also runs when the object is used as a context manager and leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from controlplane.embedded_redis import EmbeddedRedis
+from controlplane.errors import NexusError
+
+__all__ = ["ClusterError", "FakeSpec", "LocalCluster", "free_port"]
+
+NEXUS = [sys.executable, "-m", "controlplane.cli"]
+
+
+class ClusterError(NexusError):
+    """A cluster process did not start or answer in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True, slots=True)
+class FakeSpec:
+    """A fake backend to start, and the backend entry that routes to it."""
+
+    name: str
+    models: tuple[str, ...] = ("m",)
+    type: str = "vllm"
+    options: Mapping[str, Any] = field(default_factory=dict)  # extra fake-backend CLI flags, e.g. latency_ms
+    backend: Mapping[str, Any] = field(default_factory=dict)  # extra backend config, e.g. tier, prices
+
+
+@dataclass(slots=True)
+class Proc:
+    name: str
+    args: list[str]
+    port: int
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        base_dir: str | Path,
+        *,
+        routers: int = 3,
+        workers: int = 2,
+        admin: bool = True,
+        fakes: Sequence[FakeSpec] = (),
+        config: Mapping[str, Any] | None = None,
+        admin_token: str = "dev-cluster-admin-token-0123456789",
+        env: Mapping[str, str] | None = None,
+        nginx: bool = False,
+    ) -> None:
+        self.base = Path(base_dir)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.admin_token = admin_token
+        self.redis = EmbeddedRedis(self.base / "redis")
+        self.env = {**os.environ, **(env or {}), "NEXUS_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
+        self.fakes = [self._proc(f"fake-{f.name}", self._fake_args(f)) for f in fakes]
+        self._fake_specs = list(fakes)
+        self._config = dict(config or {})
+        self.config_path = self.base / "nexus.toml"
+        self.routers = [self._proc(f"router-{i}", []) for i in range(routers)]
+        self.workers = [self._proc(f"worker-{i}", [], port=0) for i in range(workers)]
+        self.admin = self._proc("admin", []) if admin else None
+        self.nginx = self._proc("nginx", [], port=free_port()) if nginx and shutil.which("nginx") else None
+
+    # -- process plumbing -----------------------------------------------------------------------------
+    def _proc(self, name: str, args: list[str], port: int | None = None) -> Proc:
+        return Proc(name, args, free_port() if port is None else port, self.base / f"{name}.log")
+
+    @staticmethod
+    def _fake_args(f: FakeSpec) -> list[str]:
+        args = ["fake-backend", "--name", f.name]
+        for m in f.models:
+            args += ["--model", m]
+        for key, value in f.options.items():
+            flag = "--" + key.replace("_", "-")
+            args += [flag] if value is True else [flag, str(value)]
+        return args
+
+    def _spawn(self, p: Proc, args: list[str]) -> None:
+        with open(p.log, "ab") as log:
+            p.popen = subprocess.Popen(
+                [*NEXUS, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def _wait_http(self, p: Proc, path: str, timeout: float = 30.0, headers: Mapping[str, str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if p.popen is not None and p.popen.poll() is not None:
+                raise ClusterError(f"{p.name} exited with {p.popen.returncode}; log:\n{self.log_tail(p)}")
+            try:
+                req = urllib.request.Request(p.url + path, headers=dict(headers or {}))
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise ClusterError(f"{p.name} did not answer {path} within {timeout}s; log:\n{self.log_tail(p)}")
+
+    @staticmethod
+    def log_tail(p: Proc, lines: int = 30) -> str:
+        try:
+            return "\n".join(p.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @staticmethod
+    def _terminate(p: Proc, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if p.popen is None or p.popen.poll() is not None:
+            return
+        p.popen.send_signal(sig)
+        try:
+            p.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait(5)
+
+    # -- topology ---------------------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        data: dict[str, Any] = {k: v for k, v in self._config.items() if k != "backends"}
+        backends = list(self._config.get("backends", []))
+        for spec, proc in zip(self._fake_specs, self.fakes, strict=True):
+            backends.append(
+                {"name": spec.name, "url": proc.url, "type": spec.type, "models": list(spec.models), **spec.backend}
+            )
+        data["backends"] = backends
+        data.setdefault("redis", {})["url"] = self.redis.url
+        self.config_path.write_text(tomli_w.dumps(data), encoding="utf-8")
+
+    def start(self) -> LocalCluster:
+        try:
+            self.redis.start()
+            for p in self.fakes:
+                self._spawn(p, [*p.args, "--port", str(p.port)])
+            for p in self.fakes:
+                self._wait_http(p, "/_fake/requests")
+            self._write_config()
+            for p in self.routers:
+                self.start_router(p, wait=False)
+            for p in self.routers:
+                self._wait_http(p, "/ready")
+            for p in self.workers:
+                self.start_worker(p)
+            if self.admin is not None:
+                self._spawn(self.admin, ["admin", "--config", str(self.config_path), "--port", str(self.admin.port)])
+                self._wait_http(self.admin, "/admin/v1/nodes", headers=self.admin_headers)
+            if self.nginx is not None:
+                self._start_nginx()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_router(self, p: Proc, *, wait: bool = True) -> None:
+        self._spawn(p, ["router", "--config", str(self.config_path), "--port", str(p.port), "--node-id", p.name])
+        if wait:
+            self._wait_http(p, "/ready")
+
+    def start_worker(self, p: Proc) -> None:
+        self._spawn(p, ["worker", "--config", str(self.config_path)])
+
+    def kill(self, p: Proc, sig: int = signal.SIGKILL) -> None:
+        self._terminate(p, sig)
+
+    def _start_nginx(self) -> None:
+        assert self.nginx is not None
+        from controlplane.nginx_conf import render
+
+        conf = self.base / "nginx.conf"
+        conf.write_text(render([r.port for r in self.routers], self.nginx.port, self.base), encoding="utf-8")
+        with open(self.nginx.log, "ab") as log:
+            self.nginx.popen = subprocess.Popen(
+                ["nginx", "-c", str(conf), "-p", str(self.base), "-g", "daemon off;"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_http(self.nginx, "/health")
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def stop(self) -> None:
+        procs = [
+            *(x for x in [self.nginx] if x),
+            *self.routers,
+            *self.workers,
+            *([self.admin] if self.admin else []),
+            *self.fakes,
+        ]
+        for p in procs:
+            if p.popen is not None and p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        for p in procs:
+            self._terminate(p)
+        self.redis.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
