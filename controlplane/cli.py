@@ -123,6 +123,74 @@ def _admin(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_cluster(ns: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+    import tomllib
+
+    from controlplane.devcluster import FakeSpec, LocalCluster
+    from controlplane.errors import NexusError
+
+    fakes: list[FakeSpec] = []
+    config: dict = {}
+    if ns.config:
+        with open(ns.config, "rb") as fh:
+            config = tomllib.load(fh)
+    else:  # the demo pair
+        fakes = [
+            FakeSpec("local-gpu", ("llama3:8b",), "vllm", {"latency_ms": 20}, {"tier": 2, "priority": 1}),
+            FakeSpec(
+                "cloud-api",
+                ("llama3:8b", "gpt-4o"),
+                "generic",
+                {"latency_ms": 20},
+                {
+                    "tier": 5,
+                    "priority": 5,
+                    "models": [
+                        {"name": "llama3:8b", "input_usd_per_1m": 0.5, "output_usd_per_1m": 1.5},
+                        {"name": "gpt-4o", "input_usd_per_1m": 2.5, "output_usd_per_1m": 10.0},
+                    ],
+                },
+            ),
+        ]
+        config = {
+            "routing": {
+                "policies": [{"model_pattern": "llama3*", "privacy": "restricted"}],
+                "budget": {"monthly_limit_usd": 5.0, "hard_limit_action": "block_cloud"},
+            }
+        }
+    base = ns.dir or tempfile.mkdtemp(prefix="nexus-dev-cluster-")
+    cluster = LocalCluster(base, routers=ns.routers, workers=ns.workers, fakes=fakes, config=config, nginx=ns.nginx)
+    try:
+        cluster.start()
+    except NexusError as exc:
+        print(f"nexus dev-cluster: {exc}", file=sys.stderr)
+        return 1
+    lines = [f"Nexus dev cluster in {base} (logs there); Ctrl-C stops everything", f"  redis   {cluster.redis.url}"]
+    lines += [f"  {p.name:<9} {p.url}" for p in cluster.routers]
+    if cluster.admin:
+        lines.append(f"  admin     {cluster.admin.url}/admin/v1  (token {cluster.admin_token})")
+    if cluster.nginx:
+        lines.append(f"  nginx     {cluster.nginx.url}  (in front of the routers)")
+    lines += [f"  {p.name:<9} {p.url}" for p in cluster.fakes]
+    print("\n".join(lines), flush=True)
+    stop = False
+
+    def _stop(*_args: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop:
+            signal.pause()
+    finally:
+        cluster.stop()
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
     p.add_argument("--config", "-c", required=config_required, help="path of nexus.toml")
     p.add_argument("--redis-url", help="shared Redis (overrides [redis] url and NEXUS_REDIS_URL)")
@@ -154,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="run the admin API alone (needs a shared Redis and NEXUS_ADMIN_TOKEN)")
     _common(admin, config_required=True)
     admin.set_defaults(func=_admin)
+
+    dev = sub.add_parser("dev-cluster", help="run the distributed topology as local processes (for trying it out)")
+    dev.add_argument("--config", "-c", help="nexus.toml (default: the demo backends, started as fakes)")
+    dev.add_argument("--routers", type=int, default=3)
+    dev.add_argument("--workers", type=int, default=2)
+    dev.add_argument("--nginx", action="store_true", help="put nginx in front of the routers (needs nginx)")
+    dev.add_argument("--dir", help="working directory for data and logs (default: a new temp dir)")
+    dev.set_defaults(func=_dev_cluster)
 
     from controlplane.cli_admin import add_commands
 
