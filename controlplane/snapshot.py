@@ -107,6 +107,8 @@ class Snapshot:
     compiled_policies: tuple[tuple[re.Pattern[str], int, Policy], ...]
     prices: Mapping[tuple[str, str], tuple[float, float]]
     static_scores: Mapping[str, float]
+    # newest health observation in the store (None: never probed); its age shows whether workers run
+    observed_at: float | None = None
 
     def policy_for(self, model: str) -> Policy | None:
         try:
@@ -278,5 +280,6 @@ def build_snapshot(
         compiled_policies=compiled,
         prices=MappingProxyType(prices),
         static_scores=MappingProxyType({n: static_score(b, weights) for n, b in backends.items()}),
+        observed_at=max((o.checked_at for o in observed.health.values()), default=None),
     )
 

@@ -250,6 +250,7 @@ class RouterNode:
                 started_at=self.started_at,
                 snapshot_version=snap.version if snap else 0,
                 snapshot_built_at=snap.built_at if snap else None,
+                observed_at=snap.observed_at if snap else None,
                 inflight=self.load.total(),
                 queue_depth=self.queue.depth,
                 telemetry_buffered=self.telemetry.buffered,
@@ -276,6 +277,7 @@ class RouterNode:
         now = time.time()
         m.snapshot_age.set(now - snap.built_at)
         m.snapshot_version.set(snap.version)
+        m.observed_age.set(now - snap.observed_at if snap.observed_at is not None else float("nan"))
         for scope, state in snap.budgets.items():
             m.budget_spend.labels(scope).set(state.spend_usd)
             m.budget_utilization.labels(scope).set(state.utilization())

@@ -103,6 +103,9 @@ class NodePublic(BaseModel):
     last_seen_seconds: float
     snapshot_version: int
     snapshot_age_seconds: float | None
+    observed_age_seconds: float | None = Field(
+        default=None, description="age of the newest health observation in the node's snapshot (workers' pulse)"
+    )
     inflight: int
     queue_depth: int
     telemetry_buffered: int
