@@ -2,7 +2,7 @@
 
 Redis (the embedded redis-server, AOF on), N router nodes (`nexus router`), M workers (`nexus worker`),
 the admin API (`nexus admin`), fake backends (`nexus fake-backend`) and, when the `nginx` binary is
-installed and asked for, nginx in front of the routers with the config from `deploy/nginx/`. `nexus
+installed and asked for, nginx in front of the routers (config rendered by `controlplane.nginx_conf`). `nexus
 dev-cluster` runs it for people; the end-to-end tests drive it, including the faults: SIGKILL a router,
 restart Redis, stop every worker.
 
@@ -95,7 +95,10 @@ class LocalCluster:
         self.routers = [self._proc(f"router-{i}", []) for i in range(routers)]
         self.workers = [self._proc(f"worker-{i}", [], port=0) for i in range(workers)]
         self.admin = self._proc("admin", []) if admin else None
-        self.nginx = self._proc("nginx", [], port=free_port()) if nginx and shutil.which("nginx") else None
+        self.nginx_binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+        if nginx and self.nginx_binary is None:
+            raise ClusterError("nginx was asked for but is not installed (apt-get install nginx-light)")
+        self.nginx = self._proc("nginx", [], port=free_port()) if nginx else None
 
     # -- process plumbing -----------------------------------------------------------------------------
     def _proc(self, name: str, args: list[str], port: int | None = None) -> Proc:
