@@ -7,7 +7,7 @@ new release never read each other's data by accident.
 Invariants:
 - Every key starts with `PREFIX` (`nexus:v1`).
 - Keys of one logical unit share a hash tag (`{config}`, `{observed}`, `{telemetry}`, `{load}`,
-  `{nodes}`), so a transaction or Lua script touching one unit stays in one Redis Cluster slot.
+  `{nodes}`, `{worker}`), so a transaction or Lua script touching one unit stays in one Redis Cluster slot.
   Code must never combine keys of two units in one MULTI or script.
 - Pub/sub channels are not keys (they have no slot); they carry the prefix all the same.
 
@@ -18,12 +18,20 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  version   int   bumped by every desired-state write; its existence means "seeded"
     {observed}   health    hash  backend name -> health record (state, checked_at, models, counters)
                  quality   hash  backend name -> QualityStats
-                 spend     hash  budget scope -> {spend_usd, period}
+                 spend     hash  budget scope -> {spend_usd, period} plus, from the budget worker,
+                                 {status, limit_usd, soft_limit_fraction, utilization, checked_at}
     {telemetry}  records:<day>  hash  request id -> record (HSETNX makes replays idempotent)
                  spend:<period> hash  budget scope -> float (HINCRBYFLOAT, live spend of the period)
+                 rolled:<day>   set   ids of records the workers rolled up and deleted (replay guard)
+                 agg:<period>   hash  aggregate field -> int (rolled-up records; see controlplane.aggregates)
+                 quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
     {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
                  nodes            zset  node id -> last gauge write (unix s); index of the gauges
-    {nodes}      heartbeats  hash  node id -> heartbeat JSON; stale after NODE_STALE_SECONDS
+    {nodes}      heartbeats  hash  node id -> heartbeat JSON; stale after NODE_STALE_SECONDS, then
+                                   marked `gone` by the liveness worker
+    {worker}     queue              zset  arq's job queue (arq's own `arq:job:*`, `arq:result:*`,
+                                          `arq:in-progress:*` keys sit outside this schema)
+                 ticks:<job>:<day>  hash  scheduled tick (unix ms) -> times the job body ran
     channel      nexus:v1:events  {"version": n, "kind": "...", "at": unix seconds}
 """
 
@@ -38,17 +46,27 @@ __all__ = [
     "INFLIGHT_REGISTRY_PRUNE_SECONDS",
     "INFLIGHT_TTL_SECONDS",
     "NODES_HEARTBEATS",
+    "NODE_GONE_RETENTION_SECONDS",
     "NODE_STALE_SECONDS",
     "OBSERVED_HEALTH",
     "OBSERVED_QUALITY",
     "OBSERVED_SPEND",
     "PREFIX",
+    "TELEMETRY_AGG_TTL_SECONDS",
+    "TELEMETRY_QUALITY_TTL_SECONDS",
     "TELEMETRY_RECORDS_TTL_SECONDS",
+    "TELEMETRY_ROLLED_GRACE_SECONDS",
     "TELEMETRY_SPEND_TTL_SECONDS",
     "VERSION",
+    "WORKER_QUEUE",
+    "WORKER_TICKS_TTL_SECONDS",
     "inflight",
+    "telemetry_agg",
+    "telemetry_quality",
     "telemetry_records",
+    "telemetry_rolled",
     "telemetry_spend",
+    "worker_ticks",
 ]
 
 VERSION = "v1"
@@ -116,3 +134,45 @@ NODES_HEARTBEATS = _key("nodes", "heartbeats")
 # Heartbeats live in one hash (fields cannot expire in Redis 6), so readers judge staleness by the
 # timestamp inside the value against this horizon.
 NODE_STALE_SECONDS = 30.0
+# Gone nodes (marked by the liveness worker) stay listed this long after their last heartbeat, so an
+# operator can still see them in `GET /admin/v1/nodes`; then the worker removes them.
+NODE_GONE_RETENTION_SECONDS = 24 * 3600.0
+
+
+# -- rolled-up telemetry (written by workers) -------------------------------------------------------------
+# Period aggregates back the admin spend report, which keeps old periods: a year and a month.
+TELEMETRY_AGG_TTL_SECONDS = 400 * 24 * 3600
+# Quality hours are read for 24 h windows; the extra 2 h cover the current hour and clock skew.
+TELEMETRY_QUALITY_TTL_SECONDS = 26 * 3600
+
+
+# Ids of rolled-up records are kept until this long after their UTC day ends, so a router node replaying
+# a batch whose reply it lost (after a Redis outage, say) cannot add an already-counted record again.
+TELEMETRY_ROLLED_GRACE_SECONDS = 2 * 24 * 3600
+
+
+def telemetry_rolled(day: str) -> str:
+    """Set of ids of day `day` that the rollup has folded into the aggregates and deleted."""
+    return _key("telemetry", f"rolled:{_part('day', day)}")
+
+
+def telemetry_agg(period: str) -> str:
+    """Hash of aggregate field -> integer (nano-USD, tokens, counts) for budget period `period`."""
+    return _key("telemetry", f"agg:{_part('period', period)}")
+
+
+def telemetry_quality(backend: str, hour: str) -> str:
+    """Hash of `<MM>.<metric>` -> integer for backend `backend` in UTC hour `hour` (`YYYYMMDDHH`)."""
+    return _key("telemetry", f"quality:{_part('backend', backend)}:{_part('hour', hour)}")
+
+
+# -- workers (arq) -----------------------------------------------------------------------------------------
+# arq's queue; every worker process and `nexus serve` must share it for cron uniqueness to hold.
+WORKER_QUEUE = _key("worker", "queue")
+# Tick counters only serve to audit "each tick ran once"; three days cover any investigation window.
+WORKER_TICKS_TTL_SECONDS = 3 * 24 * 3600
+
+
+def worker_ticks(job: str, day: str) -> str:
+    """Hash of scheduled tick (unix ms) -> how many times cron job `job` ran for it, per UTC day."""
+    return _key("worker", f"ticks:{_part('job', job)}:{_part('day', day)}")

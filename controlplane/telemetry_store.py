@@ -3,7 +3,9 @@
 Router nodes write records in batches through one Lua script. The script stores each record with
 HSETNX under its request id and adds its cost to the period's live spend only when the record is new,
 so a batch replayed after a lost reply (or a Redis restart with AOF) never counts a cost twice.
-Workers read the records back to aggregate breakdowns and quality figures.
+Workers roll records up into aggregates and delete them (`controlplane.rollup`), remembering the ids
+in the day's `rolled` set; the script treats an id found there as not new either, so a replay that
+arrives after the rollup is not counted again.
 
 Invariants:
 - A record's day bucket and spend period come from its own timestamp (`controlplane.periods`), so a
@@ -70,24 +72,28 @@ class NodeHeartbeat(BaseModel):
     started_at: float
     snapshot_version: int = 0
     snapshot_built_at: float | None = None
+    observed_at: float | None = None  # newest health observation the node's snapshot holds
     inflight: int = 0
     queue_depth: int = 0
     telemetry_buffered: int = 0
     redis_ok: bool = True
     draining: bool = False
+    # Set by the liveness worker when the node stopped heart-beating; a live node never writes it, so
+    # its next heartbeat clears it.
+    gone: bool = False
 
 
-# KEYS: per record its day hash then its period spend hash. ARGV: count, records ttl, spend ttl, then
-# per record: id, json, cost, key scope ("" for none).
+# KEYS: per record its day hash, its period spend hash, its day's rolled-up id set. ARGV: count,
+# records ttl, spend ttl, then per record: id, json, cost, key scope ("" for none).
 _WRITE = (
     """
 local n = tonumber(ARGV[1])
 local rttl, sttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local added = 0
 for i = 1, n do
-  local rk, sk = KEYS[2 * i - 1], KEYS[2 * i]
+  local rk, sk, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local b = 3 + (i - 1) * 4
-  if redis.call('HSETNX', rk, ARGV[b + 1], ARGV[b + 2]) == 1 then
+  if redis.call('SISMEMBER', done, ARGV[b + 1]) == 0 and redis.call('HSETNX', rk, ARGV[b + 1], ARGV[b + 2]) == 1 then
     added = added + 1
     redis.call('EXPIRE', rk, rttl)
     local cost = tonumber(ARGV[b + 3])
@@ -116,8 +122,10 @@ async def write_records(redis: Redis, records: Sequence[TelemetryRecord], reset_
         int(keys.TELEMETRY_SPEND_TTL_SECONDS),
     ]
     for rec in records:
-        key_list.append(keys.telemetry_records(day_of(rec.ts)))
+        day = day_of(rec.ts)
+        key_list.append(keys.telemetry_records(day))
         key_list.append(keys.telemetry_spend(period_of(rec.ts, reset_day)))
+        key_list.append(keys.telemetry_rolled(day))
         argv.extend((rec.id, dump_model(rec), repr(float(rec.cost_usd)), rec.key or ""))
     with guard("writing telemetry"):
         return int(await redis.eval(_WRITE, len(key_list), *key_list, *argv))

@@ -1,0 +1,281 @@
+"""Rolling router-node telemetry records up into period aggregates and quality minutes, exactly once.
+
+`rollup_pending` walks every day bucket that may still hold records (yesterday and older days too, so
+records that arrived late or were left by a killed worker are folded into their own period) in batches.
+For each batch, the client reads the records (they are immutable: router nodes write them with HSETNX),
+computes the integer increments each one adds (`controlplane.aggregates`), and hands both to one Lua
+script that, per record, runs `HDEL` on the raw record and applies its increments only if `HDEL`
+returned 1, remembering the id in the day's `rolled` set (router nodes' writes skip ids found there, so
+a replay arriving after the rollup is not counted again; see `keys.TELEMETRY_ROLLED_GRACE_SECONDS`).
+
+Invariants:
+- Exactly once: a record is folded in by the script call that deletes it, atomically, so re-running a
+  tick, two workers racing over the same day, or a worker killed between (never inside) two batches
+  can neither lose a record nor count one twice. Raw records are removed only by being aggregated.
+- One script call touches only `{telemetry}` keys, all declared in KEYS (one Cluster slot).
+- A record that is not valid JSON for `TelemetryRecord` is deleted without being counted, and reported
+  in `RollupResult.malformed` (it could never be counted, and would otherwise be re-read for ever).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from controlplane import keys
+from controlplane.aggregates import (
+    QUALITY_WINDOW_SECONDS,
+    Aggregate,
+    MinuteCounts,
+    day_start,
+    hour_of,
+    hour_start,
+    parse_aggregate,
+    parse_quality_hour,
+    quality_increments,
+    record_increments,
+)
+from controlplane.observed import as_text, decode_hash, guard
+from controlplane.periods import day_of, period_of
+from controlplane.telemetry_store import TelemetryRecord
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "OnBatch",
+    "RollupResult",
+    "pending_days",
+    "read_aggregate",
+    "read_quality_minutes",
+    "repair_live_spend",
+    "rollup_day",
+    "rollup_pending",
+]
+
+log = logging.getLogger("nexus.rollup")
+
+DEFAULT_BATCH_SIZE = 200
+_DAY = 86400.0
+
+# KEYS[1]: the day's records hash; KEYS[2]: the day's rolled-up id set; KEYS[3..]: target hashes.
+# ARGV: n records, m expiries, rolled set expire-at, then m pairs (key index, unix expire-at), then per
+# record: id, k ops, then k triples (key index, field, integer).
+_APPLY = """
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local pos = 4 + 2 * m
+local applied = 0
+for i = 1, n do
+  local id, k = ARGV[pos], tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  if redis.call('HDEL', KEYS[1], id) == 1 then
+    applied = applied + 1
+    redis.call('SADD', KEYS[2], id)
+    for j = 0, k - 1 do
+      local b = pos + 3 * j
+      redis.call('HINCRBY', KEYS[tonumber(ARGV[b])], ARGV[b + 1], ARGV[b + 2])
+    end
+  end
+  pos = pos + 3 * k
+end
+if applied > 0 then
+  redis.call('EXPIREAT', KEYS[2], ARGV[3])
+  for j = 0, m - 1 do
+    local b = 4 + 2 * j
+    redis.call('EXPIREAT', KEYS[tonumber(ARGV[b])], ARGV[b + 1])
+  end
+end
+return applied
+"""
+
+# KEYS[1]: live spend hash; ARGV: ttl, then pairs (scope, floor usd). Raises a scope to its floor.
+_REPAIR = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) - cur > 1e-6 then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+"""
+
+OnBatch = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RollupResult:
+    days: tuple[str, ...] = ()  # day buckets that held records
+    seen: int = 0  # records read
+    applied: int = 0  # records this call folded in (others were taken by a racing worker)
+    malformed: int = 0
+    batches: int = 0
+
+
+class _Batch:
+    """Arguments of one `_APPLY` call: records key and rolled set first, then each target key once."""
+
+    def __init__(self, day: str) -> None:
+        self.keys = [keys.telemetry_records(day), keys.telemetry_rolled(day)]
+        self.rolled_expire_at = int(day_start(day) + _DAY + keys.TELEMETRY_ROLLED_GRACE_SECONDS)
+        self._index: dict[str, int] = {}
+        self.expiries: dict[int, int] = {}
+        self.records: list[tuple[str, list[tuple[int, str, int]]]] = []
+
+    def target(self, key: str, expire_at: float) -> int:
+        idx = self._index.get(key)
+        if idx is None:
+            self.keys.append(key)
+            idx = self._index[key] = len(self.keys)
+        self.expiries[idx] = max(self.expiries.get(idx, 0), int(expire_at))
+        return idx
+
+    def argv(self) -> list[str | int]:
+        out: list[str | int] = [len(self.records), len(self.expiries), self.rolled_expire_at]
+        for idx, at in self.expiries.items():
+            out += [idx, at]
+        for rid, ops in self.records:
+            out += [rid, len(ops)]
+            for op in ops:
+                out += list(op)
+        return out
+
+
+def _build(day: str, items: Iterable[tuple[str, bytes | str]], now: float, reset_day: int) -> tuple[_Batch, int]:
+    batch = _Batch(day)
+    malformed = 0
+    for rid, raw in items:
+        try:
+            rec = TelemetryRecord.model_validate_json(raw)
+        except ValidationError:
+            log.warning("telemetry record %s of %s is malformed; dropping it uncounted", rid, day)
+            batch.records.append((rid, []))
+            malformed += 1
+            continue
+        agg = batch.target(keys.telemetry_agg(period_of(rec.ts, reset_day)), now + keys.TELEMETRY_AGG_TTL_SECONDS)
+        ops = [(agg, name, n) for name, n in record_increments(rec).items()]
+        quality = quality_increments(rec, now)
+        if quality is not None:
+            hour, incs = quality
+            try:
+                qkey = keys.telemetry_quality(rec.backend, hour)
+            except ValueError:  # a backend name no key can hold: count its spend, skip its quality
+                qkey = None
+            if qkey is not None:
+                start = hour_start(hour)
+                q = batch.target(qkey, start + keys.TELEMETRY_QUALITY_TTL_SECONDS)
+                ops += [(q, name, n) for name, n in incs.items()]
+        batch.records.append((rid, ops))
+    return batch, malformed
+
+
+async def rollup_day(
+    redis: Redis,
+    day: str,
+    *,
+    now: float,
+    reset_day: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> RollupResult:
+    """Fold every record of day bucket `day` (as found by one HSCAN pass) into the aggregates.
+    `on_batch(applied)` runs after each committed batch (progress reporting; tests cancel there)."""
+    records_key = keys.telemetry_records(day)
+    cursor, seen, applied, malformed, batches = 0, 0, 0, 0, 0
+    while True:
+        with guard("scanning telemetry records"):
+            cursor, found = await redis.hscan(records_key, cursor, count=batch_size)
+        items = [(as_text(k), v) for k, v in found.items()]
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            batch, bad = _build(day, chunk, now, reset_day)
+            with guard("rolling up telemetry"):
+                n = int(await redis.eval(_APPLY, len(batch.keys), *batch.keys, *batch.argv()))
+            seen, applied, malformed, batches = seen + len(chunk), applied + n, malformed + bad, batches + 1
+            if on_batch is not None:
+                await on_batch(n)
+        if int(cursor) == 0:
+            return RollupResult((day,) if seen else (), seen, applied, malformed, batches)
+
+
+def pending_days(now: float) -> list[str]:
+    """Day buckets that may hold records, oldest first: back to the records' TTL, plus tomorrow (a router
+    node whose clock runs ahead writes there before midnight)."""
+    back = int(keys.TELEMETRY_RECORDS_TTL_SECONDS // _DAY) + 1
+    return [day_of(now + i * _DAY) for i in range(-back, 2)]
+
+
+async def rollup_pending(
+    redis: Redis,
+    now: float,
+    *,
+    reset_day: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> RollupResult:
+    """Roll up every day bucket that holds records, oldest first."""
+    days = pending_days(now)
+    with guard("listing telemetry day buckets"):
+        async with redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hlen(keys.telemetry_records(day))
+            sizes = await pipe.execute()
+    total = RollupResult()
+    for day, size in zip(days, sizes, strict=True):
+        if not size:
+            continue
+        r = await rollup_day(redis, day, now=now, reset_day=reset_day, batch_size=batch_size, on_batch=on_batch)
+        total = RollupResult(
+            total.days + r.days,
+            total.seen + r.seen,
+            total.applied + r.applied,
+            total.malformed + r.malformed,
+            total.batches + r.batches,
+        )
+    return total
+
+
+async def read_aggregate(redis: Redis, period: str) -> Aggregate:
+    with guard("reading spend aggregate"):
+        raw = await redis.hgetall(keys.telemetry_agg(period))
+    return parse_aggregate(raw)
+
+
+async def read_quality_minutes(
+    redis: Redis, backends: Sequence[str], now: float
+) -> dict[str, dict[float, MinuteCounts]]:
+    """Per backend, the quality counts of every minute of the last 24 h (and the current hour)."""
+    hours = sorted({hour_of(now - h * 3600.0) for h in range(int(QUALITY_WINDOW_SECONDS // 3600) + 1)})
+    names = [b for b in backends if b and not any(c.isspace() for c in b)]
+    if not names:
+        return {}
+    with guard("reading quality minutes"):
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                for hour in hours:
+                    pipe.hgetall(keys.telemetry_quality(name, hour))
+            replies = iter(await pipe.execute())
+    out: dict[str, dict[float, MinuteCounts]] = {}
+    for name in names:
+        minutes: dict[float, MinuteCounts] = {}
+        for hour in hours:
+            minutes.update(parse_quality_hour(hour, decode_hash(next(replies))))
+        out[name] = minutes
+    return out
+
+
+async def repair_live_spend(redis: Redis, period: str, floors: Mapping[str, float]) -> list[str]:
+    """Raise the router nodes' live spend counter of `period` to at least `floors[scope]` (the aggregate,
+    which can only be ahead after a Redis data loss). Returns the scopes that were raised."""
+    if not floors:
+        return []
+    argv: list[str | int] = [int(keys.TELEMETRY_SPEND_TTL_SECONDS)]
+    for scope, usd in floors.items():
+        argv += [scope, repr(float(usd))]
+    with guard("repairing live spend"):
+        raised = await redis.eval(_REPAIR, 1, keys.telemetry_spend(period), *argv)
+    return [as_text(s) for s in raised]

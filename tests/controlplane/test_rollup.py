@@ -1,0 +1,181 @@
+"""controlplane.rollup and controlplane.spend_report against a real Redis: exactly-once rollup (re-runs,
+racing workers, replays after the rollup), sweeping old days into their own period, quality minutes,
+live spend repair, the spend report."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from controlplane import keys
+from controlplane.aggregates import parse_aggregate, sum_increments, to_nano
+from controlplane.model import BudgetStatus
+from controlplane.periods import day_of
+from controlplane.rollup import read_aggregate, read_quality_minutes, repair_live_spend, rollup_day, rollup_pending
+from controlplane.spend_report import BudgetObservation, read_spend_report, write_budget_observations
+from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
+
+NOW = datetime(2026, 11, 25, 12, 30, 15, tzinfo=UTC).timestamp()
+
+
+def mixed_records(n: int, ts: float = NOW, seed: int = 1) -> list[TelemetryRecord]:
+    """A scripted mix: three backends, models with colons, two keys, failed attempts, errors, costs."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        attempt = i % 9 == 4
+        outcome = "upstream_error" if attempt else rng.choice(["ok", "ok", "ok", "http_500", "client_disconnected"])
+        out.append(
+            TelemetryRecord(
+                id=f"req{i:04d}" + (":0" if attempt else ""),
+                ts=ts - rng.uniform(0, 600),
+                node="n1",
+                backend=rng.choice(["gpu", "cloud", "edge"]),
+                model=rng.choice(["llama3:8b", "gpt-4o"]),
+                key=rng.choice([None, "team-a", "team-b"]),
+                prompt_tokens=rng.randrange(1000),
+                completion_tokens=rng.randrange(1000),
+                cost_usd=0.0 if attempt else rng.uniform(0, 0.01),
+                ttfb_ms=None if attempt else rng.uniform(5, 500),
+                outcome=outcome,
+                status={"upstream_error": 502, "http_500": 500}.get(outcome, 200),
+            )
+        )
+    return out
+
+
+async def agg_fields(redis: Redis, period: str = "2026-11") -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in (await redis.hgetall(keys.telemetry_agg(period))).items()}
+
+
+async def test_rollup_folds_every_record_exactly_once(redis: Redis) -> None:
+    records = mixed_records(50)
+    assert await write_records(redis, records) == 50
+    result = await rollup_pending(redis, NOW, batch_size=7)
+    assert (result.seen, result.applied, result.malformed, result.days) == (50, 50, 0, ("2026-11-25",))
+    assert result.batches >= 8
+    assert await agg_fields(redis) == sum_increments(records)
+    assert await redis.hlen(keys.telemetry_records("2026-11-25")) == 0
+    assert await redis.scard(keys.telemetry_rolled("2026-11-25")) == 50
+
+    again = await rollup_pending(redis, NOW, batch_size=7)
+    assert (again.seen, again.applied) == (0, 0)
+    assert await agg_fields(redis) == sum_increments(records)
+
+
+async def test_a_replay_after_the_rollup_is_not_counted_again(redis: Redis) -> None:
+    records = mixed_records(20)
+    await write_records(redis, records)
+    live = await read_live_spend(redis, "2026-11")
+    await rollup_pending(redis, NOW)
+    # A router node that lost the reply to its flush replays the batch after the worker rolled it up.
+    assert await write_records(redis, records) == 0
+    assert await read_live_spend(redis, "2026-11") == live
+    assert (await rollup_pending(redis, NOW)).applied == 0
+    assert await agg_fields(redis) == sum_increments(records)
+
+
+async def test_racing_rollups_count_each_record_once(redis: Redis) -> None:
+    records = mixed_records(300)
+    await write_records(redis, records)
+    results = await asyncio.gather(*(rollup_pending(redis, NOW, batch_size=5) for _ in range(4)))
+    assert sum(r.applied for r in results) == 300
+    assert await agg_fields(redis) == sum_increments(records)
+    total = parse_aggregate(await redis.hgetall(keys.telemetry_agg("2026-11"))).total
+    assert total.nusd == sum(to_nano(r.cost_usd) for r in records)
+    assert total.usd == pytest.approx(sum(r.cost_usd for r in records))
+
+
+async def test_old_days_are_swept_into_their_own_period(redis: Redis) -> None:
+    now = datetime(2026, 12, 15, 0, 5, tzinfo=UTC).timestamp()  # reset day 15: a new period began 5 min ago
+    late = mixed_records(10, ts=now - 3600, seed=2)  # 2026-12-14: still the period that began on Nov 15
+    old = mixed_records(10, ts=now - 10 * 86400 + 3600, seed=3)  # 2026-12-05
+    fresh = mixed_records(5, ts=now, seed=4)
+    fresh = [r.model_copy(update={"ts": now + 1, "id": "f" + r.id}) for r in fresh]
+    await write_records(redis, late + old + fresh, reset_day=15)
+    result = await rollup_pending(redis, now, reset_day=15)
+    assert result.days == ("2026-12-05", "2026-12-14", "2026-12-15")
+    assert await agg_fields(redis, "2026-11") == sum_increments(late + old)
+    assert await agg_fields(redis, "2026-12") == sum_increments(fresh)
+
+
+async def test_malformed_records_are_dropped_uncounted(redis: Redis) -> None:
+    await write_records(redis, mixed_records(3))
+    await redis.hset(keys.telemetry_records("2026-11-25"), "junk", b"{not json")
+    result = await rollup_day(redis, "2026-11-25", now=NOW)
+    assert (result.applied, result.malformed) == (4, 1)
+    assert (await read_aggregate(redis, "2026-11")).total.requests == 3
+    assert not await redis.exists(keys.telemetry_records("2026-11-25"))
+
+
+async def test_quality_minutes_and_expiries(redis: Redis) -> None:
+    minute = NOW - NOW % 60
+    records = [
+        TelemetryRecord(id="a", ts=minute + 1, node="n", backend="gpu", model="m", ttfb_ms=10.0),
+        TelemetryRecord(id="b", ts=minute + 2, node="n", backend="gpu", model="m", ttfb_ms=30.0),
+        TelemetryRecord(id="c", ts=minute - 60, node="n", backend="gpu", model="m", outcome="upstream_error"),
+        TelemetryRecord(id="d", ts=minute - 2 * 86400, node="n", backend="gpu", model="m"),
+    ]
+    await write_records(redis, records)
+    await rollup_pending(redis, NOW)
+    minutes = await read_quality_minutes(redis, ["gpu", "idle"], NOW)
+    assert minutes["idle"] == {}
+    got = minutes["gpu"]
+    assert set(got) == {minute, minute - 60}  # the 2-day-old record is spend-only
+    assert (got[minute].requests, got[minute].ttfb_us, got[minute].ttfb_count) == (2, 40_000, 2)
+    assert (got[minute - 60].requests, got[minute - 60].errors) == (1, 1)
+    hour = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d%H")
+    hour_start = NOW - NOW % 3600
+    day_end = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
+    # Redis 6.2 has no EXPIRETIME: compare remaining TTLs with the expected expiry instants.
+    expected = {
+        keys.telemetry_quality("gpu", hour): hour_start + 26 * 3600,
+        keys.telemetry_rolled("2026-11-25"): day_end + 2 * 86400,
+        keys.telemetry_agg("2026-11"): NOW + 400 * 86400,  # the rollup's clock, not the wall clock
+    }
+    for key, at in expected.items():
+        assert abs(await redis.pttl(key) / 1000 - (at - time.time())) < 5, key
+
+
+async def test_repair_live_spend_only_raises_lower_counters(redis: Redis) -> None:
+    await redis.hset(keys.telemetry_spend("2026-11"), mapping={"global": "5.0", "team-a": "1.0"})
+    raised = await repair_live_spend(redis, "2026-11", {"global": 4.0, "team-a": 2.5, "team-b": 0.5})
+    assert sorted(raised) == ["team-a", "team-b"]
+    assert await read_live_spend(redis, "2026-11") == {"global": 5.0, "team-a": 2.5, "team-b": 0.5}
+    assert await repair_live_spend(redis, "2026-11", {"global": 5.0 + 1e-9}) == []
+
+
+async def test_spend_report(redis: Redis) -> None:
+    records = mixed_records(40)
+    await write_records(redis, records)
+    await rollup_pending(redis, NOW)
+    obs = {
+        "global": BudgetObservation(1.0, "2026-11", BudgetStatus.SOFT_LIMIT, 1.2, 0.75, 0.83, NOW),
+        "team-a": BudgetObservation(0.1, "2026-10", BudgetStatus.NORMAL, 5.0, 0.75, 0.02, NOW),
+    }
+    await write_budget_observations(redis, obs)
+    report = await read_spend_report(redis, "2026-11")
+    finals = [r for r in records if ":" not in r.id]
+    expected_total: Any = pytest.approx(sum(r.cost_usd for r in records))
+    assert report["total_usd"] == expected_total
+    assert report["requests"] == len(finals)
+    assert report["failed_attempts"] == len(records) - len(finals)
+    assert report["errors"] == sum(1 for r in finals if r.outcome == "http_500")
+    assert set(report["by_backend"]) == {"gpu", "cloud", "edge"}
+    assert set(report["by_model"]) == {"llama3:8b", "gpt-4o"}
+    assert set(report["by_key"]) == {"team-a", "team-b"}
+    assert sum(b["usd"] for b in report["by_backend"].values()) == expected_total
+    assert report["by_key"]["team-a"]["usd"] == pytest.approx(sum(r.cost_usd for r in records if r.key == "team-a"))
+    assert report["live_spend"]["global"] == expected_total
+    assert list(report["budgets"]) == ["global"]  # team-a's observation is of another period
+    assert report["budgets"]["global"]["status"] == "soft_limit"
+
+    empty = await read_spend_report(redis, "2020-01")
+    assert (empty["total_usd"], empty["requests"], empty["by_backend"], empty["budgets"]) == (0.0, 0, {}, {})
+    assert day_of(NOW) == "2026-11-25"

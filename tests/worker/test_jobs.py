@@ -1,0 +1,322 @@
+"""The loops end to end: real arq workers or tick bodies, real Redis, fake backends over real HTTP, and
+what router nodes read back in their snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from controlplane import keys
+from controlplane.aggregates import sum_increments
+from controlplane.embedded_redis import EmbeddedRedis
+from controlplane.model import BudgetStatus, HealthState, QualityStats
+from controlplane.observed import HealthRecord, read_inflight, write_inflight
+from controlplane.periods import day_of
+from controlplane.spend_report import read_budget_observations, read_spend_report
+from controlplane.state import load_snapshot, read_health, seed_desired
+from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, read_heartbeats, write_heartbeat, write_records
+from tests.harness import eventually
+from tests.worker.conftest import FakeFactory, RawServer, WorkerFactory, record, run_tick, worker_settings_for
+from worker.jobs import HEALTH_JOB, QUALITY_JOB, run_budget, run_health, run_nodes
+from worker.probe import new_session
+from worker.store import mark_nodes_gone, read_heartbeats_raw
+
+RawFactory = Callable[..., Awaitable[RawServer]]
+
+
+# -- health -----------------------------------------------------------------------------------------------
+async def test_health_follows_a_backend_down_up_and_loading(
+    redis: Redis, fakes: FakeFactory, workers: WorkerFactory
+) -> None:
+    fake = await fakes("gpu", ("m1", "m2"), context_length=4096)
+    settings = worker_settings_for(
+        [{"name": "gpu", "url": fake.url, "type": "vllm", "models": ["m1"]}],
+        health_check={"interval_seconds": 1, "timeout_seconds": 0.5, "failure_threshold": 2, "recovery_threshold": 2},
+    )
+
+    async def current() -> HealthRecord | None:
+        return (await read_health(redis)).get("gpu")
+
+    async def when(check: Callable[[HealthRecord], bool]) -> HealthRecord:
+        return await eventually(lambda: _matching(current(), check), timeout=10)
+
+    await workers(settings, jobs=[HEALTH_JOB])
+    up = await when(lambda r: r.state is HealthState.HEALTHY)  # the start-up tick: healthy at once
+    assert [(m.name, m.context_length) for m in up.models] == [("m1", 4096), ("m2", 4096)]
+    assert up.latency_ema_ms is not None
+    snap = await load_snapshot(redis, settings, time.time())
+    assert snap.backends["gpu"].health is HealthState.HEALTHY
+    assert snap.backends["gpu"].models["m2"].context_length == 4096  # discovered, not configured
+    assert [b.name for b in snap.by_model["m2"]] == ["gpu"]
+
+    fake.configure(fail_mode="500")
+    first = await when(lambda r: r.consecutive_failures >= 1)
+    assert (first.state, first.consecutive_failures) == (HealthState.HEALTHY, 1)  # below the threshold
+    down = await when(lambda r: r.state is HealthState.UNHEALTHY)
+    assert down.consecutive_failures == 2
+    assert (await load_snapshot(redis, settings, time.time())).backends["gpu"].health is HealthState.UNHEALTHY
+
+    fake.configure(fail_mode="none")
+    first_ok = await when(lambda r: r.consecutive_successes >= 1)
+    assert (first_ok.state, first_ok.consecutive_successes) == (HealthState.UNHEALTHY, 1)
+    back = await when(lambda r: r.state is HealthState.HEALTHY)
+    assert back.consecutive_successes == 2
+
+    fake.configure(loading_seconds=30)
+    await when(lambda r: r.state is HealthState.LOADING)
+    assert (await load_snapshot(redis, settings, time.time())).backends["gpu"].health is HealthState.LOADING
+    # Observed health older than twice the interval is not trusted by the snapshot.
+    later = await load_snapshot(redis, settings, time.time() + 2.5)
+    assert later.backends["gpu"].health is HealthState.UNKNOWN
+
+
+async def _matching(pending: Awaitable[HealthRecord | None], check: Callable[[HealthRecord], bool]) -> Any:
+    rec = await pending
+    return rec if rec is not None and check(rec) else None
+
+
+async def test_a_health_tick_over_many_backends_takes_about_one_timeout(
+    redis: Redis, fakes: FakeFactory, raw_servers: RawFactory
+) -> None:
+    timeout = 0.5
+    ok = [await fakes(f"ok{i}") for i in range(25)]
+    hung = [await raw_servers(None) for _ in range(5)]
+    backends = [{"name": f"ok{i}", "url": f.url} for i, f in enumerate(ok)]
+    backends += [{"name": f"hung{i}", "url": s.url} for i, s in enumerate(hung)]
+    settings = worker_settings_for(backends, health_check={"timeout_seconds": timeout, "failure_threshold": 1})
+    await seed_desired(redis, settings.desired())
+    async with new_session() as session:
+        t0 = time.perf_counter()
+        summary = await run_health(redis, session, settings)
+        elapsed = time.perf_counter() - t0
+    assert (summary["healthy"], summary["unhealthy"], summary["written"]) == (25, 5, 30)
+    assert elapsed < 3 * timeout, f"one tick over 30 backends took {elapsed:.2f} s with a {timeout} s timeout"
+
+
+async def test_removed_backends_lose_their_health_record(redis: Redis, fakes: FakeFactory) -> None:
+    fake = await fakes("a")
+    settings = worker_settings_for([{"name": "a", "url": fake.url}])
+    await seed_desired(redis, settings.desired())
+    await redis.hset(keys.OBSERVED_HEALTH, "removed", orjson.dumps({"state": "healthy", "checked_at": 1.0}))
+    async with new_session() as session:
+        await run_health(redis, session, settings)
+    assert set(await read_health(redis)) == {"a"}
+
+
+# -- budget -----------------------------------------------------------------------------------------------
+BUDGETS = {
+    "budget": {"monthly_limit_usd": 1.0, "soft_limit_percent": 50},
+    "key_budgets": {"team-a": {"monthly_limit_usd": 0.2}},
+}
+
+
+async def test_spend_crossing_thresholds_changes_the_status_router_nodes_read(redis: Redis) -> None:
+    settings = worker_settings_for(routing=BUDGETS)
+    await seed_desired(redis, settings.desired())
+    now = time.time()
+
+    async def statuses() -> tuple[BudgetStatus, BudgetStatus]:
+        await run_budget(redis, settings, now)
+        snap = await load_snapshot(redis, settings, now)
+        return snap.budgets["global"].status(), snap.budgets["team-a"].status()
+
+    assert await statuses() == (BudgetStatus.NORMAL, BudgetStatus.NORMAL)
+    await write_records(redis, [record("r1", now, cost_usd=0.3)])
+    assert await statuses() == (BudgetStatus.NORMAL, BudgetStatus.NORMAL)
+    await write_records(redis, [record("r2", now, cost_usd=0.25, key="team-a")])
+    assert await statuses() == (BudgetStatus.SOFT_LIMIT, BudgetStatus.HARD_LIMIT)
+    await write_records(redis, [record("r3", now, cost_usd=0.5)])
+    assert await statuses() == (BudgetStatus.HARD_LIMIT, BudgetStatus.HARD_LIMIT)
+    observed = await read_budget_observations(redis)
+    assert observed["global"].spend_usd == pytest.approx(1.05)
+    assert observed["global"].utilization == pytest.approx(1.05)
+    assert observed["team-a"].limit_usd == 0.2
+
+
+async def test_a_month_rollover_starts_at_zero_and_keeps_the_old_report(redis: Redis) -> None:
+    settings = worker_settings_for(routing={"budget": {"monthly_limit_usd": 5.0}})
+    await seed_desired(redis, settings.desired())
+    november = datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp()
+    await write_records(redis, [record("nov1", november - 10, cost_usd=2.0)])
+    await run_budget(redis, settings, november)
+    assert (await load_snapshot(redis, settings, november)).budgets["global"].spend_usd == pytest.approx(2.0)
+
+    december = datetime(2026, 12, 1, 0, 0, 30, tzinfo=UTC).timestamp()
+    late = record("nov2", november + 30, cost_usd=1.0)  # a November request that reached Redis late
+    await write_records(redis, [late, record("dec1", december - 5, cost_usd=0.5)])
+    summary = await run_budget(redis, settings, december)
+    assert summary["period"] == "2026-12" and summary["days"] == ["2026-11-30", "2026-12-01"]
+    budget = (await load_snapshot(redis, settings, december)).budgets["global"]
+    assert (budget.period, budget.spend_usd) == ("2026-12", pytest.approx(0.5))
+    assert (await read_spend_report(redis, "2026-11"))["total_usd"] == pytest.approx(3.0)
+    assert (await read_spend_report(redis, "2026-12"))["total_usd"] == pytest.approx(0.5)
+
+    january = datetime(2027, 1, 1, 0, 1, tzinfo=UTC).timestamp()
+    await run_budget(redis, settings, january)  # no traffic yet: the new period starts at zero
+    assert (await load_snapshot(redis, settings, january)).budgets["global"].spend_usd == 0.0
+
+
+async def test_the_budget_tick_repairs_a_live_counter_behind_the_aggregate(redis: Redis) -> None:
+    settings = worker_settings_for(routing=BUDGETS)
+    now = time.time()
+    await write_records(redis, [record("r1", now, cost_usd=0.4, key="team-a")])
+    period = (await run_budget(redis, settings, now))["period"]
+    await redis.delete(keys.telemetry_spend(period))  # a Redis data loss took the live counter
+    summary = await run_budget(redis, settings, now)
+    assert sorted(summary["repaired"]) == ["global", "team-a"]
+    assert float(await redis.hget(keys.telemetry_spend(period), "global")) == pytest.approx(0.4)
+
+
+KILLABLE_TICK = """
+import asyncio, sys
+from redis.asyncio import Redis
+from controlplane.config import load_settings
+from worker.jobs import run_budget
+
+async def main(url: str, now: float) -> None:
+    redis = Redis.from_url(url)
+    async def slowly(applied: int) -> None:
+        print("batch", applied, flush=True)
+        await asyncio.sleep(0.05)
+    await run_budget(redis, load_settings(environ={}), now, batch_size=3, on_batch=slowly)
+    print("finished", flush=True)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def scripted(n: int, now: float) -> list[TelemetryRecord]:
+    return [
+        record(
+            f"r{i:03d}" + (":0" if i % 7 == 3 else ""),
+            now - i,
+            backend=("gpu", "cloud")[i % 2],
+            model=("llama3:8b", "gpt-4o", "m")[i % 3],
+            key=(None, "team-a")[i % 2],
+            cost_usd=0.0 if i % 7 == 3 else 0.0001 * i,
+            prompt_tokens=i,
+            completion_tokens=2 * i,
+            ttfb_ms=10.0 + i,
+            outcome="upstream_error" if i % 7 == 3 else "ok",
+        )
+        for i in range(60)
+    ]
+
+
+async def _rolled_state(redis: Redis) -> dict[bytes, dict[bytes, bytes]]:
+    out = {}
+    async for key in redis.scan_iter(match=f"{keys.PREFIX}:{{telemetry}}:*"):
+        if b":agg:" in key or b":quality:" in key:
+            out[key] = await redis.hgetall(key)
+    return out
+
+
+async def test_killing_a_worker_mid_tick_then_the_next_tick_gives_the_uninterrupted_totals(
+    redis_server: EmbeddedRedis, redis: Redis
+) -> None:
+    now = time.time()
+    records = scripted(60, now)
+    settings = worker_settings_for()
+    await write_records(redis, records)
+    await run_budget(redis, settings, now)
+    uninterrupted = await _rolled_state(redis)
+    period = (await run_budget(redis, settings, now))["period"]
+    assert {k.decode(): int(v) for k, v in uninterrupted[keys.telemetry_agg(period).encode()].items()} == (
+        sum_increments(records)
+    )
+
+    await redis.flushall()
+    await write_records(redis, records)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLABLE_TICK, redis_server.url, repr(now), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        for _ in range(4):  # four batches of three committed, then kill -9 in the middle of the tick
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
+            assert line.startswith(b"batch"), line
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.telemetry_agg(period))).items()}
+    left = sum([await redis.hlen(keys.telemetry_records(day)) for day in {day_of(now), day_of(now - 60)}])
+    counted = partial.get("total.requests", 0) + partial.get("total.failed_attempts", 0)
+    assert 0 < counted < 60 and counted + left == 60  # whole batches only: nothing lost, nothing twice
+
+    await run_budget(redis, settings, now)  # the next tick
+    assert await _rolled_state(redis) == uninterrupted
+
+
+# -- quality ----------------------------------------------------------------------------------------------
+async def test_quality_figures_match_a_hand_computed_expectation(redis_server: EmbeddedRedis, redis: Redis) -> None:
+    now = time.time()
+    settings = worker_settings_for([{"name": "gpu", "url": "http://127.0.0.1:9"}, {"name": "idle", "url": "http://x"}])
+    await seed_desired(redis, settings.desired())
+    recent = [record(f"ok{i}", now - 60 * i, backend="gpu", ttfb_ms=t) for i, t in enumerate([100, 200, 300] * 2)]
+    recent += [
+        record("gone", now - 30, backend="gpu", outcome="client_disconnected", ttfb_ms=800),  # a request, no error
+        record("e1", now - 90, backend="gpu", outcome="http_500", status=500, ttfb_ms=5),
+        record("e2", now - 100, backend="gpu", outcome="http_500", status=500, ttfb_ms=5),
+        record("x:0", now - 120, backend="gpu", outcome="upstream_error", status=502),  # a failed attempt
+        record("bad", now - 130, backend="gpu", outcome="http_400", status=400),  # the client's fault
+    ]
+    earlier = [record(f"old{i}", now - 3 * 3600 - i, backend="gpu", ttfb_ms=50) for i in range(5)]
+    earlier += [record(f"mid{i}", now - 3 * 3600 - i, backend="gpu", outcome="midstream_error") for i in range(5)]
+    stale = [record(f"ancient{i}", now - 25 * 3600, backend="gpu", outcome="upstream_error") for i in range(10)]
+    await write_records(redis, recent + earlier + stale)
+
+    completed, result = await run_tick(redis_server.url, settings, QUALITY_JOB, int(now * 1000), clock=lambda: now)
+    assert (completed, result["records"], result["backends_with_history"]) == (1, 31, 1)
+    stored = {k.decode(): orjson.loads(v) for k, v in (await redis.hgetall(keys.OBSERVED_QUALITY)).items()}
+    assert set(stored) == {"gpu"}  # no history: no figures
+    # 1 h: 11 requests (6 ok, 1 disconnected, 2 x 500, 1 failed attempt, 1 x 400), 3 errors;
+    # TTFB over the 7 non-error requests that reported one: (2 x 600 + 800) / 7 ms.
+    # 24 h: 21 requests, 8 errors (the 25 h old ones are outside every window).
+    expected = QualityStats(3 / 11, 2000 / 7, 1 - 8 / 21, 11, 21)
+    gpu = QualityStats(**stored["gpu"])
+    assert (gpu.requests_1h, gpu.requests_24h) == (expected.requests_1h, expected.requests_24h)
+    assert gpu.error_rate_1h == pytest.approx(expected.error_rate_1h)
+    assert gpu.avg_ttfb_ms_1h == pytest.approx(expected.avg_ttfb_ms_1h, abs=0.01)
+    assert gpu.success_rate_24h == pytest.approx(expected.success_rate_24h)
+    snap = await load_snapshot(redis, settings, now)
+    assert snap.backends["gpu"].quality == gpu
+    assert "gpu" not in snap.failing  # 27 % errors, below the default 50 % threshold
+
+
+# -- router-node liveness ---------------------------------------------------------------------------------
+async def test_nodes_that_stopped_heart_beating_are_marked_gone(redis: Redis) -> None:
+    now = time.time()
+    for node, age, gone in [("alive", 1, False), ("dead", 60, False), ("ghost", 100, True), ("old", 2 * 86400, True)]:
+        await write_heartbeat(redis, NodeHeartbeat(node=node, at=now - age, started_at=now - 3 * 86400, gone=gone))
+    await write_inflight(redis, "dead", {"gpu": 3})
+    await write_inflight(redis, "alive", {"gpu": 2})
+    assert await read_inflight(redis) == {"gpu": 5}
+
+    assert await run_nodes(redis, now) == {"nodes": 4, "marked_gone": ["dead"], "removed": ["old"]}
+    beats = {b.node: b.gone for b in await read_heartbeats(redis)}
+    assert beats == {"alive": False, "dead": True, "ghost": True}
+    assert await read_inflight(redis) == {"gpu": 2}  # cluster load recovers at once
+    assert await run_nodes(redis, now) == {"nodes": 3, "marked_gone": [], "removed": []}  # idempotent
+
+
+async def test_a_node_that_comes_back_is_not_marked_gone(redis: Redis) -> None:
+    now = time.time()
+    await write_heartbeat(redis, NodeHeartbeat(node="flaky", at=now - 60, started_at=now - 600))
+    raw, stale = (await read_heartbeats_raw(redis))["flaky"]
+    assert stale is not None
+    # Between the worker's read and its write, the node's fresh heartbeat lands.
+    await write_heartbeat(redis, NodeHeartbeat(node="flaky", at=now, started_at=now - 600))
+    await write_inflight(redis, "flaky", {"gpu": 1})
+    assert await mark_nodes_gone(redis, [(stale, raw)], []) == ([], [])
+    assert [b.gone for b in await read_heartbeats(redis)] == [False]
+    assert await read_inflight(redis) == {"gpu": 1}

@@ -1,0 +1,218 @@
+"""The worker loops' tick bodies, and the arq job functions that run them once per scheduled tick.
+
+`run_health`, `run_budget`, `run_quality` and `run_nodes` are one tick each: read what is observed,
+call the pure reconcilers (`worker.health`, `worker.reconcilers`), write the result. They are level-based
+(each tick recomputes from what Redis and the backends say now, whatever earlier ticks did) and every
+write is idempotent, so they are safe to run concurrently or twice.
+
+The `*_job(ctx)` functions are what arq schedules. Each first claims its tick (`worker.store.claim_tick`,
+keyed by the tick time in the unique cron job id, which every worker computes identically): a duplicate
+delivery is counted and does nothing. Budget limits, backends and key budgets come from the desired
+config in Redis (the admin API changes them live); the budget period's reset day and the health
+thresholds come from this process's settings, exactly as on router nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from controlplane import keys
+from controlplane.config import DesiredConfig, NexusSettings
+from controlplane.model import HealthState
+from controlplane.periods import period_of
+from controlplane.rollup import (
+    DEFAULT_BATCH_SIZE,
+    OnBatch,
+    read_aggregate,
+    read_quality_minutes,
+    repair_live_spend,
+    rollup_pending,
+)
+from controlplane.spend_report import write_budget_observations
+from controlplane.state import read_desired
+from worker.health import HealthPolicy, next_health
+from worker.probe import probe_all, target_for
+from worker.reconcilers import observe_budgets, plan_liveness, quality_stats
+from worker.schedule import tick_of
+from worker.store import (
+    claim_tick,
+    compare_and_set,
+    health_change,
+    mark_nodes_gone,
+    read_health_raw,
+    read_heartbeats_raw,
+    replace_quality,
+)
+
+__all__ = [
+    "BUDGET_JOB",
+    "CTX_KEY",
+    "HEALTH_JOB",
+    "NODES_JOB",
+    "QUALITY_JOB",
+    "WorkerContext",
+    "budget_job",
+    "health_job",
+    "nodes_job",
+    "quality_job",
+    "run_budget",
+    "run_health",
+    "run_nodes",
+    "run_quality",
+]
+
+log = logging.getLogger("nexus.worker")
+
+HEALTH_JOB = "nexus.health"
+BUDGET_JOB = "nexus.budget"
+QUALITY_JOB = "nexus.quality"
+NODES_JOB = "nexus.nodes"
+CTX_KEY = "nexus"
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """What the jobs share in one worker process (arq's ctx[CTX_KEY]); the session is opened on start-up."""
+
+    settings: NexusSettings
+    clock: Callable[[], float] = time.time
+    batch_size: int = DEFAULT_BATCH_SIZE
+    http: aiohttp.ClientSession | None = None
+
+
+async def _desired(redis: Redis, settings: NexusSettings) -> DesiredConfig:
+    version, desired = await read_desired(redis)
+    return desired if version else settings.desired()
+
+
+async def run_health(
+    redis: Redis, session: aiohttp.ClientSession, settings: NexusSettings, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
+    """Probe every backend concurrently, step each one's state machine, store by compare-and-set."""
+    started = time.perf_counter()
+    backends = (await _desired(redis, settings)).backends
+    previous = await read_health_raw(redis)
+    results = await probe_all(session, [target_for(b) for b in backends], settings.health_check.timeout_seconds)
+    now = clock()
+    policy = HealthPolicy.from_config(settings.health_check)
+    changes, states = [], {}
+    for b in backends:
+        raw, prev = previous.get(b.name, (None, None))
+        probe = results[b.name]
+        record = next_health(prev, probe, policy, now)
+        states[b.name] = record.state
+        if prev is None or prev.state is not record.state:
+            level = logging.WARNING if record.state is HealthState.UNHEALTHY else logging.INFO
+            log.log(level, "backend %s is %s%s", b.name, record.state, f" ({probe.error})" if probe.error else "")
+        changes.append(health_change(b.name, raw, record))
+    configured = {b.name for b in backends}
+    changes += [health_change(name, raw, None) for name, (raw, _) in previous.items() if name not in configured]
+    written = await compare_and_set(redis, keys.OBSERVED_HEALTH, changes)
+    counts = {s.value: sum(1 for v in states.values() if v is s) for s in HealthState}
+    return {"backends": len(backends), **counts, "written": len(written), "seconds": time.perf_counter() - started}
+
+
+async def run_budget(
+    redis: Redis,
+    settings: NexusSettings,
+    now: float,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> dict[str, Any]:
+    """Roll up pending telemetry, then observe every budget of the current period."""
+    reset_day = settings.routing.budget.reset_day
+    rolled = await rollup_pending(redis, now, reset_day=reset_day, batch_size=batch_size, on_batch=on_batch)
+    if rolled.malformed:
+        log.warning("dropped %d malformed telemetry records", rolled.malformed)
+    routing = (await _desired(redis, settings)).routing
+    period = period_of(now, reset_day)
+    observations = observe_budgets(routing, await read_aggregate(redis, period), period, now)
+    await write_budget_observations(redis, observations)
+    floors = {scope: obs.spend_usd for scope, obs in observations.items() if obs.spend_usd > 0}
+    repaired = await repair_live_spend(redis, period, floors)
+    if repaired:
+        log.warning("live spend of %s was below the aggregate for %s; raised it", period, ", ".join(repaired))
+    return {
+        "period": period,
+        "records": rolled.applied,
+        "days": list(rolled.days),
+        "budgets": {scope: obs.status.value for scope, obs in observations.items()},
+        "repaired": repaired,
+    }
+
+
+async def run_quality(
+    redis: Redis, settings: NexusSettings, now: float, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict[str, Any]:
+    """Roll up pending telemetry (so figures are fresh), then recompute every backend's quality."""
+    rolled = await rollup_pending(redis, now, reset_day=settings.routing.budget.reset_day, batch_size=batch_size)
+    names = [b.name for b in (await _desired(redis, settings)).backends]
+    minutes = await read_quality_minutes(redis, names, now)
+    stats = {name: s for name in names if (s := quality_stats(minutes.get(name, {}), now)) is not None}
+    await replace_quality(redis, stats)
+    return {"records": rolled.applied, "backends_with_history": len(stats)}
+
+
+async def run_nodes(redis: Redis, now: float) -> dict[str, Any]:
+    """Mark router nodes without a recent heartbeat gone; forget long-gone ones."""
+    raw = await read_heartbeats_raw(redis)
+    beats = {node: beat for node, (_, beat) in raw.items() if beat is not None}
+    plan = plan_liveness(beats, now)
+    marked, removed = await mark_nodes_gone(
+        redis, [(b, raw[b.node][0]) for b in plan.mark_gone], [(b, raw[b.node][0]) for b in plan.forget]
+    )
+    for node in marked:
+        log.warning("router node %s stopped sending heartbeats; marked gone", node)
+    return {"nodes": len(beats), "marked_gone": marked, "removed": removed}
+
+
+# -- arq job functions ------------------------------------------------------------------------------------
+async def _claim(ctx: dict[str, Any], job: str) -> tuple[WorkerContext, int] | None:
+    wc: WorkerContext = ctx[CTX_KEY]
+    tick = tick_of(str(ctx.get("job_id", "")), int(ctx.get("score") or wc.clock() * 1000))
+    runs = await claim_tick(ctx["redis"], job, tick)
+    if runs > 1:
+        log.warning("%s tick %d delivered again (run %d); not repeating its work", job, tick, runs)
+        return None
+    return wc, tick
+
+
+async def health_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    claimed = await _claim(ctx, HEALTH_JOB)
+    if claimed is None:
+        return {"duplicate": True}
+    wc, tick = claimed
+    assert wc.http is not None, "the worker's start-up opens the HTTP session"
+    return {"tick": tick, **await run_health(ctx["redis"], wc.http, wc.settings, wc.clock)}
+
+
+async def budget_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    claimed = await _claim(ctx, BUDGET_JOB)
+    if claimed is None:
+        return {"duplicate": True}
+    wc, tick = claimed
+    return {"tick": tick, **await run_budget(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)}
+
+
+async def quality_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    claimed = await _claim(ctx, QUALITY_JOB)
+    if claimed is None:
+        return {"duplicate": True}
+    wc, tick = claimed
+    return {"tick": tick, **await run_quality(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)}
+
+
+async def nodes_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    claimed = await _claim(ctx, NODES_JOB)
+    if claimed is None:
+        return {"duplicate": True}
+    wc, tick = claimed
+    return {"tick": tick, **await run_nodes(ctx["redis"], wc.clock())}

@@ -1,0 +1,171 @@
+"""Running the worker: `nexus worker` (blocking, its own process) and in-process for `nexus serve`.
+
+Both paths run the same arq `Worker` built by `worker.settings.worker_settings`, inside an event loop
+that the caller owns, with arq's own signal handling off: `run_worker` installs SIGINT/SIGTERM handlers
+that stop it gracefully, `start_in_process` returns a handle whose `stop()` the host process awaits on
+shutdown.
+
+Graceful stop: pick no new jobs, give running ticks `grace_seconds` to finish, cancel what is left (safe:
+every tick is idempotent and the rollup commits whole batches only), then close arq's Redis pool and
+the probes' HTTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from arq.worker import Worker, create_worker
+from redis.exceptions import RedisError
+
+from controlplane.config import NexusSettings
+from controlplane.rollup import DEFAULT_BATCH_SIZE
+from worker.settings import worker_settings
+
+__all__ = ["WorkerHandle", "build_worker", "run_worker", "start_in_process"]
+
+log = logging.getLogger("nexus.worker")
+
+
+def build_worker(
+    settings: NexusSettings,
+    redis_url: str | None = None,
+    *,
+    jobs: Collection[str] | None = None,
+    clock: Callable[[], float] = time.time,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    poll_delay: float = 0.5,
+    **overrides: Any,
+) -> Worker:
+    """An arq Worker for `settings` (arq keyword arguments in `overrides`, e.g. `burst=True`). Must be
+    called inside the event loop that will run it."""
+    cls = worker_settings(settings, redis_url, jobs=jobs, clock=clock, batch_size=batch_size, poll_delay=poll_delay)
+    return create_worker(cls, **{"handle_signals": False, **overrides})
+
+
+class WorkerHandle:
+    """A worker running as a task of the current event loop."""
+
+    __slots__ = ("_started", "_stopping", "_task", "worker")
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._started = asyncio.Event()
+        self._stopping = False
+        startup = worker.on_startup
+
+        async def on_startup(ctx: dict[str, Any]) -> None:
+            if startup is not None:
+                await startup(ctx)
+            self._started.set()
+
+        worker.on_startup = on_startup
+        self._task = asyncio.create_task(self._run(), name="nexus-worker")
+
+    async def _run(self) -> None:
+        try:
+            await self.worker.async_run()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self._stopping or (current is not None and current.cancelling()):
+                raise  # cancelled from outside, not by our own stop()
+
+    async def wait_started(self, timeout: float = 15.0) -> None:
+        """Return once arq connected and the start-up hook ran; raise what the worker died of, if it did."""
+        started = asyncio.ensure_future(self._started.wait())
+        try:
+            await asyncio.wait({started, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+        if self._started.is_set():
+            return
+        if self._task.done():
+            self._task.result()
+            raise RuntimeError("the worker stopped during start-up")
+        raise TimeoutError(f"the worker did not start within {timeout} s (is Redis reachable?)")
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop gracefully (see the module docstring). Safe to call twice."""
+        if self._stopping:
+            await asyncio.gather(self._task, return_exceptions=True)
+            return
+        self._stopping = True
+        w = self.worker
+        w.allow_pick_jobs = False
+        running = [t for t in w.tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace_seconds)
+        for t in w.tasks.values():
+            t.cancel()
+        if w.main_task is not None:
+            w.main_task.cancel()
+        else:  # not started yet: arq creates main_task inside async_run, so cancel the run itself
+            self._task.cancel()
+        await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+        await asyncio.gather(self._task, return_exceptions=True)
+        w.tasks.clear()
+        await _close(w)
+
+
+async def _close(w: Worker) -> None:
+    """`Worker.close()` minus its two problems here: it gathers tasks without return_exceptions, and it
+    closes the pool with redis-py's deprecated `close()`."""
+    pool = w._pool  # arq keeps it private; None when the worker never connected or is closed
+    if pool is None:
+        return
+    try:
+        with contextlib.suppress(RedisError):
+            await pool.delete(w.health_check_key)
+        if w.on_shutdown is not None:
+            await w.on_shutdown(w.ctx)
+    finally:
+        w._pool = None
+        await pool.aclose(close_connection_pool=True)
+
+
+async def start_in_process(
+    settings: NexusSettings, redis_url: str | None = None, *, wait: bool = True, **options: Any
+) -> WorkerHandle:
+    """Start the worker loops in the running event loop (for `nexus serve`); `await handle.stop()` on
+    shutdown. `options` go to `build_worker`. With `wait`, returns once the worker is up."""
+    handle = WorkerHandle(build_worker(settings, redis_url, **options))
+    if wait:
+        try:
+            await handle.wait_started()
+        except BaseException:
+            await handle.stop(grace_seconds=0)
+            raise
+    return handle
+
+
+def run_worker(settings: NexusSettings, redis_url: str | None = None) -> None:
+    """`nexus worker`: run the loops until SIGINT or SIGTERM, then stop gracefully."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        handle = await start_in_process(settings, redis_url)
+        log.info("nexus worker running (%d cron jobs)", len(handle.worker.cron_jobs))
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, handle._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            await handle.stop()
+        log.info("nexus worker stopped")
+
+    asyncio.run(main())
