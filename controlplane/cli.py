@@ -191,6 +191,22 @@ def _dev_cluster(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(ns: argparse.Namespace) -> int:
+    from controlplane.errors import ConfigError
+    from worker.main import run_worker
+
+    try:
+        settings = _settings(ns)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not settings.redis.url:
+        print("nexus worker: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
+        return 2
+    run_worker(settings)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
     p.add_argument("--config", "-c", required=config_required, help="path of nexus.toml")
     p.add_argument("--redis-url", help="shared Redis (overrides [redis] url and NEXUS_REDIS_URL)")
@@ -218,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(router, config_required=True)
     router.add_argument("--node-id", help="stable id of this replica (default: hostname + random suffix)")
     router.set_defaults(func=_router)
+
+    worker = sub.add_parser("worker", help="run the reconciliation loops (health, budget, quality, liveness)")
+    _common(worker, config_required=True)
+    worker.set_defaults(func=_worker)
 
     admin = sub.add_parser("admin", help="run the admin API alone (needs a shared Redis and NEXUS_ADMIN_TOKEN)")
     _common(admin, config_required=True)

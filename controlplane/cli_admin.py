@@ -270,8 +270,10 @@ def add_commands(sub: Any) -> None:
 
     def spend(ns: argparse.Namespace) -> None:
         out = _call(ns, "GET", "/spend" + (f"?period={ns.period}" if ns.period else ""))
-        rows = [{"scope": k, "spend_usd": f"{v:.4f}"} for k, v in sorted(out.get("by_scope", {}).items())]
-        _out(ns, out, text=f"period {out['period']}\n" + _table(rows, ["scope", "spend_usd"]))
+        rows = [{"backend": k, "usd": f"{v['usd']:.4f}", "requests": v["requests"], "errors": v["errors"]}
+                for k, v in sorted(out.get("by_backend", {}).items())]
+        head = f"period {out['period']}: ${out['total_usd']:.4f} over {out['requests']} requests"
+        _out(ns, out, text=head + "\n" + _table(rows, ["backend", "usd", "requests", "errors"]))
 
     sp.set_defaults(func=spend, needs=lambda ns: True)
     h = common(sub.add_parser("health", help="backends with health and quality"))

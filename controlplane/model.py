@@ -195,6 +195,7 @@ class BudgetState:
     hard_limit_action: HardLimitAction = HardLimitAction.WARN
     spend_usd: float = 0.0
     period: str = ""
+    reset_day: int = 1
 
     def status(self) -> BudgetStatus:
         limit = self.monthly_limit_usd

@@ -153,6 +153,7 @@ def _budget(scope: str, cfg: BudgetConfig, spend: SpendObservation | None) -> Bu
         hard_limit_action=cfg.hard_limit_action,
         spend_usd=spend.spend_usd if spend else 0.0,
         period=spend.period if spend else "",
+        reset_day=cfg.reset_day,
     )
 
 

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from controlplane.config import NexusSettings, resolve_secret
 from controlplane.errors import StateError
 from controlplane.model import Backend, BudgetStatus
-from controlplane.snapshot import Snapshot
+from controlplane.snapshot import GLOBAL_SCOPE, Snapshot
 from controlplane.state import seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
 from router_node.load import LoadTracker
@@ -97,6 +97,10 @@ class RouterNode:
         return frozenset(digests)
 
     def _reset_day(self) -> int:
+        """Desired state, like the limits (the admin API may change it); the TOML until a snapshot loads."""
+        base = self._base
+        if base is not None and GLOBAL_SCOPE in base.budgets:
+            return base.budgets[GLOBAL_SCOPE].reset_day
         return self.settings.routing.budget.reset_day
 
     def next_sequence(self) -> int:

@@ -123,6 +123,7 @@ def _admin_token(settings: NexusSettings, demo: bool) -> tuple[str | None, str]:
 
 
 def serve(settings: NexusSettings, *, demo: bool = False) -> None:
+    """Gateway, admin API (when a token is set, or a demo) and the worker loops in one process."""
     token, admin_line = _admin_token(settings, demo)
     startup, shutdown = _demo_hooks(settings) if demo else ([], [])
     embedded: EmbeddedRedis | None = None
@@ -130,6 +131,19 @@ def serve(settings: NexusSettings, *, demo: bool = False) -> None:
     if not url:
         embedded = EmbeddedRedis(settings.redis.data_dir).start()
         url = embedded.url
+    worker_handle: list = []
+
+    async def start_worker() -> None:
+        from worker.main import start_in_process
+
+        worker_handle.append(await start_in_process(settings, url))
+
+    async def stop_worker() -> None:
+        for handle in worker_handle:
+            await handle.stop()
+
+    startup = [*startup, start_worker]
+    shutdown = [stop_worker, *shutdown]
     if embedded is not None:
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which ends the process before any
         # `finally` here runs: stop Redis from the lifespan, after the node's last telemetry flush.

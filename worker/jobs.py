@@ -128,11 +128,12 @@ async def run_budget(
     on_batch: OnBatch | None = None,
 ) -> dict[str, Any]:
     """Roll up pending telemetry, then observe every budget of the current period."""
-    reset_day = settings.routing.budget.reset_day
+    routing = (await _desired(redis, settings)).routing
+    # the reset day is desired state like the limits: one source for workers, router nodes and admin
+    reset_day = routing.budget.reset_day
     rolled = await rollup_pending(redis, now, reset_day=reset_day, batch_size=batch_size, on_batch=on_batch)
     if rolled.malformed:
         log.warning("dropped %d malformed telemetry records", rolled.malformed)
-    routing = (await _desired(redis, settings)).routing
     period = period_of(now, reset_day)
     observations = observe_budgets(routing, await read_aggregate(redis, period), period, now)
     await write_budget_observations(redis, observations)
@@ -153,8 +154,9 @@ async def run_quality(
     redis: Redis, settings: NexusSettings, now: float, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> dict[str, Any]:
     """Roll up pending telemetry (so figures are fresh), then recompute every backend's quality."""
-    rolled = await rollup_pending(redis, now, reset_day=settings.routing.budget.reset_day, batch_size=batch_size)
-    names = [b.name for b in (await _desired(redis, settings)).backends]
+    desired = await _desired(redis, settings)
+    rolled = await rollup_pending(redis, now, reset_day=desired.routing.budget.reset_day, batch_size=batch_size)
+    names = [b.name for b in desired.backends]
     minutes = await read_quality_minutes(redis, names, now)
     stats = {name: s for name in names if (s := quality_stats(minutes.get(name, {}), now)) is not None}
     await replace_quality(redis, stats)

@@ -1,4 +1,8 @@
-"""`GET /admin/v1/spend`: spend of the current period (or `?period=YYYY-MM`), by scope."""
+"""`GET /admin/v1/spend`: the spend report of the current period (or `?period=YYYY-MM`): totals, breakdowns
+by backend, model and API key, the live counters and the budget observations of that period.
+
+Past periods' reports are kept (their aggregates outlive the period), so `?period=` reads history.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from fastapi import APIRouter, HTTPException, Query
 
 from controlplane.admin.deps import Authorized, RedisDep
 from controlplane.periods import period_of
+from controlplane.spend_report import read_spend_report
 from controlplane.state import read_desired
-from controlplane.telemetry_store import read_live_spend
 
 __all__ = ["router"]
 
@@ -20,11 +24,13 @@ _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 @router.get("")
-async def get_spend(redis: RedisDep, period: str | None = Query(default=None, description="YYYY-MM")) -> dict[str, Any]:
-    _, desired = await read_desired(redis)
-    current = period_of(time.time(), desired.routing.budget.reset_day)
+async def get_spend(
+    redis: RedisDep, period: str | None = Query(default=None, description="YYYY-MM (default: the current period)")
+) -> dict[str, Any]:
     if period is not None and not _PERIOD.match(period):
         raise HTTPException(422, "period must look like 2026-11 (YYYY-MM)")
-    chosen = period or current
-    live = await read_live_spend(redis, chosen)
-    return {"period": chosen, "current_period": current, "by_scope": live}
+    _, desired = await read_desired(redis)
+    current = period_of(time.time(), desired.routing.budget.reset_day)
+    report = await read_spend_report(redis, period or current)
+    report["current_period"] = current
+    return report
