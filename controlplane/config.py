@@ -174,6 +174,10 @@ class BudgetConfig(BaseModel):
     hard_limit_action: Annotated[HardLimitAction, BeforeValidator(_lower)] = HardLimitAction.WARN
     reset_day: int = Field(default=1, ge=1, le=28)
     reconciliation_interval_secs: float = Field(default=60.0, gt=0)
+    # Below this share of the limit left, a request to a priced backend reserves its estimated cost
+    # atomically in Redis before it is sent (hard limits with a block action only): the budget then holds
+    # across replicas to within the in-flight requests' estimates. Above it, no Redis round trip.
+    reserve_below_percent: Annotated[float, BeforeValidator(_soft_fraction)] = Field(default=0.10, ge=0, le=1)
 
 
 class WeightsConfig(BaseModel):

@@ -23,6 +23,8 @@ Layout (values are orjson-encoded JSON unless said otherwise):
     {telemetry}  records:<day>  hash  request id -> record (HSETNX makes replays idempotent)
                  spend:<period> hash  budget scope -> float (HINCRBYFLOAT, live spend of the period)
                  rolled:<day>   set   ids of records the workers rolled up and deleted (replay guard)
+                 reserved:<period> hash "<node>|<scope>" -> float USD reserved by in-flight requests near a
+                                 hard limit (released when their telemetry record is written)
                  agg:<period>   hash  aggregate field -> int (rolled-up records; see controlplane.aggregates)
                  quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
     {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
@@ -64,6 +66,7 @@ __all__ = [
     "telemetry_agg",
     "telemetry_quality",
     "telemetry_records",
+    "telemetry_reserved",
     "telemetry_rolled",
     "telemetry_spend",
     "worker_ticks",
@@ -107,6 +110,11 @@ TELEMETRY_SPEND_TTL_SECONDS = 40 * 24 * 3600
 def telemetry_records(day: str) -> str:
     """Hash of request id -> record for one UTC day (`YYYY-MM-DD`)."""
     return _key("telemetry", f"records:{_part('day', day)}")
+
+
+def telemetry_reserved(period: str) -> str:
+    """Hash of "<node id>|<budget scope>" -> USD reserved (not yet spent) in `period`."""
+    return _key("telemetry", f"reserved:{_part('period', period)}")
 
 
 def telemetry_spend(period: str) -> str:

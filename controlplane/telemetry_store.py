@@ -62,6 +62,9 @@ class TelemetryRecord(BaseModel):
     stream: bool = False
     fallback_model: str | None = None
     retries: int = 0
+    # USD this request reserved near a hard limit (0: none), and the period it reserved in
+    reserved_usd: float = 0.0
+    reserved_period: str = ""
 
 
 class NodeHeartbeat(BaseModel):
@@ -83,16 +86,22 @@ class NodeHeartbeat(BaseModel):
     gone: bool = False
 
 
-# KEYS: per record its day hash, its period spend hash, its day's rolled-up id set. ARGV: count,
-# records ttl, spend ttl, then per record: id, json, cost, key scope ("" for none).
+# KEYS: per record its day hash, its period spend hash, its day's rolled-up id set, its period's
+# reservations hash. ARGV: count, records ttl, spend ttl, then per record: id, json, cost, key scope ("" for
+# none), reserved USD, node. A new record adds its cost to the spend and releases its reservation in the
+# same step, so spend + reserved never counts a request twice or loses it in between.
 _WRITE = (
     """
 local n = tonumber(ARGV[1])
 local rttl, sttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local added = 0
+local function release(rk, field, amount)
+  local left = tonumber(redis.call('HINCRBYFLOAT', rk, field, -amount))
+  if left < 1e-9 then redis.call('HDEL', rk, field) end
+end
 for i = 1, n do
-  local rk, sk, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 3 + (i - 1) * 4
+  local rk, sk, done, res = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local b = 3 + (i - 1) * 6
   if redis.call('SISMEMBER', done, ARGV[b + 1]) == 0 and redis.call('HSETNX', rk, ARGV[b + 1], ARGV[b + 2]) == 1 then
     added = added + 1
     redis.call('EXPIRE', rk, rttl)
@@ -103,6 +112,13 @@ for i = 1, n do
     + """', ARGV[b + 3])
       if ARGV[b + 4] ~= '' then redis.call('HINCRBYFLOAT', sk, ARGV[b + 4], ARGV[b + 3]) end
       redis.call('EXPIRE', sk, sttl)
+    end
+    local reserved = tonumber(ARGV[b + 5])
+    if reserved > 0 then
+      release(res, ARGV[b + 6] .. '|"""
+    + GLOBAL_SCOPE
+    + """', reserved)
+      if ARGV[b + 4] ~= '' then release(res, ARGV[b + 6] .. '|' .. ARGV[b + 4], reserved) end
     end
   end
 end
@@ -123,10 +139,14 @@ async def write_records(redis: Redis, records: Sequence[TelemetryRecord], reset_
     ]
     for rec in records:
         day = day_of(rec.ts)
+        period = period_of(rec.ts, reset_day)
         key_list.append(keys.telemetry_records(day))
-        key_list.append(keys.telemetry_spend(period_of(rec.ts, reset_day)))
+        key_list.append(keys.telemetry_spend(period))
         key_list.append(keys.telemetry_rolled(day))
-        argv.extend((rec.id, dump_model(rec), repr(float(rec.cost_usd)), rec.key or ""))
+        key_list.append(keys.telemetry_reserved(rec.reserved_period or period))
+        argv.extend(
+            (rec.id, dump_model(rec), repr(float(rec.cost_usd)), rec.key or "", repr(float(rec.reserved_usd)), rec.node)
+        )
     with guard("writing telemetry"):
         return int(await redis.eval(_WRITE, len(key_list), *key_list, *argv))
 

@@ -150,7 +150,9 @@ async def _parse(node: RouterNode, scope: dict[str, Any], receive: Any, path: st
     )
 
 
-def _decide(node: RouterNode, r: _Request, model: str, privacy: Any) -> tuple[Decision, Snapshot]:
+def _decide(
+    node: RouterNode, r: _Request, model: str, privacy: Any, exhausted: bool = False
+) -> tuple[Decision, Snapshot]:
     snap = node.snapshot
     if snap is None:
         raise Unavailable(
@@ -167,6 +169,7 @@ def _decide(node: RouterNode, r: _Request, model: str, privacy: Any) -> tuple[De
         rng=node.rng,
         sequence=node.next_sequence(),
         privacy_required=privacy,
+        budget_exhausted=exhausted,
     )
     t0 = time.perf_counter()
     decision = decide(intent, snap, trace=r.explain)
@@ -176,8 +179,10 @@ def _decide(node: RouterNode, r: _Request, model: str, privacy: Any) -> tuple[De
     return decision, snap
 
 
-async def _decide_or_wait(node: RouterNode, r: _Request, model: str, privacy: Any) -> tuple[Decision, Snapshot]:
-    decision, snap = _decide(node, r, model, privacy)
+async def _decide_or_wait(
+    node: RouterNode, r: _Request, model: str, privacy: Any, exhausted: bool = False
+) -> tuple[Decision, Snapshot]:
+    decision, snap = _decide(node, r, model, privacy, exhausted)
     if not isinstance(decision, Queue):
         return decision, snap
     wait = node.settings.queue.max_wait_seconds
@@ -196,8 +201,23 @@ async def _decide_or_wait(node: RouterNode, r: _Request, model: str, privacy: An
                 f"{decision.reason}; waited {wait:g}s (queue.max_wait_seconds)",
                 headers={"Retry-After": str(max(1, round(wait / 4)))},
             )
-        decision, snap = _decide(node, r, model, privacy)
+        decision, snap = _decide(node, r, model, privacy, exhausted)
     return decision, snap
+
+
+async def _admit(
+    node: RouterNode, r: _Request, model: str, privacy: Any
+) -> tuple[Decision, Snapshot, tuple[float, str]]:
+    """Decide (waiting if queued), then, near a blocking hard limit, reserve the estimate atomically; when
+    the budget has no room left the request is decided again as at the hard limit (local may serve)."""
+    decision, snap = await _decide_or_wait(node, r, model, privacy)
+    if not isinstance(decision, Route):
+        return decision, snap, (0.0, "")
+    admitted, amount, period = await node.reserve(snap, decision.cost_estimate, r.key_id)
+    if admitted:
+        return decision, snap, (amount, period)
+    decision, snap = await _decide_or_wait(node, r, model, privacy, exhausted=True)
+    return decision, snap, (0.0, "")
 
 
 def _budget_headers(decision: Decision, snap: Snapshot) -> Headers:
@@ -270,7 +290,7 @@ async def _serve(node: RouterNode, r: _Request, receive: Any, send: Any) -> None
     i = 0
     while i < len(models):
         model = models[i]
-        decision, snap = await _decide_or_wait(node, r, model, privacy)
+        decision, snap, reserved = await _admit(node, r, model, privacy)
         if first_decision is None:
             first_decision = decision
             privacy = decision.privacy_required
@@ -281,7 +301,7 @@ async def _serve(node: RouterNode, r: _Request, receive: Any, send: Any) -> None
         fallback = model if i > 0 else None
         i += 1
         if isinstance(decision, Route):
-            served = await _proxy(node, r, decision, snap, fallback, receive, send, last_upstream)
+            served = await _proxy(node, r, decision, snap, fallback, receive, send, last_upstream, reserved)
             if served:
                 if fallback is not None:
                     node.metrics.fallbacks.labels(r.model, fallback).inc()
@@ -327,8 +347,12 @@ async def _proxy(
     receive: Any,
     send: Any,
     failures: list[UpstreamError],
+    reserved: tuple[float, str] = (0.0, ""),
 ) -> bool:
+    """Try the decision's candidates in order. Exactly one telemetry record carries the reservation
+    (the success, else the last failed attempt), so it is released exactly once."""
     budget = 1 + snap.max_retries
+    last_failure: tuple | None = None
     for n, backend in enumerate(decision.ordered[:budget]):
         node.load.acquire(backend.name)
         t_attempt = time.perf_counter()
@@ -340,11 +364,18 @@ async def _proxy(
             node.load.release(backend.name)
             failures.append(err)
             node.metrics.failovers.labels(backend.name).inc()
-            node.record_attempt_failure(
-                r.request_id, n, backend, decision.model, r.key_id, str(err), (time.perf_counter() - t_attempt) * 1000.0
-            )
+            if last_failure is not None:
+                node.record_attempt_failure(*last_failure)
+            ms = (time.perf_counter() - t_attempt) * 1000.0
+            last_failure = (r.request_id, n, backend, decision.model, r.key_id, str(err), ms)
             continue
+        except BaseException:  # cancelled (server shutdown past its grace period) or an unexpected error
+            node.load.release(backend.name)
+            raise
         ttfb = time.perf_counter() - t_attempt
+        if last_failure is not None:
+            node.record_attempt_failure(*last_failure)
+            last_failure = None
         reason = "failover" if n > 0 else ("fallback" if fallback is not None else decision.route_reason)
         headers = _route_headers(r, decision, snap, backend, reason, fallback)
         try:
@@ -386,8 +417,11 @@ async def _proxy(
             stream=r.stream,
             fallback=fallback,
             retries=n,
+            reserved=reserved,
         )
         return True
+    if last_failure is not None:
+        node.record_attempt_failure(*last_failure, reserved=reserved)
     return False
 
 

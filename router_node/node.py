@@ -27,7 +27,9 @@ from redis.asyncio import Redis
 
 from controlplane.config import NexusSettings, resolve_secret
 from controlplane.errors import StateError
-from controlplane.model import Backend, BudgetStatus
+from controlplane.model import Backend, BudgetStatus, HardLimitAction
+from controlplane.periods import period_of
+from controlplane.reservations import reserve
 from controlplane.snapshot import GLOBAL_SCOPE, Snapshot
 from controlplane.state import seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
@@ -142,6 +144,38 @@ class RouterNode:
             )
         self._effective = replace(base, budgets=MappingProxyType(budgets))
 
+    # -- budget reservations near a hard limit (controlplane.reservations) -----------------------------
+    def reservation_scopes(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float]]:
+        """(scope, limit) of every blocking hard limit whose reserve zone this request would reach."""
+        if estimate <= 0:
+            return []
+        out = []
+        for scope in (GLOBAL_SCOPE, key_id) if key_id else (GLOBAL_SCOPE,):
+            state = snap.budgets.get(scope)
+            if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
+                continue
+            limit = state.monthly_limit_usd
+            if limit - state.spend_usd - estimate <= limit * state.reserve_fraction:
+                out.append((scope, limit))
+        return out
+
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> tuple[bool, float, str]:
+        """(admitted, amount reserved, period). Not near a limit: admitted without a Redis round trip.
+        Redis unreachable inside the zone: refused (the budget is held, local backends still serve)."""
+        limits = self.reservation_scopes(snap, estimate, key_id)
+        if not limits:
+            return True, 0.0, ""
+        period = self.telemetry.live_period or period_of(time.time(), self._reset_day())
+        try:
+            outcome = await reserve(self.redis, period, self.node_id, estimate, limits)
+        except StateError:
+            return False, 0.0, ""
+        if not outcome.ok:
+            return False, 0.0, ""
+        self.telemetry.note_reservation([scope for scope, _ in limits], estimate)
+        self._apply_spend()
+        return True, estimate, period
+
     # -- telemetry ------------------------------------------------------------------------------------
     def record_request(
         self,
@@ -162,6 +196,7 @@ class RouterNode:
         stream: bool,
         fallback: str | None,
         retries: int,
+        reserved: tuple[float, str] = (0.0, ""),
     ) -> None:
         self.telemetry.record(
             TelemetryRecord(
@@ -184,6 +219,8 @@ class RouterNode:
                 stream=stream,
                 fallback_model=fallback,
                 retries=retries,
+                reserved_usd=reserved[0],
+                reserved_period=reserved[1],
             )
         )
         self._apply_spend()
@@ -197,6 +234,7 @@ class RouterNode:
         key_id: str | None,
         error: str,
         latency_ms: float,
+        reserved: tuple[float, str] = (0.0, ""),
     ) -> None:
         self.telemetry.record(
             TelemetryRecord(
@@ -210,6 +248,8 @@ class RouterNode:
                 latency_ms=latency_ms,
                 outcome="upstream_error",
                 status=502,
+                reserved_usd=reserved[0],
+                reserved_period=reserved[1],
             )
         )
 
@@ -234,8 +274,13 @@ class RouterNode:
         deadline = time.monotonic() + drain_seconds
         while self.load.total() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for task in self._tasks:
-            task.cancel()
+        pending = set(self._tasks)
+        while pending:
+            # Cancel until done: on Python 3.11 a cancel that lands as an `asyncio.wait_for` inside redis-py
+            # (send_packed_command with socket_timeout) completes is swallowed, and the loop runs on for ever.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         with contextlib.suppress(StateError):

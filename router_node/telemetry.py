@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from controlplane.errors import StateError
 from controlplane.observed import read_inflight, write_inflight
 from controlplane.periods import period_of
+from controlplane.reservations import read_reserved
 from controlplane.snapshot import GLOBAL_SCOPE
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
 from router_node.load import LoadTracker
@@ -60,6 +61,7 @@ class Telemetry:
         self._pending: dict[str, float] = {}
         self._unseen: list[TelemetryRecord] = []
         self.live_spend: dict[str, float] = {}
+        self.reserved: dict[str, float] = {}
         self.live_period = ""
         self.redis_ok = True
         self.dropped = 0
@@ -79,6 +81,10 @@ class Telemetry:
                 self._on_dropped(1)
         self._buffer.append(rec)
         self._adjust_pending(rec, 1)
+        if rec.reserved_usd > 0:
+            # the record's own cost is pending now; its reservation is released when the record is written
+            for scope in (GLOBAL_SCOPE, rec.key) if rec.key else (GLOBAL_SCOPE,):
+                self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) - rec.reserved_usd)
 
     def _adjust_pending(self, rec: TelemetryRecord, sign: int) -> None:
         if rec.cost_usd <= 0:
@@ -91,8 +97,14 @@ class Telemetry:
                 self._pending[scope] = value
 
     def spend(self, scope: str) -> float:
-        """This period's spend of `scope` as far as this node knows."""
-        return self.live_spend.get(scope, 0.0) + self._pending.get(scope, 0.0)
+        """This period's spend of `scope` as far as this node knows, reservations included: what the
+        cluster spent (as last read), what this node spent since, and what in-flight requests reserved."""
+        return self.live_spend.get(scope, 0.0) + self._pending.get(scope, 0.0) + self.reserved.get(scope, 0.0)
+
+    def note_reservation(self, scopes: list[str], amount: float) -> None:
+        """Count a reservation this node just made until the next read brings the cluster's total."""
+        for scope in scopes:
+            self.reserved[scope] = self.reserved.get(scope, 0.0) + amount
 
     async def flush(self) -> None:
         """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
@@ -110,6 +122,7 @@ class Telemetry:
         self._load.update_cluster(await read_inflight(self._redis))
         period = period_of(time.time(), self._reset_day())
         self.live_spend = await read_live_spend(self._redis, period)
+        self.reserved = await read_reserved(self._redis, period)
         self.live_period = period
         for rec in self._unseen:
             self._adjust_pending(rec, -1)

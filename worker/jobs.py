@@ -27,6 +27,7 @@ from controlplane import keys
 from controlplane.config import DesiredConfig, NexusSettings
 from controlplane.model import HealthState
 from controlplane.periods import period_of
+from controlplane.reservations import release_node
 from controlplane.rollup import (
     DEFAULT_BATCH_SIZE,
     OnBatch,
@@ -173,7 +174,15 @@ async def run_nodes(redis: Redis, now: float) -> dict[str, Any]:
     )
     for node in marked:
         log.warning("router node %s stopped sending heartbeats; marked gone", node)
-    return {"nodes": len(beats), "marked_gone": marked, "removed": removed}
+    released = 0
+    if marked:
+        # a dead node's in-flight requests will never be recorded: give their budget reservations back
+        _, desired = await read_desired(redis)
+        rd = desired.routing.budget.reset_day
+        periods = sorted({period_of(now, rd), period_of(now - 31 * 86400, rd)})
+        for node in marked:
+            released += await release_node(redis, periods, node)
+    return {"nodes": len(beats), "marked_gone": marked, "removed": removed, "reservations_released": released}
 
 
 # -- arq job functions ------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Status comes from the spend and limit in the snapshot: Normal below the soft lim
 soft limit up to the limit, HardLimit at or past it. When the request carries an API key with its own
 budget, the worse of the key's and the global status applies. At HardLimit the action decides:
 `warn` routes with a warning, `block_cloud` excludes open-zone backends, `block_all` excludes all.
-SoftLimit only tells the scheduler to prefer local backends. A policy's `max_cost_per_request`
-excludes candidates whose estimate exceeds it.
+SoftLimit only tells the scheduler to prefer local backends. A caller whose atomic budget reservation
+was refused (`intent.budget_exhausted`) gets HardLimit whatever the snapshot's spend says. A policy's
+`max_cost_per_request` excludes candidates whose estimate exceeds it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def _raise_hint(state: BudgetState) -> str:
 def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     model = intent.resolved_model
     state, status = _governing(intent, snapshot)
+    if intent.budget_exhausted and state is not None and state.monthly_limit_usd is not None:
+        status = BudgetStatus.HARD_LIMIT  # the budget has no room left for this request's estimate
     intent.budget_status = status
     intent.budget_scope = state.scope if state else None
 

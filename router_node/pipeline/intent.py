@@ -71,6 +71,7 @@ class RoutingIntent:
     __slots__ = (
         "alias_chain",
         "api_key_id",
+        "budget_exhausted",
         "budget_scope",
         "budget_status",
         "candidates",
@@ -113,6 +114,7 @@ class RoutingIntent:
         rng: random.Random | None = None,
         sequence: int = 0,
         privacy_required: Zone | None = None,
+        budget_exhausted: bool = False,
     ) -> None:
         self.request_id = request_id
         self.requested_model = model
@@ -134,6 +136,8 @@ class RoutingIntent:
         self.policy: Policy | None = None
         # preset by a caller that must carry an earlier decision's privacy over (fallback chains)
         self.privacy_required: Zone | None = privacy_required
+        # set by a caller whose budget reservation was refused: no room left for this request
+        self.budget_exhausted = budget_exhausted
         self.budget_status = BudgetStatus.NORMAL
         self.budget_scope: str | None = None
         self.cost_estimates: dict[str, float] = {}

@@ -1,0 +1,71 @@
+"""Budget reservations against the real Redis: atomic admission, release by the telemetry write."""
+
+import asyncio
+import time
+
+import pytest
+
+from controlplane.periods import period_of
+from controlplane.reservations import read_reserved, release_node, reserve
+from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
+
+NOW = time.time()
+PERIOD = period_of(NOW)
+
+
+def record(rid: str, cost: float, reserved: float, node: str = "n1", key: str | None = None) -> TelemetryRecord:
+    return TelemetryRecord(
+        id=rid,
+        ts=NOW,
+        node=node,
+        backend="cloud",
+        model="m",
+        cost_usd=cost,
+        key=key,
+        reserved_usd=reserved,
+        reserved_period=PERIOD,
+    )
+
+
+async def test_concurrent_reservations_never_exceed_the_limit(redis):
+    # 200 requests of $0.07 racing from 4 nodes for a $10 limit: exactly 142 fit
+    results = await asyncio.gather(*(reserve(redis, PERIOD, f"n{i % 4}", 0.07, [("global", 10.0)]) for i in range(200)))
+    admitted = sum(r.ok for r in results)
+    assert admitted == 142
+    assert sum((await read_reserved(redis, PERIOD)).values()) == pytest.approx(142 * 0.07)
+    refused = next(r for r in results if not r.ok)
+    assert refused.scope == "global" and refused.committed + 0.07 > 10.0
+
+
+async def test_spend_counts_against_reservations(redis):
+    await write_records(redis, [record("a", 9.5, 0.0)])
+    assert (await reserve(redis, PERIOD, "n1", 0.4, [("global", 10.0)])).ok
+    assert not (await reserve(redis, PERIOD, "n2", 0.2, [("global", 10.0)])).ok
+
+
+async def test_record_write_releases_its_reservation_exactly_once(redis):
+    assert (await reserve(redis, PERIOD, "n1", 0.5, [("global", 10.0), ("team", 2.0)])).ok
+    assert await read_reserved(redis, PERIOD) == {"global": 0.5, "team": 0.5}
+    rec = record("r1", 0.3, 0.5, key="team")
+    assert await write_records(redis, [rec]) == 1
+    assert await read_reserved(redis, PERIOD) == {}
+    assert (await read_live_spend(redis, PERIOD))["global"] == pytest.approx(0.3)
+    # a replay (lost reply) neither releases again nor spends again
+    assert await write_records(redis, [rec]) == 0
+    assert await read_reserved(redis, PERIOD) == {}
+    assert (await read_live_spend(redis, PERIOD))["team"] == pytest.approx(0.3)
+
+
+async def test_key_scope_limit_refuses_independently(redis):
+    limits = [("global", 100.0), ("team", 1.0)]
+    assert (await reserve(redis, PERIOD, "n1", 0.6, limits)).ok
+    refused = await reserve(redis, PERIOD, "n1", 0.6, limits)
+    assert not refused.ok and refused.scope == "team"
+    assert (await reserve(redis, PERIOD, "n1", 0.6, [("global", 100.0)])).ok
+
+
+async def test_gone_node_reservations_are_released(redis):
+    await reserve(redis, PERIOD, "dead", 3.0, [("global", 10.0)])
+    await reserve(redis, PERIOD, "alive", 2.0, [("global", 10.0)])
+    assert await release_node(redis, [PERIOD], "dead") == 1
+    assert await read_reserved(redis, PERIOD) == {"global": 2.0}
