@@ -122,7 +122,9 @@ class BackendConfig(BaseModel):
     max_concurrency: int = Field(default=8, ge=1, le=1_000_000)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     models: list[Annotated[ModelConfig, BeforeValidator(_model_entry)]] = Field(default_factory=list)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    # a backend that needs time after start (model load): failures in this window count as loading
+    warmup_seconds: float = Field(default=0.0, ge=0, le=86400)
 
     @field_validator("url")
     @classmethod

@@ -161,6 +161,7 @@ class Backend:
     quality: QualityStats | None = None
     api_key_env: str | None = None
     is_local: bool = False  # derived from type by the snapshot builder; a field because it is hot
+    timeout_seconds: float | None = None  # per-backend upstream timeout; None: server.request_timeout_seconds
 
     @property
     def kind(self) -> str:

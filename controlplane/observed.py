@@ -60,6 +60,8 @@ class HealthRecord(BaseModel):
     latency_ema_ms: float | None = None
     consecutive_failures: int = Field(default=0, ge=0)
     consecutive_successes: int = Field(default=0, ge=0)
+    # when the health worker first probed this backend: a configured warm-up counts from here
+    first_seen: float | None = None
 
     def observation(self) -> HealthObservation:
         return HealthObservation(self.state, self.checked_at, tuple(self.models), self.latency_ema_ms)

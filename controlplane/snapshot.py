@@ -195,7 +195,12 @@ def build_snapshot(
         models = {m.name: _spec(local, m) for m in cfg.models}
         if obs is not None:
             for m in obs.models:
-                models.setdefault(m.name, _spec(local, m))
+                known = models.get(m.name)
+                if known is None:
+                    models[m.name] = _spec(local, m)
+                elif known.context_length is None and m.context_length is not None:
+                    # configured without a context length: the backend's own report fills it in
+                    models[m.name] = replace(known, context_length=m.context_length)
         backends[cfg.name] = Backend(
             name=cfg.name,
             url=cfg.url,
@@ -210,6 +215,7 @@ def build_snapshot(
             quality=observed.quality.get(cfg.name),
             api_key_env=cfg.api_key_env,
             is_local=local,
+            timeout_seconds=cfg.timeout_seconds,
         )
 
     by_model: dict[str, list[Backend]] = {}

@@ -358,7 +358,7 @@ async def _proxy(
         t_attempt = time.perf_counter()
         try:
             ex = await node.upstream.open(
-                backend, r.path, r.body, r.raw, model=decision.model, stream=r.stream, timeout=None
+                backend, r.path, r.body, r.raw, model=decision.model, stream=r.stream, timeout=backend.timeout_seconds
             )
         except UpstreamError as err:
             node.load.release(backend.name)

@@ -41,6 +41,7 @@ __all__ = [
     "is_loading_reply",
     "next_health",
     "parse_models",
+    "warming_up",
 ]
 
 DEFAULT_EMA_ALPHA = 0.3
@@ -113,7 +114,16 @@ def next_health(
         latency_ema_ms=latency,
         consecutive_failures=fails,
         consecutive_successes=oks,
+        first_seen=prev.first_seen if prev is not None and prev.first_seen is not None else now,
     )
+
+
+def warming_up(prev: HealthRecord | None, warmup_seconds: float, now: float) -> bool:
+    """Inside the backend's configured warm-up, counted from the first probe the worker made of it."""
+    if warmup_seconds <= 0:
+        return False
+    first = prev.first_seen if prev is not None and prev.first_seen is not None else now
+    return now - first < warmup_seconds
 
 
 def is_loading_reply(status: int, body: bytes) -> bool:

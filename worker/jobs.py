@@ -38,7 +38,7 @@ from controlplane.rollup import (
 )
 from controlplane.spend_report import write_budget_observations
 from controlplane.state import read_desired
-from worker.health import HealthPolicy, next_health
+from worker.health import HealthPolicy, next_health, warming_up
 from worker.probe import probe_all, target_for
 from worker.reconcilers import observe_budgets, plan_liveness, quality_stats
 from worker.schedule import tick_of
@@ -107,7 +107,7 @@ async def run_health(
     for b in backends:
         raw, prev = previous.get(b.name, (None, None))
         probe = results[b.name]
-        record = next_health(prev, probe, policy, now)
+        record = next_health(prev, probe, policy, now, warming_up=warming_up(prev, b.warmup_seconds, now))
         states[b.name] = record.state
         if prev is None or prev.state is not record.state:
             level = logging.WARNING if record.state is HealthState.UNHEALTHY else logging.INFO

@@ -64,3 +64,12 @@ async def test_anthropic_backend_is_translated_both_ways(fakes, gateways, monkey
     assert len(sent) == 2
     assert sent[0]["body"]["system"] and sent[0]["body"]["max_tokens"]
     assert sent[1]["body"]["stream"] is True
+
+
+async def test_per_backend_timeout_applies(fakes, gateways, http):
+    slow = await fakes("slow", latency_ms=3000)
+    gw = await gateways([backend_for(slow, timeout_seconds=0.3)], server={"request_timeout_seconds": 60})
+    async with http.post(f"{gw.url}/v1/chat/completions", json=CHAT) as resp:
+        body = await resp.json()
+    assert resp.status == 504
+    assert body["error"]["code"] == "upstream_timeout"

@@ -20,7 +20,8 @@ from controlplane.aggregates import sum_increments
 from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.model import BudgetStatus, HealthState, QualityStats
 from controlplane.observed import HealthRecord, read_inflight, write_inflight
-from controlplane.periods import day_of
+from controlplane.periods import day_of, period_of
+from controlplane.reservations import read_reserved, reserve
 from controlplane.spend_report import read_budget_observations, read_spend_report
 from controlplane.state import load_snapshot, read_health, seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, read_heartbeats, write_heartbeat, write_records
@@ -301,12 +302,18 @@ async def test_nodes_that_stopped_heart_beating_are_marked_gone(redis: Redis) ->
     await write_inflight(redis, "dead", {"gpu": 3})
     await write_inflight(redis, "alive", {"gpu": 2})
     assert await read_inflight(redis) == {"gpu": 5}
+    period = period_of(now)
+    assert (await reserve(redis, period, "dead", 1.5, [("global", 10.0)])).ok
+    assert (await reserve(redis, period, "alive", 0.5, [("global", 10.0)])).ok
 
-    assert await run_nodes(redis, now) == {"nodes": 4, "marked_gone": ["dead"], "removed": ["old"]}
+    assert await run_nodes(redis, now) == {
+        "nodes": 4, "marked_gone": ["dead"], "removed": ["old"], "reservations_released": 1}
     beats = {b.node: b.gone for b in await read_heartbeats(redis)}
     assert beats == {"alive": False, "dead": True, "ghost": True}
     assert await read_inflight(redis) == {"gpu": 2}  # cluster load recovers at once
-    assert await run_nodes(redis, now) == {"nodes": 3, "marked_gone": [], "removed": []}  # idempotent
+    assert await read_reserved(redis, period) == {"global": 0.5}  # its budget reservations too
+    assert await run_nodes(redis, now) == {
+        "nodes": 3, "marked_gone": [], "removed": [], "reservations_released": 0}  # idempotent
 
 
 async def test_a_node_that_comes_back_is_not_marked_gone(redis: Redis) -> None:
