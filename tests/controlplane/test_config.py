@@ -29,19 +29,30 @@ def test_demo_config_loads_without_secrets():
     assert {b.name for b in settings.backends} == {"local-gpu", "cloud-api"}
 
 
-@pytest.mark.parametrize(("value", "fraction"), [("0.75", 0.75), ("75", 0.75), ("0.5", 0.5), ("100", 1.0)],
-                         ids=["fraction", "percent", "half", "hundred-percent"])
+@pytest.mark.parametrize(
+    ("value", "fraction"),
+    [("0.75", 0.75), ("75", 0.75), ("0.5", 0.5), ("100", 1.0)],
+    ids=["fraction", "percent", "half", "hundred-percent"],
+)
 def test_soft_limit_percent_takes_fraction_or_percent(tmp_path, value, fraction):
     path = write(tmp_path, f"[routing.budget]\nmonthly_limit_usd = 10\nsoft_limit_percent = {value}\n")
     assert load_settings(path, environ={}).routing.budget.soft_limit_percent == pytest.approx(fraction)
 
 
 def test_environment_overrides_toml(tmp_path):
-    path = write(tmp_path, '[server]\nport = 8000\n[redis]\nurl = "redis://toml:6379"\n'
-                           "[routing]\nstrategy = 'smart'\n[routing.budget]\nmonthly_limit_usd = 10\n")
-    env = {"NEXUS_SERVER_PORT": "9000", "NEXUS_REDIS_URL": "redis://env:6379", "NEXUS_ROUTING_STRATEGY": "random",
-           "NEXUS_BUDGET_MONTHLY_LIMIT_USD": "25", "NEXUS_BUDGET_SOFT_LIMIT_PERCENT": "80",
-           "NEXUS_ADMIN_TOKEN": "t0k"}
+    path = write(
+        tmp_path,
+        '[server]\nport = 8000\n[redis]\nurl = "redis://toml:6379"\n'
+        "[routing]\nstrategy = 'smart'\n[routing.budget]\nmonthly_limit_usd = 10\n",
+    )
+    env = {
+        "NEXUS_SERVER_PORT": "9000",
+        "NEXUS_REDIS_URL": "redis://env:6379",
+        "NEXUS_ROUTING_STRATEGY": "random",
+        "NEXUS_BUDGET_MONTHLY_LIMIT_USD": "25",
+        "NEXUS_BUDGET_SOFT_LIMIT_PERCENT": "80",
+        "NEXUS_ADMIN_TOKEN": "t0k",
+    }
     s = load_settings(path, environ=env)
     assert (s.server.port, s.redis.url, s.routing.strategy) == (9000, "redis://env:6379", Strategy.RANDOM)
     assert (s.routing.budget.monthly_limit_usd, s.routing.budget.soft_limit_percent) == (25.0, 0.8)
@@ -49,40 +60,77 @@ def test_environment_overrides_toml(tmp_path):
 
 
 def test_zone_is_case_insensitive_and_defaults_by_type(tmp_path):
-    path = write(tmp_path, '[[backends]]\nname = "a"\nurl = "http://h:1"\ntype = "vllm"\nzone = "OPEN"\n'
-                           '[[backends]]\nname = "b"\nurl = "http://h:2"\ntype = "Ollama"\n')
+    path = write(
+        tmp_path,
+        '[[backends]]\nname = "a"\nurl = "http://h:1"\ntype = "vllm"\nzone = "OPEN"\n'
+        '[[backends]]\nname = "b"\nurl = "http://h:2"\ntype = "Ollama"\n',
+    )
     s = load_settings(path, environ={})
     assert s.backends[0].zone is Zone.OPEN
     assert s.backends[1].zone is None
 
 
 BAD = [
-    pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\nzone = "dmz"\n',
-                 ["backends[0].zone (backend 'a')", "unknown zone 'dmz'", '"restricted" or "open"'], id="unknown-zone"),
-    pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\ntier = 9\n',
-                 ["backends[0].tier (backend 'a')", "less than or equal to 5"], id="tier-too-high"),
-    pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\ntier = 0\n',
-                 ["backends[0].tier", "greater than or equal to 1"], id="tier-too-low"),
-    pytest.param('[routing.aliases]\na = "b"\nb = "c"\nc = "a"\n',
-                 ["routing.aliases", "alias cycle a -> b -> c -> a"], id="alias-cycle"),
-    pytest.param('[[routing.policies]]\nmodel_pattern = "gpt-[4"\n',
-                 ["routing.policies[0].model_pattern", "unclosed '['", "close it with ']'"], id="bad-glob"),
-    pytest.param('[[routing.policies]]\nmodel_pattern = ""\n',
-                 ["routing.policies[0].model_pattern", "empty"], id="empty-glob"),
-    pytest.param('[[backends]]\nname = "a"\nurl = "http://h:1"\n[[backends]]\nname = "a"\nurl = "http://h:2"\n',
-                 ["backend name 'a' is used twice", "unique"], id="duplicate-backend"),
-    pytest.param("[routing.budget]\nmonthly_limit_usd = -5\n",
-                 ["routing.budget.monthly_limit_usd", "greater than or equal to 0"], id="negative-limit"),
-    pytest.param("[[routing.policies]]\nmodel_pattern = \"*\"\nmax_cost_per_request = -1\n",
-                 ["routing.policies[0].max_cost_per_request"], id="negative-cost"),
-    pytest.param('[routing.budget]\nhard_limit_action = "explode"\n',
-                 ["routing.budget.hard_limit_action", "'warn', 'block_cloud' or 'block_all'"], id="bad-action"),
-    pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\n',
-                 ["backends[0] (backend 'a')", "api_key_env is required for type 'openai'"], id="cloud-without-key-env"),
-    pytest.param('[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\napi_key_env = "NOPE_KEY"\n',
-                 ["(backend 'a').api_key_env", "NOPE_KEY is not set"], id="unreadable-secret"),
-    pytest.param('[server]\nprot = 1\n', ["server.prot", "unknown key"], id="typo"),
-    pytest.param('[routing\n', ["not valid TOML"], id="bad-toml"),
+    pytest.param(
+        '[[backends]]\nname = "a"\nurl = "http://h"\nzone = "dmz"\n',
+        ["backends[0].zone (backend 'a')", "unknown zone 'dmz'", '"restricted" or "open"'],
+        id="unknown-zone",
+    ),
+    pytest.param(
+        '[[backends]]\nname = "a"\nurl = "http://h"\ntier = 9\n',
+        ["backends[0].tier (backend 'a')", "less than or equal to 5"],
+        id="tier-too-high",
+    ),
+    pytest.param(
+        '[[backends]]\nname = "a"\nurl = "http://h"\ntier = 0\n',
+        ["backends[0].tier", "greater than or equal to 1"],
+        id="tier-too-low",
+    ),
+    pytest.param(
+        '[routing.aliases]\na = "b"\nb = "c"\nc = "a"\n',
+        ["routing.aliases", "alias cycle a -> b -> c -> a"],
+        id="alias-cycle",
+    ),
+    pytest.param(
+        '[[routing.policies]]\nmodel_pattern = "gpt-[4"\n',
+        ["routing.policies[0].model_pattern", "unclosed '['", "close it with ']'"],
+        id="bad-glob",
+    ),
+    pytest.param(
+        '[[routing.policies]]\nmodel_pattern = ""\n', ["routing.policies[0].model_pattern", "empty"], id="empty-glob"
+    ),
+    pytest.param(
+        '[[backends]]\nname = "a"\nurl = "http://h:1"\n[[backends]]\nname = "a"\nurl = "http://h:2"\n',
+        ["backend name 'a' is used twice", "unique"],
+        id="duplicate-backend",
+    ),
+    pytest.param(
+        "[routing.budget]\nmonthly_limit_usd = -5\n",
+        ["routing.budget.monthly_limit_usd", "greater than or equal to 0"],
+        id="negative-limit",
+    ),
+    pytest.param(
+        '[[routing.policies]]\nmodel_pattern = "*"\nmax_cost_per_request = -1\n',
+        ["routing.policies[0].max_cost_per_request"],
+        id="negative-cost",
+    ),
+    pytest.param(
+        '[routing.budget]\nhard_limit_action = "explode"\n',
+        ["routing.budget.hard_limit_action", "'warn', 'block_cloud' or 'block_all'"],
+        id="bad-action",
+    ),
+    pytest.param(
+        '[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\n',
+        ["backends[0] (backend 'a')", "api_key_env is required for type 'openai'"],
+        id="cloud-without-key-env",
+    ),
+    pytest.param(
+        '[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\napi_key_env = "NOPE_KEY"\n',
+        ["(backend 'a').api_key_env", "NOPE_KEY is not set"],
+        id="unreadable-secret",
+    ),
+    pytest.param("[server]\nprot = 1\n", ["server.prot", "unknown key"], id="typo"),
+    pytest.param("[routing\n", ["not valid TOML"], id="bad-toml"),
 ]
 
 
