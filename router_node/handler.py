@@ -350,7 +350,32 @@ async def _proxy(
     reserved: tuple[float, str] = (0.0, ""),
 ) -> bool:
     """Try the decision's candidates in order. Exactly one telemetry record carries the reservation
-    (the success, else the last failed attempt), so it is released exactly once."""
+    (the success, else the last failed attempt, else, when the request is cancelled or breaks on the
+    way, a release record), so it is released exactly once."""
+    held = [reserved]
+    try:
+        return await _attempts(node, r, decision, snap, fallback, receive, send, failures, held)
+    except BaseException:
+        if held[0][0] > 0:
+            node.record_attempt_failure(
+                r.request_id, "cancelled", decision.backend, decision.model, r.key_id, "cancelled", 0.0,
+                reserved=held[0],
+            )
+        raise
+
+
+async def _attempts(
+    node: RouterNode,
+    r: _Request,
+    decision: Route,
+    snap: Snapshot,
+    fallback: str | None,
+    receive: Any,
+    send: Any,
+    failures: list[UpstreamError],
+    held: list[tuple[float, str]],
+) -> bool:
+    reserved = held[0]
     budget = 1 + snap.max_retries
     last_failure: tuple | None = None
     for n, backend in enumerate(decision.ordered[:budget]):
@@ -419,9 +444,11 @@ async def _proxy(
             retries=n,
             reserved=reserved,
         )
+        held[0] = (0.0, "")
         return True
     if last_failure is not None:
         node.record_attempt_failure(*last_failure, reserved=reserved)
+        held[0] = (0.0, "")
     return False
 
 

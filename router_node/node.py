@@ -228,7 +228,7 @@ class RouterNode:
     def record_attempt_failure(
         self,
         request_id: str,
-        attempt: int,
+        attempt: int | str,
         backend: Backend,
         model: str,
         key_id: str | None,
