@@ -257,6 +257,14 @@ class Upstream:
         if response.status in RETRYABLE_STATUS:
             response.release()
             raise UpstreamError(backend.name, f"answered HTTP {response.status}", status=response.status)
+        if response.status in (401, 403):
+            # the backend refused Nexus's own credentials: the client's request is not at fault, so this is
+            # a backend failure (try the next candidate; 502 at the end), never a 401 passed to the client
+            response.release()
+            raise UpstreamError(
+                backend.name, f"rejected the gateway's credentials (HTTP {response.status}); check its api_key_env",
+                status=response.status,
+            )
         return response
 
     async def _whole(

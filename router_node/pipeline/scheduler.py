@@ -26,13 +26,15 @@ NAME = "SchedulerReconciler"
 SLOW_PENALTY = 0.5
 
 
-def _settle_flexible_tier(intent: RoutingIntent) -> None:
+def _settle_flexible_tier(intent: RoutingIntent) -> bool:
+    """True when no candidate meets the tier and the request routes lower (the caller warns, once it has
+    picked the backend, so the warning names the tier actually routed to)."""
     tier = intent.min_tier
     if tier is None or intent.tier_mode is not TierMode.FLEXIBLE:
-        return
+        return False
     low = [b for b in intent.candidates if b.tier < tier]
     if not low:
-        return
+        return False
     if len(low) < len(intent.candidates):
         intent.exclude(
             low,
@@ -40,11 +42,8 @@ def _settle_flexible_tier(intent: RoutingIntent) -> None:
             f"backend tier below {tier}; flexible tiers allow it only when no tier-{tier} backend is available",
             f"none needed: a tier >= {tier} backend serves this request",
         )
-    else:
-        best = max(b.tier for b in low)
-        intent.warnings.append(
-            f"tier downgrade: no candidate meets tier {tier}; routed to tier {best} (X-Nexus-Flexible)"
-        )
+        return False
+    return True
 
 
 def _smart(intent: RoutingIntent, snapshot: Snapshot, free: list[Backend], used: list[int]) -> list[Backend]:
@@ -68,7 +67,7 @@ def _smart(intent: RoutingIntent, snapshot: Snapshot, free: list[Backend], used:
 def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     if not intent.candidates:
         return
-    _settle_flexible_tier(intent)
+    downgrade = _settle_flexible_tier(intent)
     load = intent.load if intent.load is not None else snapshot.inflight
     get = load.get
     free: list[Backend] = []
@@ -106,5 +105,9 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     intent.ordered = ordered + busy if busy else ordered
     intent.route_reason = reason
     best = ordered[0]
+    if downgrade:
+        intent.warnings.append(
+            f"tier downgrade: no candidate meets tier {intent.min_tier}; routed to tier {best.tier} (X-Nexus-Flexible)"
+        )
     if best.health is HealthState.LOADING:
         intent.queue_reason = f"best candidate {best.name} is loading its model"

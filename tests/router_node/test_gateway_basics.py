@@ -46,8 +46,10 @@ async def test_anthropic_backend_is_translated_both_ways(fakes, gateways, monkey
     claude = await fakes("claude", ("claude-sonnet-4",), stream_chunks=4, api_key="sk-test-secret")
     gw = await gateways([backend_for(claude, type="anthropic", api_key_env="TEST_KEY")])
     client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
-    body = {"model": "claude-sonnet-4", "messages": [{"role": "system", "content": "be brief"},
-                                                     {"role": "user", "content": "hello claude"}]}
+    body = {
+        "model": "claude-sonnet-4",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello claude"}],
+    }
     try:
         completion = await client.chat.completions.create(**body)
         assert completion.object == "chat.completion"
@@ -73,3 +75,26 @@ async def test_per_backend_timeout_applies(fakes, gateways, http):
         body = await resp.json()
     assert resp.status == 504
     assert body["error"]["code"] == "upstream_timeout"
+
+
+async def test_backend_rejecting_the_gateways_key_fails_over_not_401(fakes, gateways, http, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-wrong")
+    keyed = await fakes("keyed", api_key="sk-right")
+    spare = await fakes("spare")
+    gw = await gateways(
+        [backend_for(keyed, type="openai", api_key_env="TEST_KEY", priority=0), backend_for(spare, priority=5)]
+    )
+    async with http.post(f"{gw.url}/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Nexus-Backend"] == "spare"
+        assert resp.headers["X-Nexus-Route-Reason"] == "failover"
+
+
+async def test_backend_rejecting_the_gateways_key_alone_is_502(fakes, gateways, http, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-wrong")
+    keyed = await fakes("keyed", api_key="sk-right")
+    gw = await gateways([backend_for(keyed, type="openai", api_key_env="TEST_KEY")])
+    async with http.post(f"{gw.url}/v1/chat/completions", json=CHAT) as resp:
+        body = await resp.json()
+    assert resp.status == 502
+    assert "api_key_env" in body["error"]["message"]
