@@ -176,10 +176,6 @@ class BudgetConfig(BaseModel):
     hard_limit_action: Annotated[HardLimitAction, BeforeValidator(_lower)] = HardLimitAction.WARN
     reset_day: int = Field(default=1, ge=1, le=28)
     reconciliation_interval_secs: float = Field(default=60.0, gt=0)
-    # Below this share of the limit left, a request to a priced backend reserves its estimated cost
-    # atomically in Redis before it is sent (hard limits with a block action only): the budget then holds
-    # across replicas to within the in-flight requests' estimates. Above it, no Redis round trip.
-    reserve_below_percent: Annotated[float, BeforeValidator(_soft_fraction)] = Field(default=0.10, ge=0, le=1)
 
 
 class WeightsConfig(BaseModel):
@@ -243,6 +239,9 @@ class ServerConfig(BaseModel):
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     max_concurrent_requests: int = Field(default=1000, ge=1, le=10_000_000)
+    # on SIGTERM: not-ready (still serving) for at least this long so balancers polling /ready stop sending;
+    # in-flight requests then get up to the gateway's drain time (10 s) before uvicorn's own shutdown
+    drain_delay_seconds: float = Field(default=1.0, ge=0, le=300)
 
     @field_validator("api_keys")
     @classmethod

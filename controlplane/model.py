@@ -197,7 +197,6 @@ class BudgetState:
     spend_usd: float = 0.0
     period: str = ""
     reset_day: int = 1
-    reserve_fraction: float = 0.10  # below this share of the limit left, requests reserve (reservations.py)
 
     def status(self) -> BudgetStatus:
         limit = self.monthly_limit_usd

@@ -1,21 +1,21 @@
-"""Budget reservations: how the hard limit holds across router replicas near the limit.
+"""Budget leases: how a blocking hard limit holds exactly across router replicas.
 
-Far from a hard limit, router nodes count spend after the fact (telemetry, flushed every few tens of
-milliseconds) and route from their local view. Near it (less than `reserve_below_percent` of the limit
-left, by the node's view), a request to a priced backend first reserves its estimated cost with one
-atomic script: admitted only if, for every budget scope that applies, spend + everything reserved + this
-estimate stays within the limit. The reservation is released by the same script call that writes the
-request's telemetry record (and adds its real cost to the spend), so spend + reserved counts every
-request exactly once at every moment.
+A budget with `hard_limit_action` `block_cloud` or `block_all` is spent through leases. A router node
+admits a request to a priced backend only against budget it holds a lease on; when its lease runs short
+it asks Redis for more with one atomic script, which grants only what keeps
 
-What this guarantees: once a scope is within its reserve zone, the spend of requests admitted after
-that can exceed the limit only by how much their real cost exceeds their estimate (the estimate uses
-`max_tokens`, so with `max_tokens` set a completion cannot cost more). Requests admitted before the
-zone was reached are bounded by the zone's size as long as the cluster's spend per telemetry flush
-window stays below it.
+    spend + every node's outstanding lease  <=  limit          (per scope: global, and the API key's)
 
-Reservations of a node that dies are removed by the liveness worker when it marks the node gone.
-Keys: `{telemetry}:spend:<period>` and `{telemetry}:reserved:<period>` (one slot).
+Each admitted request takes its estimated cost out of the node's lease; its telemetry record carries that
+amount, and the script that writes the record (and adds its real cost to the spend) gives the amount back
+from the node's lease in Redis in the same step. So spend + outstanding leases never counts a request twice
+or loses it, and spend can pass the limit only by how much requests cost more than their estimate (with
+`max_tokens` set, a completion cannot).
+
+Leases are sized to need: a small share of the limit, shrinking as the budget runs out, so far from the
+limit a node asks Redis once per many requests and near it about once per request. Unused lease goes back
+when idle; a dead node's leases are released by the liveness worker when it marks the node gone.
+Keys: `{telemetry}:spend:<period>` and `{telemetry}:reserved:<period>` (one slot), fields "<node>|<scope>".
 """
 
 from __future__ import annotations
@@ -27,28 +27,41 @@ from redis.asyncio import Redis
 from controlplane import keys
 from controlplane.observed import decode_hash, guard
 
-__all__ = ["Reservation", "read_reserved", "release_node", "reserve"]
+__all__ = ["Grant", "read_reserved", "release_node", "reserve", "return_lease"]
 
-# KEYS: spend hash, reserved hash. ARGV: node, estimate, scope count, (scope, limit)..., ttl.
-# Returns {1} when reserved, or {0, scope, committed} for the first scope it would push past its limit.
-_RESERVE = """
-local node, est, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+# KEYS: spend hash, leases hash. ARGV: node, wanted, needed, scope count, (scope, limit)..., ttl.
+# Grants min(wanted, room) where room is the smallest (limit - spend - all leases) over the scopes; refuses
+# when that is below `needed`. Returns {granted} or {0, scope, committed}.
+_GRANT = """
+local node, want, need, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local all = redis.call('HGETALL', KEYS[2])
 local held = {}
 for i = 1, #all, 2 do
   local scope = string.match(all[i], '|([^|]*)$')
   if scope then held[scope] = (held[scope] or 0) + tonumber(all[i + 1]) end
 end
+local grant, tight, tight_committed = want, '', 0
 for i = 0, n - 1 do
-  local scope, limit = ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
+  local scope, limit = ARGV[5 + 2 * i], tonumber(ARGV[6 + 2 * i])
   local committed = tonumber(redis.call('HGET', KEYS[1], scope) or '0') + (held[scope] or 0)
-  if committed + est > limit then return {0, scope, tostring(committed)} end
+  if limit - committed < grant then grant, tight, tight_committed = limit - committed, scope, committed end
 end
+if grant < need then return {'0', tight, tostring(tight_committed)} end
 for i = 0, n - 1 do
-  redis.call('HINCRBYFLOAT', KEYS[2], node .. '|' .. ARGV[4 + 2 * i], ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[2], node .. '|' .. ARGV[5 + 2 * i], tostring(grant))
 end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4 + 2 * n]))
-return {1}
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5 + 2 * n]))
+return {tostring(grant)}
+"""
+
+# KEYS: leases hash. ARGV: node, amount, scopes... Gives `amount` of the node's lease back.
+_RETURN = """
+for i = 3, #ARGV do
+  local field = ARGV[1] .. '|' .. ARGV[i]
+  local left = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], field, '-' .. ARGV[2]))
+  if left < 1e-9 then redis.call('HDEL', KEYS[1], field) end
+end
+return 1
 """
 
 _RELEASE_NODE = """
@@ -62,35 +75,49 @@ return n
 """
 
 
-class Reservation:
-    """The outcome of `reserve`: `ok`, or the scope that had no room and what it had committed."""
+class Grant:
+    """The outcome of `reserve`: `amount` granted (0 when refused), else the scope without room."""
 
-    __slots__ = ("committed", "ok", "scope")
+    __slots__ = ("amount", "committed", "scope")
 
-    def __init__(self, ok: bool, scope: str = "", committed: float = 0.0) -> None:
-        self.ok = ok
+    def __init__(self, amount: float, scope: str = "", committed: float = 0.0) -> None:
+        self.amount = amount
         self.scope = scope
         self.committed = committed
 
+    @property
+    def ok(self) -> bool:
+        return self.amount > 0
 
-async def reserve(
-    redis: Redis, period: str, node: str, estimate: float, limits: Sequence[tuple[str, float]]
-) -> Reservation:
-    argv: list[str | int] = [node, repr(float(estimate)), len(limits)]
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def reserve(redis: Redis, period: str, node: str, wanted: float, needed: float,
+                  limits: Sequence[tuple[str, float]]) -> Grant:
+    """Lease up to `wanted` USD (at least `needed`, else nothing) for `node` under every `(scope, limit)`."""
+    argv: list[str | int] = [node, repr(float(wanted)), repr(float(needed)), len(limits)]
     for scope, limit in limits:
         argv.extend((scope, repr(float(limit))))
     argv.append(int(keys.TELEMETRY_SPEND_TTL_SECONDS))
-    with guard("reserving budget"):
-        reply = await redis.eval(_RESERVE, 2, keys.telemetry_spend(period), keys.telemetry_reserved(period), *argv)
-    if int(reply[0]) == 1:
-        return Reservation(True)
-    scope = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-    return Reservation(False, scope, float(reply[2]))
+    with guard("leasing budget"):
+        reply = await redis.eval(_GRANT, 2, keys.telemetry_spend(period), keys.telemetry_reserved(period), *argv)
+    amount = float(_text(reply[0]))
+    if amount > 0:
+        return Grant(amount)
+    return Grant(0.0, _text(reply[1]), float(_text(reply[2])))
+
+
+async def return_lease(redis: Redis, period: str, node: str, amount: float, scopes: Sequence[str]) -> None:
+    """Give back `amount` of `node`'s unused lease under `scopes`."""
+    with guard("returning a budget lease"):
+        await redis.eval(_RETURN, 1, keys.telemetry_reserved(period), node, repr(float(amount)), *scopes)
 
 
 async def read_reserved(redis: Redis, period: str) -> dict[str, float]:
-    """USD reserved per budget scope, summed over nodes."""
-    with guard("reading reservations"):
+    """USD leased out and not yet spent, per budget scope, summed over nodes."""
+    with guard("reading budget leases"):
         reply = await redis.hgetall(keys.telemetry_reserved(period))
     totals: dict[str, float] = {}
     for field, raw in decode_hash(reply).items():
@@ -101,9 +128,9 @@ async def read_reserved(redis: Redis, period: str) -> dict[str, float]:
 
 
 async def release_node(redis: Redis, periods: Sequence[str], node: str) -> int:
-    """Drop every reservation of `node` (it is gone: its requests will never be recorded)."""
+    """Drop every lease of `node` (it is gone: its requests will never be recorded)."""
     n = 0
-    with guard("releasing a gone node's reservations"):
+    with guard("releasing a gone node's budget leases"):
         for period in periods:
             n += int(await redis.eval(_RELEASE_NODE, 1, keys.telemetry_reserved(period), node))
     return n

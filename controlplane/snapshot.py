@@ -154,7 +154,6 @@ def _budget(scope: str, cfg: BudgetConfig, spend: SpendObservation | None) -> Bu
         spend_usd=spend.spend_usd if spend else 0.0,
         period=spend.period if spend else "",
         reset_day=cfg.reset_day,
-        reserve_fraction=cfg.reserve_below_percent,
     )
 
 

@@ -58,6 +58,10 @@ class GatewayApp:
         self._shutdown = extra_shutdown or []
         self._drain = drain_seconds
 
+    @property
+    def drain_seconds(self) -> float:
+        return self._drain
+
     def add_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
         self._startup.append(hook)
 

@@ -29,10 +29,10 @@ from controlplane.config import NexusSettings, resolve_secret
 from controlplane.errors import StateError
 from controlplane.model import Backend, BudgetStatus, HardLimitAction
 from controlplane.periods import period_of
-from controlplane.reservations import reserve
 from controlplane.snapshot import GLOBAL_SCOPE, Snapshot
 from controlplane.state import seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
+from router_node.leases import LeaseBook
 from router_node.load import LoadTracker
 from router_node.metrics import Metrics
 from router_node.queue import RequestQueue
@@ -79,7 +79,9 @@ class RouterNode:
             reset_day=self._reset_day,
             on_dropped=self.metrics.telemetry_dropped.inc,
             on_refresh=self._on_refresh,
+            after_flush=self._after_flush,
         )
+        self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
         self._base: Snapshot | None = None
         self._effective: Snapshot | None = None
         self._spend_seen: tuple = ()
@@ -123,6 +125,9 @@ class RouterNode:
         self._apply_spend()
         self.queue.notify()
 
+    async def _after_flush(self) -> None:
+        await self.leases.return_idle(self.telemetry.live_period)
+
     def _on_refresh(self) -> None:
         self._apply_spend()
         self.queue.notify()  # cluster load or spend may have changed: queued requests re-decide
@@ -132,21 +137,22 @@ class RouterNode:
         if base is None:
             return
         tel = self.telemetry
-        seen = tuple((scope, tel.spend(scope)) for scope in base.budgets)
+        seen = tuple((scope, tel.spend(scope) - self.leases.unused(scope)) for scope in base.budgets)
         if seen == self._spend_seen and self._effective is not None:
             return
         self._spend_seen = seen
         budgets = {}
         for scope, state in base.budgets.items():
-            live = tel.spend(scope)
+            # what the cluster spent or leased, less the lease this node holds unused (that is still its to spend)
+            live = tel.spend(scope) - self.leases.unused(scope)
             budgets[scope] = replace(
                 state, spend_usd=max(state.spend_usd, live), period=tel.live_period or state.period
             )
         self._effective = replace(base, budgets=MappingProxyType(budgets))
 
-    # -- budget reservations near a hard limit (controlplane.reservations) -----------------------------
-    def reservation_scopes(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float]]:
-        """(scope, limit) of every blocking hard limit whose reserve zone this request would reach."""
+    # -- budget leases for blocking hard limits (controlplane.reservations) ------------------------------
+    def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float]]:
+        """(scope, limit) of every blocking hard limit this priced request must be admitted under."""
         if estimate <= 0:
             return []
         out = []
@@ -154,27 +160,22 @@ class RouterNode:
             state = snap.budgets.get(scope)
             if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
                 continue
-            limit = state.monthly_limit_usd
-            if limit - state.spend_usd - estimate <= limit * state.reserve_fraction:
-                out.append((scope, limit))
+            out.append((scope, state.monthly_limit_usd))
         return out
 
     async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> tuple[bool, float, str]:
-        """(admitted, amount reserved, period). Not near a limit: admitted without a Redis round trip.
-        Redis unreachable inside the zone: refused (the budget is held, local backends still serve)."""
-        limits = self.reservation_scopes(snap, estimate, key_id)
+        """(admitted, amount taken from the lease, period). No blocking limit: admitted, nothing taken.
+        Redis unreachable when the lease is short: refused (the budget holds; local backends still serve)."""
+        limits = self.lease_limits(snap, estimate, key_id)
         if not limits:
             return True, 0.0, ""
         period = self.telemetry.live_period or period_of(time.time(), self._reset_day())
+        room = min(limit - snap.budgets[scope].spend_usd for scope, limit in limits)
         try:
-            outcome = await reserve(self.redis, period, self.node_id, estimate, limits)
+            admitted = await self.leases.take(period, limits, estimate, room)
         except StateError:
             return False, 0.0, ""
-        if not outcome.ok:
-            return False, 0.0, ""
-        self.telemetry.note_reservation([scope for scope, _ in limits], estimate)
-        self._apply_spend()
-        return True, estimate, period
+        return (True, estimate, period) if admitted else (False, 0.0, "")
 
     # -- telemetry ------------------------------------------------------------------------------------
     def record_request(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from urllib.parse import urlparse
 
 import uvicorn
@@ -73,15 +75,49 @@ def build_gateway(
     return GatewayApp(node, admin=admin, extra_startup=startup, extra_shutdown=[close_redis, *(shutdown or [])])
 
 
+class _GatewayServer(uvicorn.Server):
+    """uvicorn's server with the shutdown order a load balancer needs. On the first SIGTERM/SIGINT the node
+    turns unready (/ready answers 503) while the listener stays open and in-flight requests finish, up to the
+    app's drain deadline; only then does uvicorn's own shutdown run (stop accepting, finish connections, the
+    lifespan's last telemetry flush), and the process exits 0. Plain uvicorn closed the listener at once (so
+    /ready never said 503) and re-raised the signal after its graceful shutdown (exit status -15). A second
+    signal is uvicorn's: shut down now."""
+
+    def __init__(self, config: uvicorn.Config, app: GatewayApp) -> None:
+        super().__init__(config)
+        self._node = app.node
+        self._drain_seconds = app.drain_seconds
+        # not-ready for at least this long even when idle, so balancers polling /ready notice in time
+        self._min_unready = app.node.settings.server.drain_delay_seconds
+        self._drain_from: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_from is None and not self.should_exit:
+            self._node.draining = True
+            self._drain_from = time.monotonic()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:  # every 0.1 s in uvicorn's main loop
+        start = self._drain_from
+        if start is not None and not self.should_exit:
+            waited = time.monotonic() - start
+            idle = not self._node.load.total()
+            if waited >= self._drain_seconds or (idle and waited >= self._min_unready):
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def run_gateway(app: GatewayApp, host: str, port: int, banner: str | None = None) -> None:
-    """Run until SIGINT/SIGTERM; uvicorn stops accepting, finishes requests, then the lifespan drains."""
+    """Run until SIGINT/SIGTERM: readiness off, drain delay, then uvicorn stops accepting, finishes
+    requests, and the lifespan stops the node."""
     if banner:
 
         async def announce() -> None:
             print(banner, flush=True)
 
         app.add_startup(announce)
-    server = uvicorn.Server(_uvicorn_config(app, host, port))
+    server = _GatewayServer(_uvicorn_config(app, host, port), app)
     server.run()
     if not server.started:
         sys.exit(1)

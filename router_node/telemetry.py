@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 
@@ -48,6 +48,7 @@ class Telemetry:
         reset_day: Callable[[], int],
         on_dropped: Callable[[int], None] | None = None,
         on_refresh: Callable[[], None] | None = None,
+        after_flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
         self._node_id = node_id
@@ -57,6 +58,7 @@ class Telemetry:
         self._reset_day = reset_day
         self._on_dropped = on_dropped
         self._on_refresh = on_refresh
+        self._after_flush = after_flush
         self._buffer: deque[TelemetryRecord] = deque()
         self._pending: dict[str, float] = {}
         self._unseen: list[TelemetryRecord] = []
@@ -101,10 +103,10 @@ class Telemetry:
         cluster spent (as last read), what this node spent since, and what in-flight requests reserved."""
         return self.live_spend.get(scope, 0.0) + self._pending.get(scope, 0.0) + self.reserved.get(scope, 0.0)
 
-    def note_reservation(self, scopes: list[str], amount: float) -> None:
-        """Count a reservation this node just made until the next read brings the cluster's total."""
+    def note_lease(self, scopes: Sequence[str], amount: float) -> None:
+        """Count a lease this node just took (or gave back: negative) until the next read brings the total."""
         for scope in scopes:
-            self.reserved[scope] = self.reserved.get(scope, 0.0) + amount
+            self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) + amount)
 
     async def flush(self) -> None:
         """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
@@ -121,12 +123,15 @@ class Telemetry:
             self._gauge_sent, self._gauge_at = local, now
         self._load.update_cluster(await read_inflight(self._redis))
         period = period_of(time.time(), self._reset_day())
-        self.live_spend = await read_live_spend(self._redis, period)
+        live = await read_live_spend(self._redis, period)
         self.reserved = await read_reserved(self._redis, period)
+        self.live_spend = live
         self.live_period = period
         for rec in self._unseen:
             self._adjust_pending(rec, -1)
         self._unseen.clear()
+        if self._after_flush is not None:
+            await self._after_flush()
 
     async def run(self) -> None:
         backoff = self._interval

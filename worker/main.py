@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from arq.worker import Worker, create_worker
-from redis.exceptions import RedisError
+from arq.worker import Worker, get_kwargs
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from controlplane.config import NexusSettings
 from controlplane.rollup import DEFAULT_BATCH_SIZE
@@ -30,6 +32,52 @@ from worker.settings import worker_settings
 __all__ = ["WorkerHandle", "build_worker", "run_worker", "start_in_process"]
 
 log = logging.getLogger("nexus.worker")
+
+
+# What redis-py raises when Redis goes away; a WatchError that escapes arq is "connection lost while WATCHing"
+# (arq catches the conflict kind itself).
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+
+
+class _Worker(Worker):
+    """arq's Worker, except that a Redis outage does not end it. arq lets a connection error raised in one
+    poll iteration (picking jobs, a job's result write, cron enqueueing) escape its main loop, so every
+    worker process exited on a Redis restart. Here the iteration is skipped and the next one, a poll delay
+    later, reconnects; ticks due meanwhile are missed, which is safe as every loop is level-based."""
+
+    _redis_down = False
+    _finished = 0  # jobs whose slot arq gave back on completion
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        self._finished += 1
+        super()._release_sem_dec_counter_on_complete()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            counter, finished = self.job_counter, self._finished
+            try:
+                await super().start_jobs([job_id])
+            except _REDIS_DOWN:
+                # arq takes a job slot (semaphore and counter) before it talks to Redis and does not give it
+                # back when that fails: after max_jobs outages the worker would never run a job again. The
+                # slot is still ours if the counter is one up (net of jobs finishing meanwhile) and no task has it.
+                taken = self.job_counter - counter + self._finished - finished == 1
+                if taken and job_id.decode() not in self.tasks:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except _REDIS_DOWN as exc:
+            if not self._redis_down:
+                log.warning("Redis unavailable; worker loops paused until it returns: %s", exc)
+            self._redis_down = True
+            return
+        if self._redis_down:
+            log.warning("Redis is back; worker loops resumed")
+            self._redis_down = False
 
 
 def build_worker(
@@ -45,7 +93,7 @@ def build_worker(
     """An arq Worker for `settings` (arq keyword arguments in `overrides`, e.g. `burst=True`). Must be
     called inside the event loop that will run it."""
     cls = worker_settings(settings, redis_url, jobs=jobs, clock=clock, batch_size=batch_size, poll_delay=poll_delay)
-    return create_worker(cls, **{"handle_signals": False, **overrides})
+    return _Worker(**{**get_kwargs(cls), "handle_signals": False, **overrides})
 
 
 class WorkerHandle:

@@ -1,4 +1,4 @@
-"""Budget reservations against the real Redis: atomic admission, release by the telemetry write."""
+"""Budget leases against the real Redis: atomic grants, release by the telemetry write, returns."""
 
 import asyncio
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 from controlplane.periods import period_of
-from controlplane.reservations import read_reserved, release_node, reserve
+from controlplane.reservations import read_reserved, release_node, reserve, return_lease
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
 
 NOW = time.time()
@@ -27,45 +27,46 @@ def record(rid: str, cost: float, reserved: float, node: str = "n1", key: str | 
     )
 
 
-async def test_concurrent_reservations_never_exceed_the_limit(redis):
-    # 200 requests of $0.07 racing from 4 nodes for a $10 limit: exactly 142 fit
-    results = await asyncio.gather(*(reserve(redis, PERIOD, f"n{i % 4}", 0.07, [("global", 10.0)]) for i in range(200)))
-    admitted = sum(r.ok for r in results)
-    assert admitted == 142
+async def test_concurrent_grants_never_exceed_the_limit(redis):
+    # 200 nodes' requests of $0.07 racing for a $10 limit: exactly 142 fit
+    grants = await asyncio.gather(
+        *(reserve(redis, PERIOD, f"n{i % 4}", 0.07, 0.07, [("global", 10.0)]) for i in range(200))
+    )
+    assert sum(g.ok for g in grants) == 142
     assert sum((await read_reserved(redis, PERIOD)).values()) == pytest.approx(142 * 0.07)
-    refused = next(r for r in results if not r.ok)
+    refused = next(g for g in grants if not g.ok)
     assert refused.scope == "global" and refused.committed + 0.07 > 10.0
 
 
-async def test_spend_counts_against_reservations(redis):
+async def test_a_grant_is_capped_by_the_room_left_but_never_below_the_need(redis):
     await write_records(redis, [record("a", 9.5, 0.0)])
-    assert (await reserve(redis, PERIOD, "n1", 0.4, [("global", 10.0)])).ok
-    assert not (await reserve(redis, PERIOD, "n2", 0.2, [("global", 10.0)])).ok
+    assert (await reserve(redis, PERIOD, "n1", 5.0, 0.1, [("global", 10.0)])).amount == pytest.approx(0.5)
+    assert not (await reserve(redis, PERIOD, "n2", 1.0, 0.01, [("global", 10.0)])).ok  # all leased out
+    await return_lease(redis, PERIOD, "n1", 0.3, ["global"])
+    assert (await reserve(redis, PERIOD, "n2", 1.0, 0.01, [("global", 10.0)])).amount == pytest.approx(0.3)
 
 
-async def test_record_write_releases_its_reservation_exactly_once(redis):
-    assert (await reserve(redis, PERIOD, "n1", 0.5, [("global", 10.0), ("team", 2.0)])).ok
-    assert await read_reserved(redis, PERIOD) == {"global": 0.5, "team": 0.5}
+async def test_record_write_releases_its_share_of_the_lease_exactly_once(redis):
+    assert (await reserve(redis, PERIOD, "n1", 1.0, 0.5, [("global", 10.0), ("team", 2.0)])).amount == 1.0
     rec = record("r1", 0.3, 0.5, key="team")
     assert await write_records(redis, [rec]) == 1
-    assert await read_reserved(redis, PERIOD) == {}
+    assert await read_reserved(redis, PERIOD) == {"global": 0.5, "team": 0.5}
     assert (await read_live_spend(redis, PERIOD))["global"] == pytest.approx(0.3)
-    # a replay (lost reply) neither releases again nor spends again
-    assert await write_records(redis, [rec]) == 0
-    assert await read_reserved(redis, PERIOD) == {}
+    assert await write_records(redis, [rec]) == 0  # a replay neither releases nor spends again
+    assert await read_reserved(redis, PERIOD) == {"global": 0.5, "team": 0.5}
     assert (await read_live_spend(redis, PERIOD))["team"] == pytest.approx(0.3)
 
 
 async def test_key_scope_limit_refuses_independently(redis):
     limits = [("global", 100.0), ("team", 1.0)]
-    assert (await reserve(redis, PERIOD, "n1", 0.6, limits)).ok
-    refused = await reserve(redis, PERIOD, "n1", 0.6, limits)
+    assert (await reserve(redis, PERIOD, "n1", 0.6, 0.6, limits)).ok
+    refused = await reserve(redis, PERIOD, "n1", 0.6, 0.6, limits)
     assert not refused.ok and refused.scope == "team"
-    assert (await reserve(redis, PERIOD, "n1", 0.6, [("global", 100.0)])).ok
+    assert (await reserve(redis, PERIOD, "n1", 0.6, 0.6, [("global", 100.0)])).ok
 
 
-async def test_gone_node_reservations_are_released(redis):
-    await reserve(redis, PERIOD, "dead", 3.0, [("global", 10.0)])
-    await reserve(redis, PERIOD, "alive", 2.0, [("global", 10.0)])
+async def test_gone_node_leases_are_released(redis):
+    await reserve(redis, PERIOD, "dead", 3.0, 3.0, [("global", 10.0)])
+    await reserve(redis, PERIOD, "alive", 2.0, 2.0, [("global", 10.0)])
     assert await release_node(redis, [PERIOD], "dead") == 1
     assert await read_reserved(redis, PERIOD) == {"global": 2.0}

@@ -303,8 +303,8 @@ async def test_nodes_that_stopped_heart_beating_are_marked_gone(redis: Redis) ->
     await write_inflight(redis, "alive", {"gpu": 2})
     assert await read_inflight(redis) == {"gpu": 5}
     period = period_of(now)
-    assert (await reserve(redis, period, "dead", 1.5, [("global", 10.0)])).ok
-    assert (await reserve(redis, period, "alive", 0.5, [("global", 10.0)])).ok
+    assert (await reserve(redis, period, "dead", 1.5, 1.5, [("global", 10.0)])).ok
+    assert (await reserve(redis, period, "alive", 0.5, 0.5, [("global", 10.0)])).ok
 
     assert await run_nodes(redis, now) == {
         "nodes": 4, "marked_gone": ["dead"], "removed": ["old"], "reservations_released": 1}

@@ -1,0 +1,89 @@
+"""This router node's budget leases (see `controlplane.reservations` for the scheme and its guarantee).
+
+`take` admits a request against the node's lease for its scopes, asking Redis for more only when the
+lease is short: far from the limit once per many requests, near it about once per request. Renewals for
+one set of scopes are serialised, so concurrent requests that find the lease short wait for one renewal
+instead of each leasing more. Leases unused for `IDLE_SECONDS` go back (`return_idle`, called from the
+telemetry loop), so budget held by a quiet node is not hidden from busy ones for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+
+from controlplane.reservations import reserve, return_lease
+
+__all__ = ["IDLE_SECONDS", "LEASE_SHARE", "LeaseBook"]
+
+LEASE_SHARE = 0.02  # a lease is at most this share of the limit...
+ROOM_SHARE = 0.25  # ...and of the room left, so leases shrink as the budget runs out
+IDLE_SECONDS = 1.0
+
+_Key = tuple[str, tuple[str, ...]]  # (period, scopes)
+
+
+class LeaseBook:
+    def __init__(self, redis: Redis, node_id: str, on_change: Callable[[Sequence[str], float], None]) -> None:
+        self._redis = redis
+        self._node = node_id
+        self._on_change = on_change  # (scopes, +granted / -returned): keeps the node's view of leases current
+        self._avail: dict[_Key, float] = {}
+        self._used_at: dict[_Key, float] = {}
+        self._locks: dict[_Key, asyncio.Lock] = {}
+
+    def unused(self, scope: str) -> float:
+        """Lease this node holds for `scope` and has not given to a request yet."""
+        return sum(v for (_, scopes), v in self._avail.items() if scope in scopes)
+
+    async def take(self, period: str, limits: Sequence[tuple[str, float]], estimate: float, room: float) -> bool:
+        """Take `estimate` from the lease, renewing it if short; False when the budget has no room.
+        `room` is this node's view of what is left (sizes the renewal, never decides admission)."""
+        key = (period, tuple(scope for scope, _ in limits))
+        if self._take_local(key, estimate):
+            return True
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if self._take_local(key, estimate):  # another request renewed while this one waited
+                return True
+            smallest_limit = min(limit for _, limit in limits)
+            want = max(estimate, min(smallest_limit * LEASE_SHARE, max(room, 0.0) * ROOM_SHARE))
+            have = self._avail.get(key, 0.0)
+            grant = await reserve(self._redis, period, self._node, want, estimate - have, limits)
+            if not grant.ok:
+                return False
+            self._avail[key] = have + grant.amount
+            self._on_change(key[1], grant.amount)
+            return self._take_local(key, estimate)
+
+    def _take_local(self, key: _Key, estimate: float) -> bool:
+        have = self._avail.get(key, 0.0)
+        if have + 1e-12 < estimate:
+            return False
+        self._avail[key] = have - estimate
+        self._used_at[key] = time.monotonic()
+        return True
+
+    async def return_idle(self, current_period: str) -> None:
+        """Give back leases unused for IDLE_SECONDS, and any of a past period."""
+        now = time.monotonic()
+        for key in list(self._avail):
+            period, scopes = key
+            lock = self._locks.get(key)
+            if lock is not None and lock.locked():
+                continue
+            idle = now - self._used_at.get(key, 0.0) >= IDLE_SECONDS
+            if not (idle or period != current_period):
+                continue
+            amount = self._avail.pop(key)
+            self._used_at.pop(key, None)
+            if amount > 1e-12:
+                try:
+                    await return_lease(self._redis, period, self._node, amount, scopes)
+                except BaseException:
+                    self._avail[key] = self._avail.get(key, 0.0) + amount  # try again next time
+                    raise
+                self._on_change(scopes, -amount)
