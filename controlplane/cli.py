@@ -80,9 +80,9 @@ def _serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _router(ns: argparse.Namespace) -> int:
+def _shared_settings(ns: argparse.Namespace, command: str):  # -> NexusSettings | exit code
+    """Settings for a process of the distributed topology, which needs a shared Redis URL."""
     from controlplane.errors import ConfigError
-    from router_node.server import build_gateway, run_gateway
 
     try:
         settings = _settings(ns)
@@ -90,8 +90,17 @@ def _router(ns: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     if not settings.redis.url:
-        print("nexus router: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
+        print(f"nexus {command}: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
         return 2
+    return settings
+
+
+def _router(ns: argparse.Namespace) -> int:
+    from router_node.server import build_gateway, run_gateway
+
+    settings = _shared_settings(ns, "router")
+    if isinstance(settings, int):
+        return settings
     app = build_gateway(settings, settings.redis.url, node_id=ns.node_id)
     run_gateway(
         app,
@@ -108,11 +117,10 @@ def _admin(ns: argparse.Namespace) -> int:
     from controlplane.admin import create_admin_app
     from controlplane.errors import ConfigError
 
+    settings = _shared_settings(ns, "admin")
+    if isinstance(settings, int):
+        return settings
     try:
-        settings = _settings(ns)
-        if not settings.redis.url:
-            print("nexus admin: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
-            return 2
         app = create_admin_app(settings)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -192,17 +200,11 @@ def _dev_cluster(ns: argparse.Namespace) -> int:
 
 
 def _worker(ns: argparse.Namespace) -> int:
-    from controlplane.errors import ConfigError
     from worker.main import run_worker
 
-    try:
-        settings = _settings(ns)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if not settings.redis.url:
-        print("nexus worker: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
-        return 2
+    settings = _shared_settings(ns, "worker")
+    if isinstance(settings, int):
+        return settings
     run_worker(settings)
     return 0
 

@@ -2,6 +2,7 @@
 
 - `redis_server` (session): ONE real embedded redis-server for the whole run, in a temporary data dir.
   Tests that stop, kill or restart Redis must start their own `EmbeddedRedis`, never touch this one.
+- `fakes` (function): `await fakes(name, models, **options)` starts a fake backend, stopped after the test.
 - `redis` (function): a `redis.asyncio.Redis` on that server, flushed before the test and closed after.
   It uses `decode_responses=False`: replies are bytes, as production clients get them (orjson decodes
   bytes directly); `controlplane.state` accepts either kind of client.
@@ -9,12 +10,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from controlplane.embedded_redis import EmbeddedRedis
+from router_node.fake_backend import FakeBackend
+from tests.harness import fake_backend
+
+FakeFactory = Callable[..., Awaitable[FakeBackend]]
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +42,17 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
     finally:
         # aclose() (not close()) releases the pool's connections: no unclosed-connection ResourceWarning.
         await client.aclose()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[FakeFactory]:
+    started: list[FakeBackend] = []
+
+    async def make(name: str, models: tuple[str, ...] = ("m",), **options: Any) -> FakeBackend:
+        fake = await fake_backend(name, models, **options)
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        await fake.stop()

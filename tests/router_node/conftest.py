@@ -11,24 +11,9 @@ from redis.asyncio import Redis
 
 from controlplane.embedded_redis import EmbeddedRedis
 from router_node.fake_backend import FakeBackend
-from tests.harness import GatewayHarness, fake_backend, settings_for
+from tests.harness import GatewayHarness, settings_for
 
-FakeFactory = Callable[..., Awaitable[FakeBackend]]
 GatewayFactory = Callable[..., Awaitable[GatewayHarness]]
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[FakeFactory]:
-    started: list[FakeBackend] = []
-
-    async def make(name: str, models: tuple[str, ...] = ("m",), **options: Any) -> FakeBackend:
-        fake = await fake_backend(name, models, **options)
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.stop()
 
 
 @pytest.fixture

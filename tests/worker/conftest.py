@@ -22,7 +22,7 @@ from controlplane.config import NexusSettings
 from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.telemetry_store import TelemetryRecord
 from router_node.fake_backend import FakeBackend
-from tests.harness import eventually, fake_backend, settings_for
+from tests.harness import eventually, settings_for
 from worker.main import WorkerHandle, build_worker, start_in_process
 
 FakeFactory = Callable[..., Awaitable[FakeBackend]]
@@ -101,20 +101,6 @@ async def run_tick(
 
 def worker_settings_for(backends: list[Mapping[str, Any]] | None = None, **sections: Any) -> NexusSettings:
     return settings_for(list(backends or []), **sections)
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[FakeFactory]:
-    started: list[FakeBackend] = []
-
-    async def make(name: str, models: tuple[str, ...] = ("m",), **options: Any) -> FakeBackend:
-        fake = await fake_backend(name, models, **options)
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.stop()
 
 
 @pytest.fixture
