@@ -213,7 +213,7 @@ class LocalCluster:
         conf.write_text(render([r.port for r in self.routers], self.nginx.port, self.base), encoding="utf-8")
         with open(self.nginx.log, "ab") as log:
             self.nginx.popen = subprocess.Popen(
-                ["nginx", "-c", str(conf), "-p", str(self.base), "-g", "daemon off;"],
+                [str(self.nginx_binary), "-c", str(conf), "-p", str(self.base), "-g", "daemon off;"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

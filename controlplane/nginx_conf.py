@@ -138,7 +138,9 @@ http {{
 
     upstream nexus_routers {{
 {servers}
-        keepalive 32;
+        # idle connections kept per worker: above the client concurrency a replica sees, or nginx opens and
+        # closes router connections under load (measured: 23 % of requests at c=128 with 32)
+        keepalive 256;
         keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS}s;
     }}
 {admin_upstream}
