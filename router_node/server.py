@@ -170,9 +170,9 @@ def serve(settings: NexusSettings, *, demo: bool = False) -> None:
     worker_handle: list = []
 
     async def start_worker() -> None:
-        from worker.main import start_in_process
+        from worker.main import ThreadedWorker
 
-        worker_handle.append(await start_in_process(settings, url))
+        worker_handle.append(await ThreadedWorker(settings, url).start())
 
     async def stop_worker() -> None:
         for handle in worker_handle:

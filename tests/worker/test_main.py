@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.model import HealthState
@@ -17,7 +19,7 @@ from tests.harness import eventually
 from tests.worker.conftest import FakeFactory, worker_settings_for
 from worker import settings as worker_settings_module
 from worker.jobs import CTX_KEY, HEALTH_JOB
-from worker.main import start_in_process
+from worker.main import ThreadedWorker, start_in_process
 
 
 async def test_start_and_stop_in_process(redis_server: EmbeddedRedis, redis: Redis, fakes: FakeFactory) -> None:
@@ -29,6 +31,25 @@ async def test_start_and_stop_in_process(redis_server: EmbeddedRedis, redis: Red
     await handle.stop()
     assert not handle.running and CTX_KEY not in handle.worker.ctx  # the HTTP session was closed
     await handle.stop()  # idempotent
+
+
+async def test_threaded_worker_runs_on_its_own_thread_and_stops(
+    redis_server: EmbeddedRedis, redis: Redis, fakes: FakeFactory
+) -> None:
+    fake = await fakes("a")
+    worker = await ThreadedWorker(
+        worker_settings_for([{"name": "a", "url": fake.url}]), redis_server.url, poll_delay=0.05
+    ).start()
+    assert any(t.name == "nexus-worker" for t in threading.enumerate())
+    await eventually(lambda: _state(redis, "a"), timeout=10)
+    await worker.stop()
+    assert not any(t.name == "nexus-worker" for t in threading.enumerate())
+    await worker.stop()  # idempotent
+
+
+async def test_threaded_worker_reports_a_start_failure() -> None:
+    with pytest.raises(RedisConnectionError):  # what arq raised on the worker thread reaches the caller
+        await ThreadedWorker(worker_settings_for(), "redis://127.0.0.1:1/0").start(timeout=20)
 
 
 async def _state(redis: Redis, name: str) -> HealthState | None:
