@@ -283,6 +283,10 @@ class QualityConfig(BaseModel):
     min_requests: int = Field(
         default=5, ge=0, le=1_000_000_000, description="1h requests below which quality has no say"
     )
+    # passive health, per router node: after this many consecutive upstream failures a backend goes to the
+    # back of every decision's order for eject_seconds, before the health worker's probes catch up
+    eject_after_failures: int = Field(default=3, ge=1, le=1000)
+    eject_seconds: float = Field(default=10.0, ge=0, le=3600)
 
 
 class QueueConfig(BaseModel):

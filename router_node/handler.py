@@ -170,6 +170,7 @@ def _decide(
         sequence=node.next_sequence(),
         privacy_required=privacy,
         budget_exhausted=exhausted,
+        failing_here=node.failing_here(),
     )
     t0 = time.perf_counter()
     decision = decide(intent, snap, trace=r.explain)
@@ -387,6 +388,7 @@ async def _attempts(
             )
         except UpstreamError as err:
             node.load.release(backend.name)
+            node.note_upstream(backend.name, ok=False)
             failures.append(err)
             node.metrics.failovers.labels(backend.name).inc()
             if last_failure is not None:
@@ -398,6 +400,7 @@ async def _attempts(
             node.load.release(backend.name)
             raise
         ttfb = time.perf_counter() - t_attempt
+        node.note_upstream(backend.name, ok=True)
         if last_failure is not None:
             node.record_attempt_failure(*last_failure)
             last_failure = None

@@ -83,6 +83,8 @@ class RouterNode:
         )
         self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
         self._base: Snapshot | None = None
+        self._fail_streak: dict[str, int] = {}
+        self._ejected: dict[str, float] = {}
         self._effective: Snapshot | None = None
         self._spend_seen: tuple = ()
         self._tasks: list[asyncio.Task] = []
@@ -149,6 +151,27 @@ class RouterNode:
                 state, spend_usd=max(state.spend_usd, live), period=tel.live_period or state.period
             )
         self._effective = replace(base, budgets=MappingProxyType(budgets))
+
+    # -- passive health: consecutive upstream failures seen by this node --------------------------------
+    def note_upstream(self, backend: str, ok: bool) -> None:
+        if ok:
+            if self._fail_streak.pop(backend, None) is not None:
+                self._ejected.pop(backend, None)
+            return
+        streak = self._fail_streak.get(backend, 0) + 1
+        self._fail_streak[backend] = streak
+        q = self.settings.quality
+        if streak >= q.eject_after_failures and q.eject_seconds > 0:
+            self._ejected[backend] = time.monotonic() + q.eject_seconds
+
+    def failing_here(self) -> frozenset[str]:
+        """Backends to try last right now (their cool-down not over); empty almost always, and cheap then."""
+        if not self._ejected:
+            return frozenset()
+        now = time.monotonic()
+        for name in [n for n, until in self._ejected.items() if until <= now]:
+            del self._ejected[name]  # the next failure ejects again at once: the streak is kept
+        return frozenset(self._ejected)
 
     # -- budget leases for blocking hard limits (controlplane.reservations) ------------------------------
     def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float]]:

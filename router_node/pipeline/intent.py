@@ -76,8 +76,10 @@ class RoutingIntent:
         "budget_status",
         "candidates",
         "cost_estimates",
+        "demoted",
         "error",
         "excluded",
+        "failing_here",
         "load",
         "min_tier",
         "model_known",
@@ -115,6 +117,7 @@ class RoutingIntent:
         sequence: int = 0,
         privacy_required: Zone | None = None,
         budget_exhausted: bool = False,
+        failing_here: frozenset[str] = frozenset(),
     ) -> None:
         self.request_id = request_id
         self.requested_model = model
@@ -143,6 +146,10 @@ class RoutingIntent:
         self.cost_estimates: dict[str, float] = {}
         self.min_tier: int | None = None
         self.slow: frozenset[str] = frozenset()
+        # backends this router node saw fail several times in a row just now (passive health), as given by
+        # the caller; the QualityReconciler turns it into `demoted` (tried last, never excluded)
+        self.failing_here = failing_here
+        self.demoted: frozenset[str] = frozenset()
         self.scores: dict[str, float] = {}
         self.warnings: list[str] = []
         # set by the scheduler, the last reconciler

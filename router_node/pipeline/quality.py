@@ -3,7 +3,9 @@
 A backend with at least `quality.min_requests` requests in the last hour and an error rate at or
 above `quality.error_rate_threshold` is excluded. One whose 1h average time to first byte exceeds
 `quality.ttft_penalty_threshold_ms` stays but is marked slow. Backends without history pass.
-Both sets are computed once per snapshot (`Snapshot.failing`, `Snapshot.slow`).
+Both sets are computed once per snapshot (`Snapshot.failing`, `Snapshot.slow`). Backends the calling
+router node just saw fail several times in a row (`intent.failing_here`, passive health) are demoted: the
+scheduler tries them last, so traffic moves away at once while they stay available if nothing else is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ NAME = "QualityReconciler"
 
 def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     intent.slow = snapshot.slow
+    if intent.failing_here:
+        intent.demoted = intent.failing_here
     failing = snapshot.failing
     if not failing:
         return

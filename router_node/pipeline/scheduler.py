@@ -5,8 +5,9 @@ marked slow by the QualityReconciler, plus `weights.load` x the free share of th
 `max_concurrency` given cluster-wide in-flight counts. Higher is better; ties break by name. Other
 strategies: `priority_only` (lowest priority number, then name), `round_robin` (rotation by the
 injected request sequence), `random` (the injected `random.Random`). At SoftLimit every strategy puts
-local backends first. With flexible tiers, candidates below the policy's tier are dropped when any
-candidate meets it; otherwise the request routes lower with a warning.
+local backends first; backends the node just saw fail (demoted) go last. With flexible tiers,
+candidates below the policy's tier are dropped when any candidate meets it; otherwise the request routes
+lower with a warning.
 
 Queue when every candidate is at capacity, or when the best one is loading its model. Backends at
 capacity stay at the end of the order, as failover alternatives of last resort.
@@ -102,6 +103,12 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
         if local and len(local) < len(ordered):
             ordered = local + [b for b in ordered if not b.is_local]
             reason = "budget_prefer_local"
+    demoted = intent.demoted
+    if demoted:
+        healthy = [b for b in ordered if b.name not in demoted]
+        if healthy and len(healthy) < len(ordered):
+            ordered = healthy + [b for b in ordered if b.name in demoted]
+            reason = "passive_health"
     intent.ordered = ordered + busy if busy else ordered
     intent.route_reason = reason
     best = ordered[0]

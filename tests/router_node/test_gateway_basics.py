@@ -1,3 +1,5 @@
+import socket
+
 import openai
 import pytest
 
@@ -98,3 +100,24 @@ async def test_backend_rejecting_the_gateways_key_alone_is_502(fakes, gateways, 
         body = await resp.json()
     assert resp.status == 502
     assert "api_key_env" in body["error"]["message"]
+
+
+async def test_passive_health_moves_traffic_off_a_failing_backend_at_once(fakes, gateways, http):
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    spare = await fakes("spare")
+    gw = await gateways(
+        [
+            {"name": "dead", "url": f"http://127.0.0.1:{dead_port}", "type": "vllm", "models": ["m"], "priority": 0},
+            backend_for(spare, priority=5),
+        ],
+        quality={"eject_after_failures": 3, "eject_seconds": 60},
+    )
+    reasons = []
+    for _ in range(6):
+        async with http.post(f"{gw.url}/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200 and resp.headers["X-Nexus-Backend"] == "spare"
+            reasons.append(resp.headers["X-Nexus-Route-Reason"])
+    # three failed first attempts, then the dead backend is tried last without waiting for health probes
+    assert reasons == ["failover"] * 3 + ["passive_health"] * 3

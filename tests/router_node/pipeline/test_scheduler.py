@@ -67,8 +67,11 @@ def test_loading_candidate_that_is_not_best_does_not_queue():
 
 
 def test_priority_only_ignores_load():
-    snap = snapshot([backend("a", priority=0, max_concurrency=10), backend("b", priority=1)],
-                    inflight={"a": 9}, strategy="priority_only")
+    snap = snapshot(
+        [backend("a", priority=0, max_concurrency=10), backend("b", priority=1)],
+        inflight={"a": 9},
+        strategy="priority_only",
+    )
     decision = run(snap)
     assert decision.backend.name == "a"
     assert decision.route_reason == "priority"
@@ -91,3 +94,17 @@ def test_random_is_deterministic_for_a_seed_and_covers_candidates():
 
 def test_only_candidate_reason():
     assert run(snapshot([backend("solo")])).route_reason == "only_candidate"
+
+
+def test_backends_failing_on_this_node_are_tried_last_not_excluded():
+    snap = snapshot([backend("a", priority=0), backend("b", priority=5), backend("c", priority=9)])
+    decision = run(snap, failing_here=frozenset({"a"}))
+    assert [x.name for x in decision.ordered] == ["b", "c", "a"]
+    assert decision.route_reason == "passive_health"
+    assert decision.reasons == ()
+
+
+def test_when_every_candidate_is_failing_here_the_order_stands():
+    snap = snapshot([backend("a", priority=0), backend("b", priority=5)])
+    decision = run(snap, failing_here=frozenset({"a", "b"}))
+    assert [x.name for x in decision.ordered] == ["a", "b"]
