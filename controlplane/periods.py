@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-__all__ = ["day_of", "period_bounds", "period_of"]
+__all__ = ["day_of", "period_of"]
 
 
 def period_of(ts: float, reset_day: int = 1) -> str:
@@ -18,18 +18,6 @@ def period_of(ts: float, reset_day: int = 1) -> str:
     if moment.day < reset_day:
         year, month = (year - 1, 12) if month == 1 else (year, month - 1)
     return f"{year:04d}-{month:02d}"
-
-
-def period_bounds(period: str, reset_day: int = 1) -> tuple[float, float]:
-    """[start, end) of a period as unix seconds."""
-    year, month = (int(p) for p in period.split("-"))
-    start = datetime(year, month, reset_day, tzinfo=UTC)
-    end = (
-        datetime(year + 1, 1, reset_day, tzinfo=UTC)
-        if month == 12
-        else datetime(year, month + 1, reset_day, tzinfo=UTC)
-    )
-    return start.timestamp(), end.timestamp()
 
 
 def day_of(ts: float) -> str:

@@ -3,8 +3,8 @@
 `build_snapshot` is pure: desired config + observed state + the time, in; a `Snapshot` out. Everything
 the pipeline would otherwise compute per request is computed here once: the merged backend views, the
 per-model candidate lists (sorted by name), the policy matching each known model, per-model prices and
-the static part of each backend's score. `Snapshot.with_load` makes a cheap copy with new cluster-wide
-in-flight counts, which change far more often than the rest.
+the static part of each backend's score. Cluster-wide in-flight counts change far more often than the rest;
+router nodes pass their live view of them to the pipeline instead of rebuilding the snapshot.
 
 Invariants:
 - Observed health older than twice the health interval is `unknown`, never trusted as healthy/unhealthy.
@@ -118,9 +118,6 @@ class Snapshot:
 
     def price(self, backend: str, model: str) -> tuple[float, float]:
         return self.prices.get((backend, model), (0.0, 0.0))
-
-    def with_load(self, inflight: Mapping[str, int]) -> Snapshot:
-        return replace(self, inflight=inflight)
 
     @property
     def models(self) -> list[str]:
