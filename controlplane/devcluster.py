@@ -39,10 +39,37 @@ class ClusterError(NexusError):
     """A cluster process did not start or answer in time."""
 
 
+_EPHEMERAL = (32768, 60999)  # Linux's default range for outgoing connections' local ports
+_next_port = [0]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range. A port the kernel hands out for `bind(0)` can be taken again
+    as the local port of any outgoing connection before our child process binds it; ports below the
+    range are only ever taken by explicit binds, so the window for a clash is tiny."""
+    low, _ = _ephemeral_range()
+    start, span = 20000, max(1000, low - 20000)
+    if not _next_port[0]:
+        _next_port[0] = os.getpid() * 7 % span
+    for _ in range(span):
+        _next_port[0] = (_next_port[0] + 1) % span
+        port = start + _next_port[0]
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free port below the ephemeral range")
 
 
 @dataclass(frozen=True, slots=True)
