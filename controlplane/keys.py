@@ -123,9 +123,10 @@ def telemetry_spend(period: str) -> str:
 
 
 # -- cluster-wide load (one gauge per router node) -------------------------------------------------------
-# A node rewrites its gauge every flush (tens of ms); the TTL only matters when a node dies, and must
-# be long enough that a node paused by GC or a slow Redis does not flicker out of the sum.
-INFLIGHT_TTL_SECONDS = 15.0
+# A node rewrites its gauge when it changes and at least every second; the TTL only matters when a node
+# dies (its load must stop counting soon: a dead node's gauge can make a backend look full cluster-wide),
+# and must be long enough that a node paused by GC or a slow Redis does not flicker out of the sum.
+INFLIGHT_TTL_SECONDS = 5.0
 # Registry entries not refreshed for this long are pruned by writers; the gauge TTL, not this, decides
 # what is counted, so the prune horizon only bounds the registry's size.
 INFLIGHT_REGISTRY_PRUNE_SECONDS = 10 * INFLIGHT_TTL_SECONDS
@@ -140,8 +141,8 @@ def inflight(node_id: str) -> str:
 # -- router node heartbeats -----------------------------------------------------------------------------
 NODES_HEARTBEATS = _key("nodes", "heartbeats")
 # Heartbeats live in one hash (fields cannot expire in Redis 6), so readers judge staleness by the
-# timestamp inside the value against this horizon.
-NODE_STALE_SECONDS = 30.0
+# timestamp inside the value against this horizon. Nodes beat every second.
+NODE_STALE_SECONDS = 10.0
 # Gone nodes (marked by the liveness worker) stay listed this long after their last heartbeat, so an
 # operator can still see them in `GET /admin/v1/nodes`; then the worker removes them.
 NODE_GONE_RETENTION_SECONDS = 24 * 3600.0

@@ -3,7 +3,7 @@
     health   every health_check.interval_seconds (default 10 s), also once at start-up
     budget   every routing.budget.reconciliation_interval_secs (default 60 s)
     quality  every quality.metrics_interval_seconds (default 30 s)
-    nodes    every 10 s (a third of keys.NODE_STALE_SECONDS)
+    nodes    every 3 s (a third of keys.NODE_STALE_SECONDS, rounded down to divide a minute)
 
 Intervals are rounded down to an even wall-clock grid (`worker.schedule`), evaluated in UTC, so every
 worker process (and `nexus serve`'s in-process worker) computes the same tick times and job ids.
