@@ -107,6 +107,16 @@ def dump_model(value: BaseModel) -> bytes:
     return orjson.dumps(value.model_dump(mode="json"))
 
 
+async def replace_hash(redis: Redis, key: str, payload: Mapping[str, bytes], what: str) -> None:
+    """Replace the whole hash at `key` with `payload` in one transaction (readers never see it half done)."""
+    with guard(what):
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if payload:
+                pipe.hset(key, mapping=payload)
+            await pipe.execute()
+
+
 async def write_health(
     redis: Redis,
     name: str,

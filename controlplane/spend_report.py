@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from controlplane import keys
 from controlplane.model import BudgetStatus
-from controlplane.observed import decode_hash, guard
+from controlplane.observed import decode_hash, guard, replace_hash
 from controlplane.rollup import read_aggregate
 
 __all__ = ["BudgetObservation", "read_budget_observations", "read_spend_report", "write_budget_observations"]
@@ -52,12 +52,7 @@ _OBSERVATION = TypeAdapter(BudgetObservation)
 
 async def write_budget_observations(redis: Redis, observations: Mapping[str, BudgetObservation]) -> None:
     payload = {scope: orjson.dumps(asdict(obs)) for scope, obs in observations.items()}
-    with guard("writing budget observations"):
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.OBSERVED_SPEND)
-            if payload:
-                pipe.hset(keys.OBSERVED_SPEND, mapping=payload)
-            await pipe.execute()
+    await replace_hash(redis, keys.OBSERVED_SPEND, payload, "writing budget observations")
 
 
 def _decode(reply: Any) -> dict[str, BudgetObservation]:

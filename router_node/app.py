@@ -19,7 +19,7 @@ import orjson
 
 from controlplane.model import HealthState
 from router_node.asgi import send_error, send_json
-from router_node.errors import GatewayError
+from router_node.errors import MethodNotAllowed, NotFound
 from router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, handle_inference
 from router_node.metrics import CONTENT_TYPE_LATEST
 from router_node.node import RouterNode
@@ -28,18 +28,6 @@ __all__ = ["GatewayApp"]
 
 log = logging.getLogger("nexus.router")
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-
-class _NotFound(GatewayError):
-    status = 404
-    type_ = "invalid_request_error"
-    code = "not_found"
-
-
-class _MethodNotAllowed(GatewayError):
-    status = 405
-    type_ = "invalid_request_error"
-    code = "method_not_allowed"
 
 
 class GatewayApp:
@@ -101,7 +89,7 @@ class GatewayApp:
         method: str = scope["method"]
         if path in (CHAT_PATH, EMBEDDINGS_PATH):
             if method != "POST":
-                await send_error(send, _MethodNotAllowed(f"{method} {path} is not supported; use POST"))
+                await send_error(send, MethodNotAllowed(f"{method} {path} is not supported; use POST"))
                 return
             await handle_inference(self.node, scope, receive, send, path)
         elif path == "/v1/models" and method == "GET":
@@ -123,7 +111,7 @@ class GatewayApp:
         elif self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
             await self.admin(scope, receive, send)
         else:
-            await send_error(send, _NotFound(f"no route for {method} {path}"))
+            await send_error(send, NotFound(f"no route for {method} {path}"))
 
     async def _ready(self, send: Any) -> None:
         node = self.node

@@ -3,7 +3,9 @@
     GatewayError                 an answer the client gets instead of a completion
     ├── BadRequest        400    malformed JSON, missing or mistyped fields (param names the field)
     ├── Unauthorized      401    missing or unknown API key
+    ├── NotFound          404    no such path
     ├── ModelNotFound     404    unknown model, or its fallbacks exhausted
+    ├── MethodNotAllowed  405    wrong method for the path
     ├── PayloadTooLarge   413    body over server.max_body_bytes
     ├── UpstreamFailed    502    every candidate failed before the first byte
     ├── UpstreamTimeout   504    the last candidate timed out
@@ -25,7 +27,9 @@ import orjson
 __all__ = [
     "BadRequest",
     "GatewayError",
+    "MethodNotAllowed",
     "ModelNotFound",
+    "NotFound",
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
@@ -78,6 +82,18 @@ class Unauthorized(GatewayError):
     status = 401
     type_ = "authentication_error"
     code = "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type_ = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type_ = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class ModelNotFound(GatewayError):

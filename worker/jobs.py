@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,34 +196,36 @@ async def _claim(ctx: dict[str, Any], job: str) -> tuple[WorkerContext, int] | N
     return wc, tick
 
 
-async def health_job(ctx: dict[str, Any]) -> dict[str, Any]:
-    claimed = await _claim(ctx, HEALTH_JOB)
+async def _ticked(
+    ctx: dict[str, Any], job: str, body: Callable[[WorkerContext], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run `body` once per scheduled tick; a late duplicate delivery is counted and does nothing."""
+    claimed = await _claim(ctx, job)
     if claimed is None:
         return {"duplicate": True}
     wc, tick = claimed
-    assert wc.http is not None, "the worker's start-up opens the HTTP session"
-    return {"tick": tick, **await run_health(ctx["redis"], wc.http, wc.settings, wc.clock)}
+    return {"tick": tick, **await body(wc)}
+
+
+async def health_job(ctx: dict[str, Any]) -> dict[str, Any]:
+    async def body(wc: WorkerContext) -> dict[str, Any]:
+        assert wc.http is not None, "the worker's start-up opens the HTTP session"
+        return await run_health(ctx["redis"], wc.http, wc.settings, wc.clock)
+
+    return await _ticked(ctx, HEALTH_JOB, body)
 
 
 async def budget_job(ctx: dict[str, Any]) -> dict[str, Any]:
-    claimed = await _claim(ctx, BUDGET_JOB)
-    if claimed is None:
-        return {"duplicate": True}
-    wc, tick = claimed
-    return {"tick": tick, **await run_budget(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)}
+    return await _ticked(
+        ctx, BUDGET_JOB, lambda wc: run_budget(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)
+    )
 
 
 async def quality_job(ctx: dict[str, Any]) -> dict[str, Any]:
-    claimed = await _claim(ctx, QUALITY_JOB)
-    if claimed is None:
-        return {"duplicate": True}
-    wc, tick = claimed
-    return {"tick": tick, **await run_quality(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)}
+    return await _ticked(
+        ctx, QUALITY_JOB, lambda wc: run_quality(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)
+    )
 
 
 async def nodes_job(ctx: dict[str, Any]) -> dict[str, Any]:
-    claimed = await _claim(ctx, NODES_JOB)
-    if claimed is None:
-        return {"duplicate": True}
-    wc, tick = claimed
-    return {"tick": tick, **await run_nodes(ctx["redis"], wc.clock())}
+    return await _ticked(ctx, NODES_JOB, lambda wc: run_nodes(ctx["redis"], wc.clock()))

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from controlplane import keys
 from controlplane.model import QualityStats
-from controlplane.observed import HealthRecord, as_text, decode_hash, dump_model, guard
+from controlplane.observed import HealthRecord, as_text, decode_hash, dump_model, guard, replace_hash
 from controlplane.periods import day_of
 from controlplane.telemetry_store import NodeHeartbeat
 
@@ -124,12 +124,7 @@ def health_change(name: str, expected: bytes | None, record: HealthRecord | None
 
 async def replace_quality(redis: Redis, stats: Mapping[str, QualityStats]) -> None:
     payload = {name: orjson.dumps(asdict(s)) for name, s in stats.items()}
-    with guard("writing quality"):
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.OBSERVED_QUALITY)
-            if payload:
-                pipe.hset(keys.OBSERVED_QUALITY, mapping=payload)
-            await pipe.execute()
+    await replace_hash(redis, keys.OBSERVED_QUALITY, payload, "writing quality")
 
 
 def _keyable(node: str) -> bool:
