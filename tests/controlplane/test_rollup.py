@@ -16,12 +16,33 @@ from redis.asyncio import Redis
 from controlplane import keys
 from controlplane.aggregates import parse_aggregate, sum_increments, to_nano
 from controlplane.model import BudgetStatus
-from controlplane.periods import day_of
+from controlplane.periods import day_of, period_of
 from controlplane.rollup import read_aggregate, read_quality_minutes, repair_live_spend, rollup_day, rollup_pending
 from controlplane.spend_report import BudgetObservation, read_spend_report, write_budget_observations
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
 
-NOW = datetime(2026, 11, 25, 12, 30, 15, tzinfo=UTC).timestamp()
+
+def _today_at_half_past_noon() -> float:
+    """12:30:15 UTC of the real current day: Redis expires keys by its own clock, so every timestamp here is
+    relative to the real now (never a pinned date), and records spread over 10 minutes stay in one day."""
+    now = time.time()
+    return now - now % 86400 + 12 * 3600 + 30 * 60 + 15
+
+
+def _next_period_start(reset_day: int) -> float:
+    """The next start (00:00 UTC on `reset_day`) of a budget period after the real now."""
+    moment = datetime.now(UTC)
+    year, month = moment.year, moment.month
+    while True:
+        start = datetime(year, month, reset_day, tzinfo=UTC)
+        if start > moment:
+            return start.timestamp()
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+NOW = _today_at_half_past_noon()
+DAY = day_of(NOW)
+PERIOD = period_of(NOW)
 
 
 def mixed_records(n: int, ts: float = NOW, seed: int = 1) -> list[TelemetryRecord]:
@@ -50,7 +71,7 @@ def mixed_records(n: int, ts: float = NOW, seed: int = 1) -> list[TelemetryRecor
     return out
 
 
-async def agg_fields(redis: Redis, period: str = "2026-11") -> dict[str, int]:
+async def agg_fields(redis: Redis, period: str = PERIOD) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in (await redis.hgetall(keys.telemetry_agg(period))).items()}
 
 
@@ -58,11 +79,11 @@ async def test_rollup_folds_every_record_exactly_once(redis: Redis) -> None:
     records = mixed_records(50)
     assert await write_records(redis, records) == 50
     result = await rollup_pending(redis, NOW, batch_size=7)
-    assert (result.seen, result.applied, result.malformed, result.days) == (50, 50, 0, ("2026-11-25",))
+    assert (result.seen, result.applied, result.malformed, result.days) == (50, 50, 0, (DAY,))
     assert result.batches >= 8
     assert await agg_fields(redis) == sum_increments(records)
-    assert await redis.hlen(keys.telemetry_records("2026-11-25")) == 0
-    assert await redis.scard(keys.telemetry_rolled("2026-11-25")) == 50
+    assert await redis.hlen(keys.telemetry_records(DAY)) == 0
+    assert await redis.scard(keys.telemetry_rolled(DAY)) == 50
 
     again = await rollup_pending(redis, NOW, batch_size=7)
     assert (again.seen, again.applied) == (0, 0)
@@ -72,11 +93,11 @@ async def test_rollup_folds_every_record_exactly_once(redis: Redis) -> None:
 async def test_a_replay_after_the_rollup_is_not_counted_again(redis: Redis) -> None:
     records = mixed_records(20)
     await write_records(redis, records)
-    live = await read_live_spend(redis, "2026-11")
+    live = await read_live_spend(redis, PERIOD)
     await rollup_pending(redis, NOW)
     # A router node that lost the reply to its flush replays the batch after the worker rolled it up.
     assert await write_records(redis, records) == 0
-    assert await read_live_spend(redis, "2026-11") == live
+    assert await read_live_spend(redis, PERIOD) == live
     assert (await rollup_pending(redis, NOW)).applied == 0
     assert await agg_fields(redis) == sum_increments(records)
 
@@ -87,31 +108,34 @@ async def test_racing_rollups_count_each_record_once(redis: Redis) -> None:
     results = await asyncio.gather(*(rollup_pending(redis, NOW, batch_size=5) for _ in range(4)))
     assert sum(r.applied for r in results) == 300
     assert await agg_fields(redis) == sum_increments(records)
-    total = parse_aggregate(await redis.hgetall(keys.telemetry_agg("2026-11"))).total
+    total = parse_aggregate(await redis.hgetall(keys.telemetry_agg(PERIOD))).total
     assert total.nusd == sum(to_nano(r.cost_usd) for r in records)
     assert total.usd == pytest.approx(sum(r.cost_usd for r in records))
 
 
 async def test_old_days_are_swept_into_their_own_period(redis: Redis) -> None:
-    now = datetime(2026, 12, 15, 0, 5, tzinfo=UTC).timestamp()  # reset day 15: a new period began 5 min ago
-    late = mixed_records(10, ts=now - 3600, seed=2)  # 2026-12-14: still the period that began on Nov 15
-    old = mixed_records(10, ts=now - 10 * 86400 + 3600, seed=3)  # 2026-12-05
+    now = _next_period_start(15) + 300  # reset day 15: a new period began 5 min ago
+    late = mixed_records(10, ts=now - 3600, seed=2)  # the 14th: still the period that began last month
+    old = mixed_records(10, ts=now - 10 * 86400 + 3600, seed=3)  # the 5th
     fresh = mixed_records(5, ts=now, seed=4)
     fresh = [r.model_copy(update={"ts": now + 1, "id": "f" + r.id}) for r in fresh]
     await write_records(redis, late + old + fresh, reset_day=15)
     result = await rollup_pending(redis, now, reset_day=15)
-    assert result.days == ("2026-12-05", "2026-12-14", "2026-12-15")
-    assert await agg_fields(redis, "2026-11") == sum_increments(late + old)
-    assert await agg_fields(redis, "2026-12") == sum_increments(fresh)
+    assert result.days == (day_of(now - 10 * 86400), day_of(now - 86400), day_of(now))
+    assert day_of(now).endswith("-15")
+    previous, current = period_of(now - 3600, 15), period_of(now, 15)
+    assert previous != current
+    assert await agg_fields(redis, previous) == sum_increments(late + old)
+    assert await agg_fields(redis, current) == sum_increments(fresh)
 
 
 async def test_malformed_records_are_dropped_uncounted(redis: Redis) -> None:
     await write_records(redis, mixed_records(3))
-    await redis.hset(keys.telemetry_records("2026-11-25"), "junk", b"{not json")
-    result = await rollup_day(redis, "2026-11-25", now=NOW)
+    await redis.hset(keys.telemetry_records(DAY), "junk", b"{not json")
+    result = await rollup_day(redis, DAY, now=NOW)
     assert (result.applied, result.malformed) == (4, 1)
-    assert (await read_aggregate(redis, "2026-11")).total.requests == 3
-    assert not await redis.exists(keys.telemetry_records("2026-11-25"))
+    assert (await read_aggregate(redis, PERIOD)).total.requests == 3
+    assert not await redis.exists(keys.telemetry_records(DAY))
 
 
 async def test_quality_minutes_and_expiries(redis: Redis) -> None:
@@ -132,23 +156,23 @@ async def test_quality_minutes_and_expiries(redis: Redis) -> None:
     assert (got[minute - 60].requests, got[minute - 60].errors) == (1, 1)
     hour = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d%H")
     hour_start = NOW - NOW % 3600
-    day_end = datetime(2026, 11, 26, tzinfo=UTC).timestamp()
+    day_end = NOW - NOW % 86400 + 86400
     # Redis 6.2 has no EXPIRETIME: compare remaining TTLs with the expected expiry instants.
     expected = {
         keys.telemetry_quality("gpu", hour): hour_start + 26 * 3600,
-        keys.telemetry_rolled("2026-11-25"): day_end + 2 * 86400,
-        keys.telemetry_agg("2026-11"): NOW + 400 * 86400,  # the rollup's clock, not the wall clock
+        keys.telemetry_rolled(DAY): day_end + 2 * 86400,
+        keys.telemetry_agg(PERIOD): NOW + 400 * 86400,  # the rollup's clock, not the wall clock
     }
     for key, at in expected.items():
         assert abs(await redis.pttl(key) / 1000 - (at - time.time())) < 5, key
 
 
 async def test_repair_live_spend_only_raises_lower_counters(redis: Redis) -> None:
-    await redis.hset(keys.telemetry_spend("2026-11"), mapping={"global": "5.0", "team-a": "1.0"})
-    raised = await repair_live_spend(redis, "2026-11", {"global": 4.0, "team-a": 2.5, "team-b": 0.5})
+    await redis.hset(keys.telemetry_spend(PERIOD), mapping={"global": "5.0", "team-a": "1.0"})
+    raised = await repair_live_spend(redis, PERIOD, {"global": 4.0, "team-a": 2.5, "team-b": 0.5})
     assert sorted(raised) == ["team-a", "team-b"]
-    assert await read_live_spend(redis, "2026-11") == {"global": 5.0, "team-a": 2.5, "team-b": 0.5}
-    assert await repair_live_spend(redis, "2026-11", {"global": 5.0 + 1e-9}) == []
+    assert await read_live_spend(redis, PERIOD) == {"global": 5.0, "team-a": 2.5, "team-b": 0.5}
+    assert await repair_live_spend(redis, PERIOD, {"global": 5.0 + 1e-9}) == []
 
 
 async def test_spend_report(redis: Redis) -> None:
@@ -156,11 +180,11 @@ async def test_spend_report(redis: Redis) -> None:
     await write_records(redis, records)
     await rollup_pending(redis, NOW)
     obs = {
-        "global": BudgetObservation(1.0, "2026-11", BudgetStatus.SOFT_LIMIT, 1.2, 0.75, 0.83, NOW),
-        "team-a": BudgetObservation(0.1, "2026-10", BudgetStatus.NORMAL, 5.0, 0.75, 0.02, NOW),
+        "global": BudgetObservation(1.0, PERIOD, BudgetStatus.SOFT_LIMIT, 1.2, 0.75, 0.83, NOW),
+        "team-a": BudgetObservation(0.1, period_of(NOW - 40 * 86400), BudgetStatus.NORMAL, 5.0, 0.75, 0.02, NOW),
     }
     await write_budget_observations(redis, obs)
-    report = await read_spend_report(redis, "2026-11")
+    report = await read_spend_report(redis, PERIOD)
     finals = [r for r in records if ":" not in r.id]
     expected_total: Any = pytest.approx(sum(r.cost_usd for r in records))
     assert report["total_usd"] == expected_total
@@ -178,4 +202,4 @@ async def test_spend_report(redis: Redis) -> None:
 
     empty = await read_spend_report(redis, "2020-01")
     assert (empty["total_usd"], empty["requests"], empty["by_backend"], empty["budgets"]) == (0.0, 0, {}, {})
-    assert day_of(NOW) == "2026-11-25"
+    assert day_of(NOW) == DAY
