@@ -14,13 +14,12 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from controlplane.config import BudgetConfig, DesiredConfig, HealthCheckConfig, ModelConfig, QualityConfig
-from controlplane.globs import best_match, compile_glob, literal_count
+from controlplane.globs import Glob, best_match, compile_glob
 from controlplane.model import (
     Backend,
     BudgetState,
@@ -104,7 +103,7 @@ class Snapshot:
     failing: frozenset[str]
     slow: frozenset[str]
     policy_by_model: Mapping[str, Policy | None]
-    compiled_policies: tuple[tuple[re.Pattern[str], int, Policy], ...]
+    compiled_policies: tuple[tuple[Glob, int, Policy], ...]
     prices: Mapping[tuple[str, str], tuple[float, float]]
     static_scores: Mapping[str, float]
     # newest health observation in the store (None: never probed); its age shows whether workers run
@@ -253,7 +252,7 @@ def build_snapshot(
         )
         for i, p in enumerate(routing.policies)
     )
-    compiled = tuple((compile_glob(p.model_pattern), literal_count(p.model_pattern), p) for p in policies)
+    compiled = tuple((g, g.literals, p) for p in policies for g in (compile_glob(p.model_pattern),))
     known = set(by_model) | set(routing.aliases) | set(routing.aliases.values())
     for chain in routing.fallbacks.values():
         known.update(chain)

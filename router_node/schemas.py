@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from controlplane.globs import MAX_MODEL_NAME_LENGTH
 from router_node.errors import BadRequest
 
 __all__ = ["ChatCompletionCreate", "EmbeddingCreate", "parse_chat", "parse_embeddings", "parse_json_object"]
@@ -38,7 +39,7 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionCreate(BaseModel):
     model_config = _Open
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -51,7 +52,7 @@ class ChatCompletionCreate(BaseModel):
 
 class EmbeddingCreate(BaseModel):
     model_config = _Open
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
     input: str | list[str] | list[StrictInt] | list[list[StrictInt]]
 
 

@@ -100,6 +100,16 @@ BAD = [
         '[[routing.policies]]\nmodel_pattern = ""\n', ["routing.policies[0].model_pattern", "empty"], id="empty-glob"
     ),
     pytest.param(
+        '[[routing.policies]]\nmodel_pattern = "llama[z-a]*"\n',
+        ["routing.policies[0].model_pattern", "bad range 'z-a'", "low to high"],
+        id="glob-bad-range",
+    ),
+    pytest.param(
+        f'[[routing.policies]]\nmodel_pattern = "{"*" * 1000}"\n',
+        ["routing.policies[0].model_pattern", "1000 characters long; the limit is 256"],
+        id="glob-1000-stars",
+    ),
+    pytest.param(
         '[[backends]]\nname = "a"\nurl = "http://h:1"\n[[backends]]\nname = "a"\nurl = "http://h:2"\n',
         ["backend name 'a' is used twice", "unique"],
         id="duplicate-backend",
