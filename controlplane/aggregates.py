@@ -6,7 +6,8 @@ I/O lives in `controlplane.rollup`; this module only decides *what* to add):
 - the period aggregate `{telemetry}:agg:<period>`: fields `<dimension>.<metric>[:<value>]`, e.g.
   `total.nusd`, `backend.requests:gpu-box`, `model.prompt_tokens:llama3:8b`, `key.nusd:team-a`. The
   dimension and metric never contain `:`, so everything after the first `:` is the value, however many
-  colons a model name has.
+  colons a model name has. The `key` dimension of `agg:<period>` counts in the period of the key's own
+  budget (`controlplane.periods`): the global period unless the key budget has its own reset day.
 - per backend and UTC hour, quality counts per minute: fields `<MM>.<metric>` in
   `{telemetry}:quality:<backend>:<YYYYMMDDHH>`.
 
@@ -24,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +49,7 @@ __all__ = [
     "hour_start",
     "is_attempt",
     "is_error",
+    "is_key_field",
     "parse_aggregate",
     "parse_quality_hour",
     "quality_increments",
@@ -87,6 +90,11 @@ def aggregate_field(dimension: str, metric: str, value: str | None = None) -> st
     return f"{dimension}.{metric}:{value}"
 
 
+def is_key_field(name: str) -> bool:
+    """Whether aggregate field `name` is of the `key` dimension (counted in the key budget's period)."""
+    return name.startswith("key.")
+
+
 def record_increments(rec: TelemetryRecord) -> dict[str, int]:
     """Aggregate field -> amount this record adds (zero amounts left out)."""
     metrics = {
@@ -102,8 +110,13 @@ def record_increments(rec: TelemetryRecord) -> dict[str, int]:
     return {aggregate_field(d, m, v): n for d, v in dims for m, n in metrics.items() if n}
 
 
+def _utc(ts: float) -> datetime:
+    # floored to the second, as controlplane.periods does: fromtimestamp would round 12:59:59.9999997 up
+    return datetime.fromtimestamp(math.floor(ts), UTC)
+
+
 def hour_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H")
+    return _utc(ts).strftime("%Y%m%d%H")
 
 
 def day_start(day: str) -> float:
@@ -121,7 +134,7 @@ def quality_increments(rec: TelemetryRecord, now: float) -> tuple[str, dict[str,
     is too old to matter for any quality window."""
     if rec.ts < now - QUALITY_WINDOW_SECONDS:
         return None
-    minute = datetime.fromtimestamp(rec.ts, UTC).strftime("%M")
+    minute = _utc(rec.ts).strftime("%M")
     error = is_error(rec)
     out = {f"{minute}.requests": 1}
     if error:

@@ -57,8 +57,15 @@ def _settings(ns: argparse.Namespace, *, demo: bool = False):  # -> NexusSetting
     if demo:
         from router_node.server import DEMO_CONFIG
 
-        return load_settings(DEMO_CONFIG, overrides=overrides)
-    return load_settings(ns.config, overrides=overrides)
+        settings = load_settings(DEMO_CONFIG, overrides=overrides)
+    else:
+        settings = load_settings(ns.config, overrides=overrides)
+    knobs = settings.testing.knobs()
+    if knobs:
+        shown = ", ".join(f"{k} = {v}" for k, v in sorted(knobs.items()))
+        print(f"nexus: WARNING: [testing] {shown}: test knobs, never for production (budget periods and clocks "
+              "differ from the real calendar; every process of the cluster must carry the same)", file=sys.stderr)
+    return settings
 
 
 def _serve(ns: argparse.Namespace) -> int:

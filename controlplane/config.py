@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from controlplane.errors import ConfigError
 from controlplane.globs import GlobError, validate_glob
 from controlplane.model import BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
+from controlplane.periods import MAX_RESET_DAY, BudgetCalendar, PeriodRule
 
 __all__ = [
     "MAX_ALIAS_HOPS",
@@ -52,6 +54,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "TelemetryConfig",
+    "TestingConfig",
     "WeightsConfig",
     "check_aliases",
     "format_validation_error",
@@ -60,6 +63,7 @@ __all__ = [
 ]
 
 MAX_ALIAS_HOPS = 3
+GLOBAL_SCOPE = "global"  # the budget scope of `[routing.budget]`; every other scope is an API key id
 _CLOUD_TYPES_NEEDING_KEY = frozenset({BackendType.OPENAI, BackendType.ANTHROPIC, BackendType.GOOGLE})
 
 
@@ -174,7 +178,9 @@ class BudgetConfig(BaseModel):
     monthly_limit_usd: float | None = Field(default=None, ge=0)
     soft_limit_percent: Annotated[float, BeforeValidator(_soft_fraction)] = Field(default=0.75, ge=0, le=1)
     hard_limit_action: Annotated[HardLimitAction, BeforeValidator(_lower)] = HardLimitAction.WARN
-    reset_day: int = Field(default=1, ge=1, le=28)
+    # the day of the month (1-28, 00:00 UTC) on which this budget's periods start; unset: the 1st for the
+    # global budget, the global budget's reset day for a key budget
+    reset_day: int | None = Field(default=None, ge=1, le=MAX_RESET_DAY)
     reconciliation_interval_secs: float = Field(default=60.0, gt=0)
 
 
@@ -216,6 +222,21 @@ class RoutingConfig(BaseModel):
     budget: BudgetConfig = BudgetConfig()
     key_budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
 
+    def budgets(self) -> dict[str, BudgetConfig]:
+        """Every configured budget by scope: `global` first, then the key budgets."""
+        return {GLOBAL_SCOPE: self.budget, **self.key_budgets}
+
+    def calendar(self, testing: TestingConfig | None = None) -> BudgetCalendar:
+        """The period rule of every configured budget scope; other scopes (keys without a budget) follow the
+        global one. `[testing] budget_period_seconds` replaces every rule by fixed-length periods."""
+        if testing is not None and testing.budget_period_seconds:
+            fixed = PeriodRule(seconds=testing.budget_period_seconds, anchor=testing.budget_period_anchor)
+            return BudgetCalendar(fixed, dict.fromkeys(self.budgets(), fixed))
+        default = PeriodRule(self.budget.reset_day or 1)
+        return BudgetCalendar(
+            default, {s: PeriodRule(cfg.reset_day) if cfg.reset_day else default for s, cfg in self.budgets().items()}
+        )
+
     @field_validator("aliases")
     @classmethod
     def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
@@ -226,6 +247,33 @@ class RoutingConfig(BaseModel):
                 raise ValueError(f"alias cycle {k} -> {k}; remove the alias {k!r}")
         check_aliases(v)
         return v
+
+
+class TestingConfig(BaseModel):
+    """`[testing]`: knobs for tests and local experiments, never for production. They change how processes
+    agree on time, so every process of a cluster must carry the same values; `nexus` logs a warning at
+    start-up while any is set."""
+
+    __test__ = False  # not a pytest test class
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # > 0: every budget period lasts this many seconds, counted from budget_period_anchor (unix seconds),
+    # instead of a calendar month; a rollover can then be seconds ahead
+    budget_period_seconds: int = Field(default=0, ge=0, le=31 * 86400)
+    budget_period_anchor: int = Field(default=0, ge=0, le=2**40)
+    # added to the wall clock of router nodes and workers: a replica whose clock is off by this much
+    clock_offset_seconds: float = Field(default=0.0, ge=-3600, le=3600)
+
+    def knobs(self) -> dict[str, Any]:
+        """The knobs set to something other than their default."""
+        return self.model_dump(exclude_defaults=True)
+
+    def clock(self) -> Callable[[], float]:
+        """The wall clock of a router node or worker: `time.time`, skewed by `clock_offset_seconds`."""
+        offset = self.clock_offset_seconds
+        if not offset:
+            return time.time
+        return lambda: time.time() + offset
 
 
 class ServerConfig(BaseModel):
@@ -377,6 +425,7 @@ class NexusSettings(BaseSettings):
     quality: QualityConfig = QualityConfig()
     queue: QueueConfig = QueueConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    testing: TestingConfig = TestingConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controlplane.periods import MONTHLY, PeriodRule
+
 __all__ = [
     "LOCAL_TYPES",
     "Backend",
@@ -195,8 +197,8 @@ class BudgetState:
     soft_limit_fraction: float = 0.75
     hard_limit_action: HardLimitAction = HardLimitAction.WARN
     spend_usd: float = 0.0
-    period: str = ""
-    reset_day: int = 1
+    period: str = ""  # the name of the period `spend_usd` is of
+    rule: PeriodRule = MONTHLY  # how this scope's time is cut into periods
 
     def status(self) -> BudgetStatus:
         limit = self.monthly_limit_usd

@@ -15,7 +15,9 @@ or loses it, and spend can pass the limit only by how much requests cost more th
 Leases are sized to need: a small share of the limit, shrinking as the budget runs out, so far from the
 limit a node asks Redis once per many requests and near it about once per request. Unused lease goes back
 when idle; a dead node's leases are released by the liveness worker when it marks the node gone.
-Keys: `{telemetry}:spend:<period>` and `{telemetry}:reserved:<period>` (one slot), fields "<node>|<scope>".
+Keys: `{telemetry}:spend:<period>` and `{telemetry}:reserved:<period>` (one slot), fields "<node>|<scope>";
+each scope counts in the hashes of its own period (`controlplane.periods`), so a lease of a period that
+ended never holds back the next one.
 """
 
 from __future__ import annotations
@@ -29,37 +31,38 @@ from controlplane.observed import decode_hash, guard
 
 __all__ = ["Grant", "read_reserved", "release_node", "reserve", "return_lease"]
 
-# KEYS: spend hash, leases hash. ARGV: node, wanted, needed, scope count, (scope, limit)..., ttl.
-# Grants min(wanted, room) where room is the smallest (limit - spend - all leases) over the scopes; refuses
-# when that is below `needed`. Returns {granted} or {0, scope, committed}.
+# KEYS: per scope, the spend hash and the leases hash of the scope's own period. ARGV: node, wanted, needed,
+# scope count, (scope, limit)..., ttl. Grants min(wanted, room) where room is the smallest
+# (limit - spend - all leases) over the scopes; refuses when that is below `needed`. Returns {granted} or
+# {0, scope, committed}.
 _GRANT = """
 local node, want, need, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local all = redis.call('HGETALL', KEYS[2])
-local held = {}
-for i = 1, #all, 2 do
-  local scope = string.match(all[i], '|([^|]*)$')
-  if scope then held[scope] = (held[scope] or 0) + tonumber(all[i + 1]) end
-end
 local grant, tight, tight_committed = want, '', 0
 for i = 0, n - 1 do
   local scope, limit = ARGV[5 + 2 * i], tonumber(ARGV[6 + 2 * i])
-  local committed = tonumber(redis.call('HGET', KEYS[1], scope) or '0') + (held[scope] or 0)
+  local held = 0
+  local all = redis.call('HGETALL', KEYS[2 * i + 2])
+  for j = 1, #all, 2 do
+    if string.match(all[j], '|([^|]*)$') == scope then held = held + tonumber(all[j + 1]) end
+  end
+  local committed = tonumber(redis.call('HGET', KEYS[2 * i + 1], scope) or '0') + held
   if limit - committed < grant then grant, tight, tight_committed = limit - committed, scope, committed end
 end
 if grant < need then return {'0', tight, tostring(tight_committed)} end
 for i = 0, n - 1 do
-  redis.call('HINCRBYFLOAT', KEYS[2], node .. '|' .. ARGV[5 + 2 * i], tostring(grant))
+  redis.call('HINCRBYFLOAT', KEYS[2 * i + 2], node .. '|' .. ARGV[5 + 2 * i], tostring(grant))
+  redis.call('EXPIRE', KEYS[2 * i + 2], tonumber(ARGV[5 + 2 * n]))
 end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5 + 2 * n]))
 return {tostring(grant)}
 """
 
-# KEYS: leases hash. ARGV: node, amount, scopes... Gives `amount` of the node's lease back.
+# KEYS: per scope the leases hash of its period. ARGV: node, amount, scopes... Gives `amount` of the node's
+# lease back under every scope.
 _RETURN = """
 for i = 3, #ARGV do
   local field = ARGV[1] .. '|' .. ARGV[i]
-  local left = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], field, '-' .. ARGV[2]))
-  if left < 1e-9 then redis.call('HDEL', KEYS[1], field) end
+  local left = tonumber(redis.call('HINCRBYFLOAT', KEYS[i - 2], field, '-' .. ARGV[2]))
+  if left < 1e-9 then redis.call('HDEL', KEYS[i - 2], field) end
 end
 return 1
 """
@@ -94,25 +97,36 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def reserve(redis: Redis, period: str, node: str, wanted: float, needed: float,
-                  limits: Sequence[tuple[str, float]]) -> Grant:
-    """Lease up to `wanted` USD (at least `needed`, else nothing) for `node` under every `(scope, limit)`."""
+async def reserve(
+    redis: Redis, node: str, wanted: float, needed: float, limits: Sequence[tuple[str, float, str]]
+) -> Grant:
+    """Lease up to `wanted` USD (at least `needed`, else nothing) for `node` under every
+    `(scope, limit, period)`: each scope in its own period."""
     argv: list[str | int] = [node, repr(float(wanted)), repr(float(needed)), len(limits)]
-    for scope, limit in limits:
+    key_list: list[str] = []
+    for scope, limit, period in limits:
         argv.extend((scope, repr(float(limit))))
+        key_list += [keys.telemetry_spend(period), keys.telemetry_reserved(period)]
     argv.append(int(keys.TELEMETRY_SPEND_TTL_SECONDS))
     with guard("leasing budget"):
-        reply = await redis.eval(_GRANT, 2, keys.telemetry_spend(period), keys.telemetry_reserved(period), *argv)
+        reply = await redis.eval(_GRANT, len(key_list), *key_list, *argv)
     amount = float(_text(reply[0]))
     if amount > 0:
         return Grant(amount)
     return Grant(0.0, _text(reply[1]), float(_text(reply[2])))
 
 
-async def return_lease(redis: Redis, period: str, node: str, amount: float, scopes: Sequence[str]) -> None:
-    """Give back `amount` of `node`'s unused lease under `scopes`."""
+async def return_lease(redis: Redis, node: str, amount: float, scopes: Sequence[tuple[str, str]]) -> None:
+    """Give back `amount` of `node`'s unused lease under every `(scope, period)`."""
     with guard("returning a budget lease"):
-        await redis.eval(_RETURN, 1, keys.telemetry_reserved(period), node, repr(float(amount)), *scopes)
+        await redis.eval(
+            _RETURN,
+            len(scopes),
+            *(keys.telemetry_reserved(period) for _, period in scopes),
+            node,
+            repr(float(amount)),
+            *(scope for scope, _ in scopes),
+        )
 
 
 async def read_reserved(redis: Redis, period: str) -> dict[str, float]:

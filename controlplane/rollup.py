@@ -34,13 +34,15 @@ from controlplane.aggregates import (
     day_start,
     hour_of,
     hour_start,
+    is_key_field,
     parse_aggregate,
     parse_quality_hour,
     quality_increments,
     record_increments,
 )
+from controlplane.config import GLOBAL_SCOPE
 from controlplane.observed import as_text, decode_hash, guard
-from controlplane.periods import day_of, period_of
+from controlplane.periods import BudgetCalendar, day_of
 from controlplane.telemetry_store import TelemetryRecord
 
 __all__ = [
@@ -145,7 +147,9 @@ class _Batch:
         return out
 
 
-def _build(day: str, items: Iterable[tuple[str, bytes | str]], now: float, reset_day: int) -> tuple[_Batch, int]:
+def _build(
+    day: str, items: Iterable[tuple[str, bytes | str]], now: float, calendar: BudgetCalendar
+) -> tuple[_Batch, int]:
     batch = _Batch(day)
     malformed = 0
     for rid, raw in items:
@@ -156,8 +160,12 @@ def _build(day: str, items: Iterable[tuple[str, bytes | str]], now: float, reset
             batch.records.append((rid, []))
             malformed += 1
             continue
-        agg = batch.target(keys.telemetry_agg(period_of(rec.ts, reset_day)), now + keys.TELEMETRY_AGG_TTL_SECONDS)
-        ops = [(agg, name, n) for name, n in record_increments(rec).items()]
+        expire_at = now + keys.TELEMETRY_AGG_TTL_SECONDS
+        agg = batch.target(keys.telemetry_agg(calendar.period(GLOBAL_SCOPE, rec.ts)), expire_at)
+        # the key dimension counts in the period of the key's own budget (the same as the global's unless
+        # the key budget has its own reset day), so it is that budget's spend
+        key_agg = batch.target(keys.telemetry_agg(calendar.period(rec.key, rec.ts)), expire_at) if rec.key else agg
+        ops = [(key_agg if is_key_field(name) else agg, name, n) for name, n in record_increments(rec).items()]
         quality = quality_increments(rec, now)
         if quality is not None:
             hour, incs = quality
@@ -178,7 +186,7 @@ async def rollup_day(
     day: str,
     *,
     now: float,
-    reset_day: int = 1,
+    calendar: BudgetCalendar | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
 ) -> RollupResult:
@@ -192,7 +200,7 @@ async def rollup_day(
         items = [(as_text(k), v) for k, v in found.items()]
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch, bad = _build(day, chunk, now, reset_day)
+            batch, bad = _build(day, chunk, now, calendar or BudgetCalendar())
             with guard("rolling up telemetry"):
                 n = int(await redis.eval(_APPLY, len(batch.keys), *batch.keys, *batch.argv()))
             seen, applied, malformed, batches = seen + len(chunk), applied + n, malformed + bad, batches + 1
@@ -213,7 +221,7 @@ async def rollup_pending(
     redis: Redis,
     now: float,
     *,
-    reset_day: int = 1,
+    calendar: BudgetCalendar | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
 ) -> RollupResult:
@@ -228,7 +236,7 @@ async def rollup_pending(
     for day, size in zip(days, sizes, strict=True):
         if not size:
             continue
-        r = await rollup_day(redis, day, now=now, reset_day=reset_day, batch_size=batch_size, on_batch=on_batch)
+        r = await rollup_day(redis, day, now=now, calendar=calendar, batch_size=batch_size, on_batch=on_batch)
         total = RollupResult(
             total.days + r.days,
             total.seen + r.seen,

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from controlplane.config import BudgetConfig, DesiredConfig, HealthCheckConfig, ModelConfig, QualityConfig
+from controlplane.config import (
+    GLOBAL_SCOPE,
+    BudgetConfig,
+    DesiredConfig,
+    HealthCheckConfig,
+    ModelConfig,
+    QualityConfig,
+    TestingConfig,
+)
 from controlplane.globs import Glob, best_match, compile_glob
 from controlplane.model import (
     Backend,
@@ -32,6 +40,7 @@ from controlplane.model import (
     is_local_type,
     zone_for,
 )
+from controlplane.periods import PeriodRule
 from controlplane.prices import default_price
 
 __all__ = [
@@ -45,7 +54,6 @@ __all__ = [
     "static_score",
 ]
 
-GLOBAL_SCOPE = "global"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +149,18 @@ def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
     )
 
 
-def _budget(scope: str, cfg: BudgetConfig, spend: SpendObservation | None) -> BudgetState:
+def _budget(scope: str, cfg: BudgetConfig, spend: SpendObservation | None, rule: PeriodRule, now: float) -> BudgetState:
+    period = rule.name(now)
+    # an observation of another period (the worker has not ticked since the rollover) is not this one's spend
+    current = spend is not None and spend.period == period
     return BudgetState(
         scope=scope,
         monthly_limit_usd=cfg.monthly_limit_usd,
         soft_limit_fraction=cfg.soft_limit_percent,
         hard_limit_action=cfg.hard_limit_action,
-        spend_usd=spend.spend_usd if spend else 0.0,
-        period=spend.period if spend else "",
-        reset_day=cfg.reset_day,
+        spend_usd=spend.spend_usd if spend is not None and current else 0.0,
+        period=period,
+        rule=rule,
     )
 
 
@@ -169,6 +180,7 @@ def build_snapshot(
     now: float,
     health: HealthCheckConfig | None = None,
     quality: QualityConfig | None = None,
+    testing: TestingConfig | None = None,
 ) -> Snapshot:
     health = health or HealthCheckConfig()
     quality = quality or QualityConfig()
@@ -258,9 +270,11 @@ def build_snapshot(
         known.update(chain)
     policy_by_model = {m: best_match(m, compiled) for m in known}
 
-    budgets = {GLOBAL_SCOPE: _budget(GLOBAL_SCOPE, routing.budget, observed.spend.get(GLOBAL_SCOPE))}
-    for scope, cfg in routing.key_budgets.items():
-        budgets[scope] = _budget(scope, cfg, observed.spend.get(scope))
+    calendar = routing.calendar(testing)
+    budgets = {
+        scope: _budget(scope, cfg, observed.spend.get(scope), calendar.rule(scope), now)
+        for scope, cfg in routing.budgets().items()
+    }
 
     return Snapshot(
         version=version,

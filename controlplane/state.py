@@ -243,6 +243,7 @@ async def load_snapshot(redis: Redis, settings: NexusSettings, now: float) -> Sn
         now=now,
         health=settings.health_check,
         quality=settings.quality,
+        testing=settings.testing,
     )
 
 

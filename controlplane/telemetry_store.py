@@ -8,9 +8,10 @@ in the day's `rolled` set; the script treats an id found there as not new either
 arrives after the rollup is not counted again.
 
 Invariants:
-- A record's day bucket and spend period come from its own timestamp (`controlplane.periods`), so a
-  replay lands in the same keys as the first attempt.
-- Spend is kept per scope: `global` for every record, plus the record's API key id when it has one.
+- A record's day bucket and each scope's spend period come from its own timestamp and the scope's period
+  rule (`controlplane.periods`), so a replay lands in the same keys as the first attempt.
+- Spend is kept per scope: `global` for every record, plus the record's API key id when it has one; each
+  scope in the `spend:<period>` hash of its own period.
 - One script call touches only `{telemetry}` keys (one Cluster slot).
 """
 
@@ -23,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from controlplane import keys
+from controlplane.config import GLOBAL_SCOPE
 from controlplane.observed import decode_hash, dump_model, guard, load_json
-from controlplane.periods import day_of, period_of
-from controlplane.snapshot import GLOBAL_SCOPE
+from controlplane.periods import BudgetCalendar, day_of
 
 __all__ = [
     "NodeHeartbeat",
@@ -33,6 +34,7 @@ __all__ = [
     "read_heartbeats",
     "read_live_spend",
     "read_records",
+    "record_scopes",
     "write_heartbeat",
     "write_records",
 ]
@@ -62,9 +64,10 @@ class TelemetryRecord(BaseModel):
     stream: bool = False
     fallback_model: str | None = None
     retries: int = 0
-    # USD this request reserved near a hard limit (0: none), and the period it reserved in
+    # USD this request took from budget leases near a hard limit (0: none), and per scope the period whose
+    # leases it took from (a scope's period is its own: see controlplane.periods)
     reserved_usd: float = 0.0
-    reserved_period: str = ""
+    reserved_periods: dict[str, str] = Field(default_factory=dict)
 
 
 class NodeHeartbeat(BaseModel):
@@ -86,52 +89,71 @@ class NodeHeartbeat(BaseModel):
     gone: bool = False
 
 
-# KEYS: per record its day hash, its period spend hash, its day's rolled-up id set, its period's
-# reservations hash. ARGV: count, records ttl, spend ttl, then per record: id, json, cost, key scope ("" for
-# none), reserved USD, node. A new record adds its cost to the spend and releases its reservation in the
-# same step, so spend + reserved never counts a request twice or loses it in between.
-_WRITE = (
-    """
+# KEYS: every key the batch touches, once. ARGV: count, records ttl, spend ttl, then per record: id, json,
+# cost, reserved USD, node, index of its day hash, index of its day's rolled-up id set, scope count, then per
+# scope: name, index of the spend hash of the scope's period, index of the leases hash it reserved in (0:
+# none). A new record adds its cost to every scope's spend and releases its reservation in the same step,
+# so spend + reserved never counts a request twice or loses it in between.
+_WRITE = """
 local n = tonumber(ARGV[1])
 local rttl, sttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local added = 0
+local added, r = 0, 4
 local function release(rk, field, amount)
   local left = tonumber(redis.call('HINCRBYFLOAT', rk, field, -amount))
   if left < 1e-9 then redis.call('HDEL', rk, field) end
 end
 for i = 1, n do
-  local rk, sk, done, res = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local b = 3 + (i - 1) * 6
-  if redis.call('SISMEMBER', done, ARGV[b + 1]) == 0 and redis.call('HSETNX', rk, ARGV[b + 1], ARGV[b + 2]) == 1 then
+  local id, cost, reserved, node = ARGV[r], ARGV[r + 2], tonumber(ARGV[r + 3]), ARGV[r + 4]
+  local rk, done = KEYS[tonumber(ARGV[r + 5])], KEYS[tonumber(ARGV[r + 6])]
+  local first, after = r + 8, r + 8 + 3 * tonumber(ARGV[r + 7])
+  if redis.call('SISMEMBER', done, id) == 0 and redis.call('HSETNX', rk, id, ARGV[r + 1]) == 1 then
     added = added + 1
     redis.call('EXPIRE', rk, rttl)
-    local cost = tonumber(ARGV[b + 3])
-    if cost > 0 then
-      redis.call('HINCRBYFLOAT', sk, '"""
-    + GLOBAL_SCOPE
-    + """', ARGV[b + 3])
-      if ARGV[b + 4] ~= '' then redis.call('HINCRBYFLOAT', sk, ARGV[b + 4], ARGV[b + 3]) end
-      redis.call('EXPIRE', sk, sttl)
-    end
-    local reserved = tonumber(ARGV[b + 5])
-    if reserved > 0 then
-      release(res, ARGV[b + 6] .. '|"""
-    + GLOBAL_SCOPE
-    + """', reserved)
-      if ARGV[b + 4] ~= '' then release(res, ARGV[b + 6] .. '|' .. ARGV[b + 4], reserved) end
+    for j = first, after - 1, 3 do
+      if tonumber(cost) > 0 then
+        local sk = KEYS[tonumber(ARGV[j + 1])]
+        redis.call('HINCRBYFLOAT', sk, ARGV[j], cost)
+        redis.call('EXPIRE', sk, sttl)
+      end
+      local res = tonumber(ARGV[j + 2])
+      if reserved > 0 and res > 0 then release(KEYS[res], node .. '|' .. ARGV[j], reserved) end
     end
   end
+  r = after
 end
 return added
 """
-)
 
 
-async def write_records(redis: Redis, records: Sequence[TelemetryRecord], reset_day: int = 1) -> int:
-    """Store a batch; returns how many were new. Safe to repeat with the same records."""
+def record_scopes(rec: TelemetryRecord) -> tuple[str, ...]:
+    """The budget scopes a record's cost counts under: `global`, and its API key id when it has one."""
+    return (GLOBAL_SCOPE, rec.key) if rec.key else (GLOBAL_SCOPE,)
+
+
+class _Keys:
+    """KEYS of one script call, each key once (1-based indices, as Lua sees them)."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __call__(self, key: str) -> int:
+        idx = self._index.get(key)
+        if idx is None:
+            self.keys.append(key)
+            idx = self._index[key] = len(self.keys)
+        return idx
+
+
+async def write_records(
+    redis: Redis, records: Sequence[TelemetryRecord], calendar: BudgetCalendar | None = None
+) -> int:
+    """Store a batch; returns how many were new. Safe to repeat with the same records. Each scope's spend
+    goes to the period its rule in `calendar` gives the record's own timestamp."""
     if not records:
         return 0
-    key_list: list[str] = []
+    cal = calendar or BudgetCalendar()
+    index = _Keys()
     argv: list[str | bytes | int] = [
         len(records),
         int(keys.TELEMETRY_RECORDS_TTL_SECONDS),
@@ -139,16 +161,24 @@ async def write_records(redis: Redis, records: Sequence[TelemetryRecord], reset_
     ]
     for rec in records:
         day = day_of(rec.ts)
-        period = period_of(rec.ts, reset_day)
-        key_list.append(keys.telemetry_records(day))
-        key_list.append(keys.telemetry_spend(period))
-        key_list.append(keys.telemetry_rolled(day))
-        key_list.append(keys.telemetry_reserved(rec.reserved_period or period))
+        scopes = record_scopes(rec)
         argv.extend(
-            (rec.id, dump_model(rec), repr(float(rec.cost_usd)), rec.key or "", repr(float(rec.reserved_usd)), rec.node)
+            (
+                rec.id, dump_model(rec), repr(float(rec.cost_usd)), repr(float(rec.reserved_usd)), rec.node,
+                index(keys.telemetry_records(day)), index(keys.telemetry_rolled(day)), len(scopes),
+            )
         )
+        for scope in scopes:
+            leased = rec.reserved_periods.get(scope) if rec.reserved_usd > 0 else None
+            argv.extend(
+                (
+                    scope,
+                    index(keys.telemetry_spend(cal.period(scope, rec.ts))),
+                    index(keys.telemetry_reserved(leased)) if leased else 0,
+                )
+            )
     with guard("writing telemetry"):
-        return int(await redis.eval(_WRITE, len(key_list), *key_list, *argv))
+        return int(await redis.eval(_WRITE, len(index.keys), *index.keys, *argv))
 
 
 async def read_live_spend(redis: Redis, period: str) -> dict[str, float]:

@@ -44,7 +44,7 @@ from router_node.schemas import parse_chat, parse_embeddings, parse_json_object
 from router_node.upstream import Exchange, MidStreamError, Usage
 
 if TYPE_CHECKING:
-    from router_node.node import RouterNode
+    from router_node.node import Reserved, RouterNode
 
 __all__ = ["CHAT_PATH", "EMBEDDINGS_PATH", "handle_inference", "key_id_of"]
 
@@ -136,7 +136,7 @@ async def _parse(node: RouterNode, scope: dict[str, Any], receive: Any, path: st
     return _Request(
         path=path,
         request_id=uuid.uuid4().hex,
-        started=time.time(),
+        started=node.clock(),
         t0=time.perf_counter(),
         key_id=key_id,
         body=body,
@@ -208,17 +208,17 @@ async def _decide_or_wait(
 
 async def _admit(
     node: RouterNode, r: _Request, model: str, privacy: Any
-) -> tuple[Decision, Snapshot, tuple[float, str]]:
+) -> tuple[Decision, Snapshot, tuple[float, Reserved]]:
     """Decide (waiting if queued), then, near a blocking hard limit, reserve the estimate atomically; when
     the budget has no room left the request is decided again as at the hard limit (local may serve)."""
     decision, snap = await _decide_or_wait(node, r, model, privacy)
     if not isinstance(decision, Route):
-        return decision, snap, (0.0, "")
+        return decision, snap, (0.0, {})
     admitted, amount, period = await node.reserve(snap, decision.cost_estimate, r.key_id)
     if admitted:
         return decision, snap, (amount, period)
     decision, snap = await _decide_or_wait(node, r, model, privacy, exhausted=True)
-    return decision, snap, (0.0, "")
+    return decision, snap, (0.0, {})
 
 
 def _budget_headers(decision: Decision, snap: Snapshot) -> Headers:
@@ -348,7 +348,7 @@ async def _proxy(
     receive: Any,
     send: Any,
     failures: list[UpstreamError],
-    reserved: tuple[float, str] = (0.0, ""),
+    reserved: tuple[float, Reserved] = (0.0, {}),
 ) -> bool:
     """Try the decision's candidates in order. Exactly one telemetry record carries the reservation
     (the success, else the last failed attempt, else, when the request is cancelled or breaks on the
@@ -374,7 +374,7 @@ async def _attempts(
     receive: Any,
     send: Any,
     failures: list[UpstreamError],
-    held: list[tuple[float, str]],
+    held: list[tuple[float, Reserved]],
 ) -> bool:
     reserved = held[0]
     budget = 1 + snap.max_retries
@@ -447,11 +447,11 @@ async def _attempts(
             retries=n,
             reserved=reserved,
         )
-        held[0] = (0.0, "")
+        held[0] = (0.0, {})
         return True
     if last_failure is not None:
         node.record_attempt_failure(*last_failure, reserved=reserved)
-        held[0] = (0.0, "")
+        held[0] = (0.0, {})
     return False
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from redis.asyncio import Redis
 
@@ -23,7 +23,7 @@ LEASE_SHARE = 0.02  # a lease is at most this share of the limit...
 ROOM_SHARE = 0.25  # ...and of the room left, so leases shrink as the budget runs out
 IDLE_SECONDS = 1.0
 
-_Key = tuple[str, tuple[str, ...]]  # (period, scopes)
+_Key = tuple[tuple[str, str], ...]  # ((scope, period), ...): each scope leases in its own period
 
 
 class LeaseBook:
@@ -37,26 +37,27 @@ class LeaseBook:
 
     def unused(self, scope: str) -> float:
         """Lease this node holds for `scope` and has not given to a request yet."""
-        return sum(v for (_, scopes), v in self._avail.items() if scope in scopes)
+        return sum(v for key, v in self._avail.items() if any(s == scope for s, _ in key))
 
-    async def take(self, period: str, limits: Sequence[tuple[str, float]], estimate: float, room: float) -> bool:
-        """Take `estimate` from the lease, renewing it if short; False when the budget has no room.
-        `room` is this node's view of what is left (sizes the renewal, never decides admission)."""
-        key = (period, tuple(scope for scope, _ in limits))
+    async def take(self, limits: Sequence[tuple[str, float, str]], estimate: float, room: float) -> bool:
+        """Take `estimate` from the lease under every `(scope, limit, period)`, renewing it if short; False
+        when the budget has no room. `room` is this node's view of what is left (sizes the renewal, never
+        decides admission)."""
+        key = tuple((scope, period) for scope, _, period in limits)
         if self._take_local(key, estimate):
             return True
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if self._take_local(key, estimate):  # another request renewed while this one waited
                 return True
-            smallest_limit = min(limit for _, limit in limits)
+            smallest_limit = min(limit for _, limit, _ in limits)
             want = max(estimate, min(smallest_limit * LEASE_SHARE, max(room, 0.0) * ROOM_SHARE))
             have = self._avail.get(key, 0.0)
-            grant = await reserve(self._redis, period, self._node, want, estimate - have, limits)
+            grant = await reserve(self._redis, self._node, want, estimate - have, limits)
             if not grant.ok:
                 return False
             self._avail[key] = have + grant.amount
-            self._on_change(key[1], grant.amount)
+            self._on_change([scope for scope, _ in key], grant.amount)
             return self._take_local(key, estimate)
 
     def _take_local(self, key: _Key, estimate: float) -> bool:
@@ -67,23 +68,23 @@ class LeaseBook:
         self._used_at[key] = time.monotonic()
         return True
 
-    async def return_idle(self, current_period: str) -> None:
-        """Give back leases unused for IDLE_SECONDS, and any of a past period."""
+    async def return_idle(self, current: Mapping[str, str]) -> None:
+        """Give back leases unused for IDLE_SECONDS, and any with a scope whose period is not `current[scope]`
+        any more."""
         now = time.monotonic()
         for key in list(self._avail):
-            period, scopes = key
             lock = self._locks.get(key)
             if lock is not None and lock.locked():
                 continue
             idle = now - self._used_at.get(key, 0.0) >= IDLE_SECONDS
-            if not (idle or period != current_period):
+            if not (idle or any(current.get(scope, period) != period for scope, period in key)):
                 continue
             amount = self._avail.pop(key)
             self._used_at.pop(key, None)
             if amount > 1e-12:
                 try:
-                    await return_lease(self._redis, period, self._node, amount, scopes)
+                    await return_lease(self._redis, self._node, amount, key)
                 except BaseException:
                     self._avail[key] = self._avail.get(key, 0.0) + amount  # try again next time
                     raise
-                self._on_change(scopes, -amount)
+                self._on_change([scope for scope, _ in key], -amount)

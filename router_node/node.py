@@ -20,16 +20,17 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
 from redis.asyncio import Redis
 
-from controlplane.config import NexusSettings, resolve_secret
+from controlplane.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from controlplane.errors import StateError
 from controlplane.model import Backend, BudgetStatus, HardLimitAction
-from controlplane.periods import period_of
-from controlplane.snapshot import GLOBAL_SCOPE, Snapshot
+from controlplane.periods import BudgetCalendar
+from controlplane.snapshot import Snapshot
 from controlplane.state import seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
 from router_node.leases import LeaseBook
@@ -40,7 +41,9 @@ from router_node.refresher import SnapshotRefresher
 from router_node.telemetry import Telemetry
 from router_node.upstream import Upstream, Usage
 
-__all__ = ["RouterNode"]
+__all__ = ["Reserved", "RouterNode"]
+
+Reserved = Mapping[str, str]  # budget scope -> the period a request's lease was taken in
 
 log = logging.getLogger("nexus.router")
 HEARTBEAT_SECONDS = 1.0
@@ -56,9 +59,12 @@ class RouterNode:
         node_id: str | None = None,
         seed: bool = True,
         rng_seed: int | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
+        # the wall clock of this node's timestamps and budget periods ([testing] may skew it)
+        self.clock = clock or settings.testing.clock()
         self.node_id = node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self._seed = seed
         self.started_at = time.time()
@@ -76,7 +82,8 @@ class RouterNode:
             self.load,
             interval_ms=settings.telemetry.flush_interval_ms,
             max_records=settings.telemetry.buffer_max_records,
-            reset_day=self._reset_day,
+            calendar=self._calendar,
+            clock=self.clock,
             on_dropped=self.metrics.telemetry_dropped.inc,
             on_refresh=self._on_refresh,
             after_flush=self._after_flush,
@@ -102,12 +109,14 @@ class RouterNode:
             digests.update(hashlib.sha256(k.strip().encode()).hexdigest() for k in raw.split(",") if k.strip())
         return frozenset(digests)
 
-    def _reset_day(self) -> int:
-        """Desired state, like the limits (the admin API may change it); the TOML until a snapshot loads."""
+    def _calendar(self) -> BudgetCalendar:
+        """Every budget scope's period rule: desired state, like the limits (the admin API may change a reset
+        day); the TOML until a snapshot loads."""
         base = self._base
-        if base is not None and GLOBAL_SCOPE in base.budgets:
-            return base.budgets[GLOBAL_SCOPE].reset_day
-        return self.settings.routing.budget.reset_day
+        if base is None or GLOBAL_SCOPE not in base.budgets:
+            return self.settings.routing.calendar(self.settings.testing)
+        rules = {scope: state.rule for scope, state in base.budgets.items()}
+        return BudgetCalendar(rules[GLOBAL_SCOPE], rules)
 
     def next_sequence(self) -> int:
         return next(self._sequence)
@@ -128,7 +137,7 @@ class RouterNode:
         self.queue.notify()
 
     async def _after_flush(self) -> None:
-        await self.leases.return_idle(self.telemetry.live_period)
+        await self.leases.return_idle(self.telemetry.live_periods)
 
     def _on_refresh(self) -> None:
         self._apply_spend()
@@ -139,7 +148,10 @@ class RouterNode:
         if base is None:
             return
         tel = self.telemetry
-        seen = tuple((scope, tel.spend(scope) - self.leases.unused(scope)) for scope in base.budgets)
+        periods = tel.live_periods
+        seen = tuple(
+            (scope, periods.get(scope), tel.spend(scope) - self.leases.unused(scope)) for scope in base.budgets
+        )
         if seen == self._spend_seen and self._effective is not None:
             return
         self._spend_seen = seen
@@ -147,9 +159,11 @@ class RouterNode:
         for scope, state in base.budgets.items():
             # what the cluster spent or leased, less the lease this node holds unused (that is still its to spend)
             live = tel.spend(scope) - self.leases.unused(scope)
-            budgets[scope] = replace(
-                state, spend_usd=max(state.spend_usd, live), period=tel.live_period or state.period
-            )
+            period = periods.get(scope) or state.period
+            # the worker's observation counts only while it is of the current period: after a rollover the
+            # new period starts from the live counter (zero), not from the last period's total
+            observed = state.spend_usd if state.period == period else 0.0
+            budgets[scope] = replace(state, spend_usd=max(observed, live), period=period)
         self._effective = replace(base, budgets=MappingProxyType(budgets))
 
     # -- passive health: consecutive upstream failures seen by this node --------------------------------
@@ -174,8 +188,9 @@ class RouterNode:
         return frozenset(self._ejected)
 
     # -- budget leases for blocking hard limits (controlplane.reservations) ------------------------------
-    def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float]]:
-        """(scope, limit) of every blocking hard limit this priced request must be admitted under."""
+    def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float, str]]:
+        """(scope, limit, period) of every blocking hard limit this priced request must be admitted under,
+        each scope in its current period."""
         if estimate <= 0:
             return []
         out = []
@@ -183,22 +198,23 @@ class RouterNode:
             state = snap.budgets.get(scope)
             if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
                 continue
-            out.append((scope, state.monthly_limit_usd))
+            period = self.telemetry.live_periods.get(scope) or state.rule.name(self.clock())
+            out.append((scope, state.monthly_limit_usd, period))
         return out
 
-    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> tuple[bool, float, str]:
-        """(admitted, amount taken from the lease, period). No blocking limit: admitted, nothing taken.
-        Redis unreachable when the lease is short: refused (the budget holds; local backends still serve)."""
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> tuple[bool, float, Reserved]:
+        """(admitted, amount taken from the lease, scope -> period leased in). No blocking limit: admitted,
+        nothing taken. Redis unreachable when the lease is short: refused (the budget holds; local backends
+        still serve)."""
         limits = self.lease_limits(snap, estimate, key_id)
         if not limits:
-            return True, 0.0, ""
-        period = self.telemetry.live_period or period_of(time.time(), self._reset_day())
-        room = min(limit - snap.budgets[scope].spend_usd for scope, limit in limits)
+            return True, 0.0, {}
+        room = min(limit - snap.budgets[scope].spend_usd for scope, limit, _ in limits)
         try:
-            admitted = await self.leases.take(period, limits, estimate, room)
+            admitted = await self.leases.take(limits, estimate, room)
         except StateError:
-            return False, 0.0, ""
-        return (True, estimate, period) if admitted else (False, 0.0, "")
+            return False, 0.0, {}
+        return (True, estimate, {scope: period for scope, _, period in limits}) if admitted else (False, 0.0, {})
 
     # -- telemetry ------------------------------------------------------------------------------------
     def record_request(
@@ -220,7 +236,7 @@ class RouterNode:
         stream: bool,
         fallback: str | None,
         retries: int,
-        reserved: tuple[float, str] = (0.0, ""),
+        reserved: tuple[float, Reserved] = (0.0, {}),
     ) -> None:
         self.telemetry.record(
             TelemetryRecord(
@@ -244,7 +260,7 @@ class RouterNode:
                 fallback_model=fallback,
                 retries=retries,
                 reserved_usd=reserved[0],
-                reserved_period=reserved[1],
+                reserved_periods=dict(reserved[1]),
             )
         )
         self._apply_spend()
@@ -258,12 +274,12 @@ class RouterNode:
         key_id: str | None,
         error: str,
         latency_ms: float,
-        reserved: tuple[float, str] = (0.0, ""),
+        reserved: tuple[float, Reserved] = (0.0, {}),
     ) -> None:
         self.telemetry.record(
             TelemetryRecord(
                 id=f"{request_id}:{attempt}",
-                ts=time.time(),
+                ts=self.clock(),
                 node=self.node_id,
                 backend=backend.name,
                 backend_type=backend.kind,
@@ -273,7 +289,7 @@ class RouterNode:
                 outcome="upstream_error",
                 status=502,
                 reserved_usd=reserved[0],
-                reserved_period=reserved[1],
+                reserved_periods=dict(reserved[1]),
             )
         )
 
@@ -319,7 +335,7 @@ class RouterNode:
             self.redis,
             NodeHeartbeat(
                 node=self.node_id,
-                at=time.time(),
+                at=self.clock(),
                 started_at=self.started_at,
                 snapshot_version=snap.version if snap else 0,
                 snapshot_built_at=snap.built_at if snap else None,

@@ -2,10 +2,11 @@
 
 Requests append records to an in-process buffer (no I/O on the request path). Every
 `telemetry.flush_interval_ms` one loop iteration: writes the buffered records in one idempotent script
-call, publishes this node's in-flight gauge, reads back the cluster-wide in-flight sum and the period's
-live spend. A record leaves the buffer only after Redis confirmed the write; while Redis is away the
-buffer keeps growing up to `telemetry.buffer_max_records` (oldest dropped beyond that, counted) and is
-replayed when Redis returns. Replays are safe: records are stored by request id exactly once.
+call, publishes this node's in-flight gauge, reads back the cluster-wide in-flight sum and every budget
+scope's live spend and leases in the scope's own current period (`controlplane.periods`). A record leaves
+the buffer only after Redis confirmed the write; while Redis is away the buffer keeps growing up to
+`telemetry.buffer_max_records` (oldest dropped beyond that, counted) and is replayed when Redis returns.
+Replays are safe: records are stored by request id exactly once.
 
 The spend this node routes by is the live spend read back plus what it has recorded but not yet flushed,
 so a replica cut off from Redis still counts its own spending against the budget.
@@ -21,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 
+from controlplane.config import GLOBAL_SCOPE
 from controlplane.errors import StateError
 from controlplane.observed import read_inflight, write_inflight
-from controlplane.periods import period_of
+from controlplane.periods import BudgetCalendar
 from controlplane.reservations import read_reserved
-from controlplane.snapshot import GLOBAL_SCOPE
-from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from controlplane.telemetry_store import TelemetryRecord, read_live_spend, record_scopes, write_records
 from router_node.load import LoadTracker
 
 __all__ = ["Telemetry"]
@@ -45,7 +46,8 @@ class Telemetry:
         *,
         interval_ms: int,
         max_records: int,
-        reset_day: Callable[[], int],
+        calendar: Callable[[], BudgetCalendar],
+        clock: Callable[[], float] = time.time,
         on_dropped: Callable[[int], None] | None = None,
         on_refresh: Callable[[], None] | None = None,
         after_flush: Callable[[], Awaitable[None]] | None = None,
@@ -55,7 +57,8 @@ class Telemetry:
         self._load = load
         self._interval = interval_ms / 1000.0
         self._max = max_records
-        self._reset_day = reset_day
+        self._calendar = calendar
+        self._clock = clock
         self._on_dropped = on_dropped
         self._on_refresh = on_refresh
         self._after_flush = after_flush
@@ -64,7 +67,8 @@ class Telemetry:
         self._unseen: list[TelemetryRecord] = []
         self.live_spend: dict[str, float] = {}
         self.reserved: dict[str, float] = {}
-        self.live_period = ""
+        # budget scope -> the period live_spend and reserved are of (each scope's own, as of the last read)
+        self.live_periods: dict[str, str] = {}
         self.redis_ok = True
         self.dropped = 0
         self._gauge_sent: dict[str, int] | None = None
@@ -85,13 +89,13 @@ class Telemetry:
         self._adjust_pending(rec, 1)
         if rec.reserved_usd > 0:
             # the record's own cost is pending now; its reservation is released when the record is written
-            for scope in (GLOBAL_SCOPE, rec.key) if rec.key else (GLOBAL_SCOPE,):
+            for scope in rec.reserved_periods:
                 self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) - rec.reserved_usd)
 
     def _adjust_pending(self, rec: TelemetryRecord, sign: int) -> None:
         if rec.cost_usd <= 0:
             return
-        for scope in (GLOBAL_SCOPE, rec.key) if rec.key else (GLOBAL_SCOPE,):
+        for scope in record_scopes(rec):
             value = self._pending.get(scope, 0.0) + sign * rec.cost_usd
             if abs(value) < 1e-12:
                 self._pending.pop(scope, None)
@@ -112,7 +116,7 @@ class Telemetry:
         """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(MAX_BATCH, len(self._buffer)))]
-            await write_records(self._redis, batch, self._reset_day())
+            await write_records(self._redis, batch, self._calendar())
             for _ in batch:
                 # still pending until the live spend read below includes it
                 self._unseen.append(self._buffer.popleft())
@@ -122,16 +126,29 @@ class Telemetry:
             await write_inflight(self._redis, self._node_id, self._load.snapshot_local())
             self._gauge_sent, self._gauge_at = local, now
         self._load.update_cluster(await read_inflight(self._redis))
-        period = period_of(time.time(), self._reset_day())
-        live = await read_live_spend(self._redis, period)
-        self.reserved = await read_reserved(self._redis, period)
-        self.live_spend = live
-        self.live_period = period
+        await self._read_spend()
         for rec in self._unseen:
             self._adjust_pending(rec, -1)
         self._unseen.clear()
         if self._after_flush is not None:
             await self._after_flush()
+
+    def periods(self) -> dict[str, str]:
+        """Every budget scope's current period by this node's clock."""
+        calendar = self._calendar()
+        return calendar.periods([GLOBAL_SCOPE, *calendar.scopes], self._clock())
+
+    async def _read_spend(self) -> None:
+        """Each budget scope's live spend and leases, from the hashes of the scope's own current period."""
+        periods = self.periods()
+        spend: dict[str, dict[str, float]] = {}
+        leased: dict[str, dict[str, float]] = {}
+        for period in sorted(set(periods.values())):
+            spend[period] = await read_live_spend(self._redis, period)
+            leased[period] = await read_reserved(self._redis, period)
+        self.live_spend = {s: spend[p][s] for s, p in periods.items() if s in spend[p]}
+        self.reserved = {s: leased[p][s] for s, p in periods.items() if s in leased[p]}
+        self.live_periods = periods
 
     async def run(self) -> None:
         backoff = self._interval

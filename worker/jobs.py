@@ -8,7 +8,7 @@ write is idempotent, so they are safe to run concurrently or twice.
 The `*_job(ctx)` functions are what arq schedules. Each first claims its tick (`worker.store.claim_tick`,
 keyed by the tick time in the unique cron job id, which every worker computes identically): a duplicate
 delivery is counted and does nothing. Budget limits, backends and key budgets come from the desired
-config in Redis (the admin API changes them live); the budget period's reset day and the health
+config in Redis (the admin API changes them live), and so do the budgets' reset days; the health
 thresholds come from this process's settings, exactly as on router nodes.
 """
 
@@ -24,9 +24,8 @@ import aiohttp
 from redis.asyncio import Redis
 
 from controlplane import keys
-from controlplane.config import DesiredConfig, NexusSettings
+from controlplane.config import GLOBAL_SCOPE, DesiredConfig, NexusSettings
 from controlplane.model import HealthState
-from controlplane.periods import period_of
 from controlplane.reservations import release_node
 from controlplane.rollup import (
     DEFAULT_BATCH_SIZE,
@@ -128,22 +127,27 @@ async def run_budget(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
 ) -> dict[str, Any]:
-    """Roll up pending telemetry, then observe every budget of the current period."""
+    """Roll up pending telemetry, then observe every budget in its own current period."""
     routing = (await _desired(redis, settings)).routing
-    # the reset day is desired state like the limits: one source for workers, router nodes and admin
-    reset_day = routing.budget.reset_day
-    rolled = await rollup_pending(redis, now, reset_day=reset_day, batch_size=batch_size, on_batch=on_batch)
+    # reset days are desired state like the limits: one source for workers, router nodes and admin
+    calendar = routing.calendar(settings.testing)
+    rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size, on_batch=on_batch)
     if rolled.malformed:
         log.warning("dropped %d malformed telemetry records", rolled.malformed)
-    period = period_of(now, reset_day)
-    observations = observe_budgets(routing, await read_aggregate(redis, period), period, now)
+    periods = calendar.periods(list(routing.budgets()), now)
+    aggregates = {p: await read_aggregate(redis, p) for p in sorted(set(periods.values()))}
+    observations = observe_budgets(routing, aggregates, periods, now)
     await write_budget_observations(redis, observations)
-    floors = {scope: obs.spend_usd for scope, obs in observations.items() if obs.spend_usd > 0}
-    repaired = await repair_live_spend(redis, period, floors)
-    if repaired:
-        log.warning("live spend of %s was below the aggregate for %s; raised it", period, ", ".join(repaired))
+    repaired: list[str] = []
+    for period in aggregates:
+        floors = {s: obs.spend_usd for s, obs in observations.items() if obs.spend_usd > 0 and periods[s] == period}
+        raised = await repair_live_spend(redis, period, floors)
+        if raised:
+            log.warning("live spend of %s was below the aggregate for %s; raised it", period, ", ".join(raised))
+        repaired += raised
     return {
-        "period": period,
+        "period": periods[GLOBAL_SCOPE],
+        "periods": periods,
         "records": rolled.applied,
         "days": list(rolled.days),
         "budgets": {scope: obs.status.value for scope, obs in observations.items()},
@@ -156,7 +160,8 @@ async def run_quality(
 ) -> dict[str, Any]:
     """Roll up pending telemetry (so figures are fresh), then recompute every backend's quality."""
     desired = await _desired(redis, settings)
-    rolled = await rollup_pending(redis, now, reset_day=desired.routing.budget.reset_day, batch_size=batch_size)
+    calendar = desired.routing.calendar(settings.testing)
+    rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size)
     names = [b.name for b in desired.backends]
     minutes = await read_quality_minutes(redis, names, now)
     stats = {name: s for name in names if (s := quality_stats(minutes.get(name, {}), now)) is not None}
@@ -164,7 +169,7 @@ async def run_quality(
     return {"records": rolled.applied, "backends_with_history": len(stats)}
 
 
-async def run_nodes(redis: Redis, now: float) -> dict[str, Any]:
+async def run_nodes(redis: Redis, now: float, settings: NexusSettings | None = None) -> dict[str, Any]:
     """Mark router nodes without a recent heartbeat gone; forget long-gone ones."""
     raw = await read_heartbeats_raw(redis)
     beats = {node: beat for node, (_, beat) in raw.items() if beat is not None}
@@ -178,8 +183,10 @@ async def run_nodes(redis: Redis, now: float) -> dict[str, Any]:
     if marked:
         # a dead node's in-flight requests will never be recorded: give their budget reservations back
         _, desired = await read_desired(redis)
-        rd = desired.routing.budget.reset_day
-        periods = sorted({period_of(now, rd), period_of(now - 31 * 86400, rd)})
+        calendar = desired.routing.calendar(settings.testing if settings is not None else None)
+        rules = [calendar.rule(scope) for scope in desired.routing.budgets()]
+        # the current and the previous period of every scope: a lease taken just before a rollover
+        periods = sorted({name for r in rules for name in (r.name(now), r.previous(now))})
         for node in marked:
             released += await release_node(redis, periods, node)
     return {"nodes": len(beats), "marked_gone": marked, "removed": removed, "reservations_released": released}
@@ -228,4 +235,4 @@ async def quality_job(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def nodes_job(ctx: dict[str, Any]) -> dict[str, Any]:
-    return await _ticked(ctx, NODES_JOB, lambda wc: run_nodes(ctx["redis"], wc.clock()))
+    return await _ticked(ctx, NODES_JOB, lambda wc: run_nodes(ctx["redis"], wc.clock(), wc.settings))

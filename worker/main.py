@@ -17,7 +17,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -86,7 +85,7 @@ def build_worker(
     redis_url: str | None = None,
     *,
     jobs: Collection[str] | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     poll_delay: float = 0.5,
     **overrides: Any,

@@ -7,8 +7,9 @@ No I/O and no clock reads: `now` is always an argument. (The health state machin
   `error_rate_1h = errors / requests`, `avg_ttfb_ms_1h` over non-error requests that reported a TTFB,
   `success_rate_24h = 1 - errors / requests`. No request in 24 h means no history: None, and the
   backend's stored figures are removed (the quality reconciler lets backends without history pass).
-- `observe_budgets(routing, aggregate, period, now)`: one `BudgetObservation` per configured budget
-  (`global`, then every `routing.key_budgets` scope), spend from the period aggregate, status by
+- `observe_budgets(routing, aggregates, periods, now)`: one `BudgetObservation` per configured budget
+  (`global`, then every `routing.key_budgets` scope), spend from the aggregate of the scope's own current
+  period (`periods[scope]`: key budgets may have their own reset day), status by
   `BudgetState.status()` (the same code the snapshot uses, so worker and router never disagree).
 - `plan_liveness(beats, now)`: which router nodes to mark gone (no heartbeat for
   `keys.NODE_STALE_SECONDS`) and which gone nodes to forget (`keys.NODE_GONE_RETENTION_SECONDS`).
@@ -21,9 +22,8 @@ from dataclasses import dataclass
 
 from controlplane import keys
 from controlplane.aggregates import Aggregate, MinuteCounts
-from controlplane.config import BudgetConfig, RoutingConfig
+from controlplane.config import GLOBAL_SCOPE, BudgetConfig, RoutingConfig
 from controlplane.model import BudgetState, QualityStats
-from controlplane.snapshot import GLOBAL_SCOPE
 from controlplane.spend_report import BudgetObservation
 from controlplane.telemetry_store import NodeHeartbeat
 
@@ -80,13 +80,15 @@ def _observation(scope: str, cfg: BudgetConfig, spend: float, period: str, now: 
 
 
 def observe_budgets(
-    routing: RoutingConfig, aggregate: Aggregate, period: str, now: float
+    routing: RoutingConfig, aggregates: Mapping[str, Aggregate], periods: Mapping[str, str], now: float
 ) -> dict[str, BudgetObservation]:
-    scopes: dict[str, BudgetConfig] = {GLOBAL_SCOPE: routing.budget, **routing.key_budgets}
-    return {
-        scope: _observation(scope, cfg, aggregate.scope_usd(scope, GLOBAL_SCOPE), period, now)
-        for scope, cfg in scopes.items()
-    }
+    """`periods[scope]` names each budget's current period, `aggregates[period]` that period's rollup."""
+    out = {}
+    for scope, cfg in routing.budgets().items():
+        period = periods[scope]
+        spend = aggregates.get(period, Aggregate()).scope_usd(scope, GLOBAL_SCOPE)
+        out[scope] = _observation(scope, cfg, spend, period, now)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

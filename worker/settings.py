@@ -22,7 +22,6 @@ Each loop's writes are idempotent anyway (the telemetry rollup is exactly-once p
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC
@@ -108,7 +107,7 @@ def worker_settings(
     redis_url: str | None = None,
     *,
     jobs: Collection[str] | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     poll_delay: float = 0.5,
 ) -> type:
@@ -122,7 +121,8 @@ def worker_settings(
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         await seed_desired(ctx["redis"], settings.desired())  # no-op unless the store was never seeded
-        ctx[CTX_KEY] = WorkerContext(settings, clock=clock, batch_size=batch_size, http=new_session())
+        wall = clock or settings.testing.clock()
+        ctx[CTX_KEY] = WorkerContext(settings, clock=wall, batch_size=batch_size, http=new_session())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         wc: WorkerContext | None = ctx.pop(CTX_KEY, None)

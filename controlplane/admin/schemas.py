@@ -79,7 +79,10 @@ class BudgetUpdate(BaseModel):
 
 class BudgetPublic(BudgetConfig):
     scope: str
+    reset_day: int  # the day this budget's periods start on, inherited or its own
+    reset_day_inherited: bool = Field(description="a key budget without its own reset_day follows the global one")
     period: str
+    period_ends_at: float = Field(description="unix seconds at which the current period ends")
     spend_usd: float
     status: str
     utilization: float

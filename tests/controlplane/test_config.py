@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,22 @@ BAD = [
         ["(backend 'a').api_key_env", "NOPE_KEY is not set"],
         id="unreadable-secret",
     ),
+    pytest.param(
+        "[routing.budget]\nreset_day = 29\n", ["routing.budget.reset_day", "less than or equal to 28"], id="reset-29"
+    ),
+    pytest.param(
+        '[routing.key_budgets."team-a"]\nreset_day = 0\n',
+        ["routing.key_budgets.team-a.reset_day", "greater than or equal to 1"],
+        id="key-reset-0",
+    ),
+    pytest.param(
+        '[routing.key_budgets."team-a"]\nreset_day = 31\n',
+        ["routing.key_budgets.team-a.reset_day", "less than or equal to 28"],
+        id="key-reset-31",
+    ),
+    pytest.param(
+        "[testing]\nbudget_period_seconds = -1\n", ["testing.budget_period_seconds"], id="negative-test-period"
+    ),
     pytest.param("[server]\nprot = 1\n", ["server.prot", "unknown key"], id="typo"),
     pytest.param("[routing\n", ["not valid TOML"], id="bad-toml"),
 ]
@@ -170,3 +187,29 @@ def test_secrets_never_appear_in_errors(tmp_path):
 def test_unknown_top_level_sections_from_the_original_nexus_are_ignored(tmp_path):
     path = write(tmp_path, "[discovery]\nenabled = true\n[logging]\nlevel = 'info'\n")
     assert load_settings(path, environ={}).backends == []
+
+
+def test_key_budgets_follow_the_global_reset_day_unless_they_set_their_own(tmp_path):
+    path = write(
+        tmp_path,
+        '[routing.budget]\nreset_day = 10\n[routing.key_budgets."team-a"]\nreset_day = 20\n'
+        '[routing.key_budgets."team-b"]\nmonthly_limit_usd = 1\n',
+    )
+    cal = load_settings(path, environ={}).routing.calendar()
+    assert {scope: cal.rule(scope).reset_day for scope in ("global", "team-a", "team-b", "no-budget")} == {
+        "global": 10, "team-a": 20, "team-b": 10, "no-budget": 10
+    }
+
+
+def test_testing_knobs_replace_every_period_rule_and_skew_the_clock(tmp_path):
+    settings = load_settings(
+        write(tmp_path, '[routing.key_budgets."team-a"]\nreset_day = 20\n'),
+        environ={"NEXUS_TESTING_BUDGET_PERIOD_SECONDS": "30", "NEXUS_TESTING_CLOCK_OFFSET_SECONDS": "-2"},
+    )
+    assert settings.testing.knobs() == {"budget_period_seconds": 30, "clock_offset_seconds": -2.0}
+    cal = settings.routing.calendar(settings.testing)
+    assert cal.rule("team-a") == cal.rule("global") == cal.rule("other")
+    assert cal.rule("global").end(95.0) == 120.0 and cal.period("global", 95.0) == "19700101T000130Z"
+    skewed = settings.testing.clock()
+    assert -2.5 < skewed() - time.time() < -1.5
+    assert load_settings(environ={}).testing.clock() is time.time  # production: the plain wall clock

@@ -16,10 +16,11 @@ from redis.asyncio import Redis
 from controlplane import keys
 from controlplane.aggregates import parse_aggregate, sum_increments, to_nano
 from controlplane.model import BudgetStatus
-from controlplane.periods import day_of, period_of
+from controlplane.periods import BudgetCalendar, PeriodRule, day_of, period_of
 from controlplane.rollup import read_aggregate, read_quality_minutes, repair_live_spend, rollup_day, rollup_pending
 from controlplane.spend_report import BudgetObservation, read_spend_report, write_budget_observations
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from tests.clock import next_day_start
 
 
 def _today_at_half_past_noon() -> float:
@@ -27,17 +28,6 @@ def _today_at_half_past_noon() -> float:
     relative to the real now (never a pinned date), and records spread over 10 minutes stay in one day."""
     now = time.time()
     return now - now % 86400 + 12 * 3600 + 30 * 60 + 15
-
-
-def _next_period_start(reset_day: int) -> float:
-    """The next start (00:00 UTC on `reset_day`) of a budget period after the real now."""
-    moment = datetime.now(UTC)
-    year, month = moment.year, moment.month
-    while True:
-        start = datetime(year, month, reset_day, tzinfo=UTC)
-        if start > moment:
-            return start.timestamp()
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
 
 NOW = _today_at_half_past_noon()
@@ -114,13 +104,14 @@ async def test_racing_rollups_count_each_record_once(redis: Redis) -> None:
 
 
 async def test_old_days_are_swept_into_their_own_period(redis: Redis) -> None:
-    now = _next_period_start(15) + 300  # reset day 15: a new period began 5 min ago
+    now = next_day_start(15) + 300  # reset day 15: a new period began 5 min ago
     late = mixed_records(10, ts=now - 3600, seed=2)  # the 14th: still the period that began last month
     old = mixed_records(10, ts=now - 10 * 86400 + 3600, seed=3)  # the 5th
     fresh = mixed_records(5, ts=now, seed=4)
     fresh = [r.model_copy(update={"ts": now + 1, "id": "f" + r.id}) for r in fresh]
-    await write_records(redis, late + old + fresh, reset_day=15)
-    result = await rollup_pending(redis, now, reset_day=15)
+    cal = BudgetCalendar(PeriodRule(15))
+    await write_records(redis, late + old + fresh, cal)
+    result = await rollup_pending(redis, now, calendar=cal)
     assert result.days == (day_of(now - 10 * 86400), day_of(now - 86400), day_of(now))
     assert day_of(now).endswith("-15")
     previous, current = period_of(now - 3600, 15), period_of(now, 15)
@@ -200,6 +191,26 @@ async def test_spend_report(redis: Redis) -> None:
     assert list(report["budgets"]) == ["global"]  # team-a's observation is of another period
     assert report["budgets"]["global"]["status"] == "soft_limit"
 
-    empty = await read_spend_report(redis, "2020-01")
-    assert (empty["total_usd"], empty["requests"], empty["by_backend"], empty["budgets"]) == (0.0, 0, {}, {})
-    assert day_of(NOW) == DAY
+    # the period of team-a's observation had no traffic: an empty report that still shows that observation
+    old = await read_spend_report(redis, period_of(NOW - 40 * 86400))
+    assert (old["total_usd"], old["requests"], old["by_backend"], old["by_key"]) == (0.0, 0, {}, {})
+    assert list(old["budgets"]) == ["team-a"]
+    assert old["budgets"]["team-a"]["spend_usd"] == 0.1
+
+
+async def test_a_key_with_its_own_reset_day_counts_in_its_own_period(redis: Redis) -> None:
+    """Global periods start on the 1st, team-a's on the 15th: a record of the 14th counts for the global
+    budget in this month's period and for team-a in the one that began on last month's 15th."""
+    now = next_day_start(15) - 86400 + 3600  # 01:00 UTC on the 14th
+    cal = BudgetCalendar(PeriodRule(1), {"team-a": PeriodRule(15)})
+    records = [r.model_copy(update={"key": "team-a"}) for r in mixed_records(12, ts=now, seed=5)]
+    await write_records(redis, records, cal)
+    await rollup_pending(redis, now, calendar=cal)
+    global_period, key_period = period_of(now, 1), period_of(now, 15)
+    assert global_period != key_period  # on the 14th, the 15th-based period began last month
+    expected = sum_increments(records)
+    assert await agg_fields(redis, global_period) == {k: v for k, v in expected.items() if not k.startswith("key.")}
+    assert await agg_fields(redis, key_period) == {k: v for k, v in expected.items() if k.startswith("key.")}
+    cost = sum(r.cost_usd for r in records)
+    assert await read_live_spend(redis, global_period) == {"global": pytest.approx(cost)}
+    assert await read_live_spend(redis, key_period) == {"team-a": pytest.approx(cost)}

@@ -38,7 +38,7 @@ from controlplane import keys
 from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.errors import StateUnavailable
 from controlplane.observed import read_inflight
-from controlplane.periods import day_of, period_of
+from controlplane.periods import BudgetCalendar, day_of, period_of
 from controlplane.snapshot import GLOBAL_SCOPE
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
 from router_node.load import LoadTracker
@@ -721,7 +721,7 @@ async def test_replay_after_a_lost_reply_never_counts_twice(redis):
 
     # The flush loop: the script ran, the reply was lost -> the records stay buffered and are replayed.
     flaky = _LostReply(redis)
-    tel = Telemetry(flaky, "n1", LoadTracker(), interval_ms=20, max_records=100, reset_day=lambda: 1)  # type: ignore[arg-type]
+    tel = Telemetry(flaky, "n1", LoadTracker(), interval_ms=20, max_records=100, calendar=BudgetCalendar)  # type: ignore[arg-type]
     for rec in records:
         tel.record(rec)
     assert tel.spend(GLOBAL_SCOPE) == pytest.approx(total)

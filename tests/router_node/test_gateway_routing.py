@@ -82,13 +82,13 @@ async def post(
         return resp.status, resp.headers, payload
 
 
-async def add_spend(redis: Redis, usd: float, reset_day: int = 1) -> None:
+async def add_spend(redis: Redis, usd: float) -> None:
     """Spend as production records it: a router node's telemetry record with a cost (HSETNX + HINCRBYFLOAT)."""
     record = TelemetryRecord(
         id=uuid.uuid4().hex, ts=time.time(), node="test-seeder", backend="cloud", backend_type="cloud",
         model="m", requested_model="m", cost_usd=usd,
     )
-    assert await write_records(redis, [record], reset_day) == 1
+    assert await write_records(redis, [record]) == 1
 
 
 def budget_status(gw: GatewayHarness) -> BudgetStatus | None:

@@ -25,6 +25,7 @@ from controlplane.reservations import read_reserved, reserve
 from controlplane.spend_report import read_budget_observations, read_spend_report
 from controlplane.state import load_snapshot, read_health, seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, read_heartbeats, write_heartbeat, write_records
+from tests.clock import next_day_start
 from tests.harness import eventually
 from tests.worker.conftest import FakeFactory, RawServer, WorkerFactory, record, run_tick, worker_settings_for
 from worker.jobs import HEALTH_JOB, QUALITY_JOB, run_budget, run_health, run_nodes
@@ -166,6 +167,38 @@ async def test_a_month_rollover_starts_at_zero_and_keeps_the_old_report(redis: R
     assert (await load_snapshot(redis, settings, january)).budgets["global"].spend_usd == 0.0
 
 
+async def test_a_key_budget_with_its_own_reset_day_rolls_over_on_its_own_day(redis: Redis) -> None:
+    """Global periods start on the 1st, team-a's on the 15th: on the 15th, team-a starts again from zero
+    while the global budget's period (and spend) carries on. Timestamps lie ahead of the real now, so every
+    expiry Redis computes is still in the future (Redis expires keys by its own clock)."""
+    routing = {
+        "budget": {"monthly_limit_usd": 100.0},
+        "key_budgets": {"team-a": {"monthly_limit_usd": 1.0, "reset_day": 15}},
+    }
+    settings = worker_settings_for(routing=routing)
+    await seed_desired(redis, settings.desired())
+    fifteenth = next_day_start(15)
+    before, after = fifteenth - 3600, fifteenth + 3600
+    calendar = settings.routing.calendar()
+    await write_records(redis, [record("a1", before - 60, cost_usd=0.8, key="team-a")], calendar)
+    summary = await run_budget(redis, settings, before)
+    assert summary["periods"] == {"global": period_of(before, 1), "team-a": period_of(before, 15)}
+    assert summary["budgets"] == {"global": "normal", "team-a": "soft_limit"}
+
+    await write_records(redis, [record("a2", after - 60, cost_usd=0.3, key="team-a")], calendar)
+    summary = await run_budget(redis, settings, after)
+    assert summary["periods"]["global"] == period_of(before, 1)  # the global period goes on...
+    assert summary["periods"]["team-a"] == period_of(after, 15) != period_of(before, 15)  # ...team-a's is new
+    observed = await read_budget_observations(redis)
+    assert observed["global"].spend_usd == pytest.approx(1.1)
+    assert (observed["team-a"].period, observed["team-a"].spend_usd) == (period_of(after, 15), pytest.approx(0.3))
+    snap = await load_snapshot(redis, settings, after)
+    assert (snap.budgets["team-a"].period, snap.budgets["team-a"].spend_usd) == (period_of(after, 15), 0.3)
+    assert snap.budgets["team-a"].rule.reset_day == 15 and snap.budgets["global"].rule.reset_day == 1
+    # the period that ended keeps its report: team-a's old spend is in the aggregate of its own old period
+    assert (await read_spend_report(redis, period_of(before, 15)))["by_key"]["team-a"]["usd"] == pytest.approx(0.8)
+
+
 async def test_the_budget_tick_repairs_a_live_counter_behind_the_aggregate(redis: Redis) -> None:
     settings = worker_settings_for(routing=BUDGETS)
     now = time.time()
@@ -303,8 +336,8 @@ async def test_nodes_that_stopped_heart_beating_are_marked_gone(redis: Redis) ->
     await write_inflight(redis, "alive", {"gpu": 2})
     assert await read_inflight(redis) == {"gpu": 5}
     period = period_of(now)
-    assert (await reserve(redis, period, "dead", 1.5, 1.5, [("global", 10.0)])).ok
-    assert (await reserve(redis, period, "alive", 0.5, 0.5, [("global", 10.0)])).ok
+    assert (await reserve(redis, "dead", 1.5, 1.5, [("global", 10.0, period)])).ok
+    assert (await reserve(redis, "alive", 0.5, 0.5, [("global", 10.0, period)])).ok
 
     assert await run_nodes(redis, now) == {
         "nodes": 4, "marked_gone": ["dead"], "removed": ["old"], "reservations_released": 1}

@@ -8,11 +8,13 @@ from controlplane import keys
 from controlplane.aggregates import Aggregate, MinuteCounts, Totals
 from controlplane.config import BudgetConfig, RoutingConfig
 from controlplane.model import BudgetStatus, QualityStats
+from controlplane.periods import period_of
 from controlplane.telemetry_store import NodeHeartbeat
 from worker.reconcilers import observe_budgets, plan_liveness, quality_stats
 
-NOW = 1_800_000_030.0  # 30 s into a minute
+NOW = 1_800_000_030.0  # 30 s into a minute (2027-01-15 08:00:30 UTC; pure code: no real clock involved)
 MINUTE = NOW - 30  # start of the current minute
+PERIOD = period_of(NOW)
 
 
 def ago(minutes: int) -> float:
@@ -79,13 +81,13 @@ def _agg(total_usd: float, keys_usd: dict[str, float]) -> Aggregate:
 )
 def test_global_budget_status(limit: float | None, soft: float, spend: float, status: BudgetStatus) -> None:
     routing = RoutingConfig(budget=BudgetConfig(monthly_limit_usd=limit, soft_limit_percent=soft))
-    obs = observe_budgets(routing, _agg(spend, {}), "2026-11", NOW)
+    obs = observe_budgets(routing, {PERIOD: _agg(spend, {})}, {"global": PERIOD}, NOW)
     assert list(obs) == ["global"]
     got = obs["global"]
     assert (got.status, got.spend_usd, got.period, got.limit_usd, got.checked_at) == (
         status,
         pytest.approx(spend),
-        "2026-11",
+        PERIOD,
         limit,
         NOW,
     )
@@ -96,13 +98,32 @@ def test_every_key_budget_is_observed_from_its_own_spend() -> None:
         budget=BudgetConfig(monthly_limit_usd=100.0),
         key_budgets={"team-a": BudgetConfig(monthly_limit_usd=1.0), "team-b": BudgetConfig(monthly_limit_usd=1.0)},
     )
-    obs = observe_budgets(routing, _agg(3.0, {"team-a": 2.5, "other": 0.5}), "2026-11", NOW)
+    periods = dict.fromkeys(routing.budgets(), PERIOD)
+    obs = observe_budgets(routing, {PERIOD: _agg(3.0, {"team-a": 2.5, "other": 0.5})}, periods, NOW)
     assert {s: (o.spend_usd, o.status) for s, o in obs.items()} == {
         "global": (3.0, BudgetStatus.NORMAL),
         "team-a": (2.5, BudgetStatus.HARD_LIMIT),
         "team-b": (0.0, BudgetStatus.NORMAL),
     }
     assert obs["team-a"].utilization == pytest.approx(2.5)
+
+
+def test_a_key_budget_with_its_own_period_is_observed_from_that_periods_aggregate() -> None:
+    routing = RoutingConfig(
+        budget=BudgetConfig(monthly_limit_usd=100.0),
+        key_budgets={"team-a": BudgetConfig(monthly_limit_usd=1.0, reset_day=16)},
+    )
+    calendar = routing.calendar()
+    periods = calendar.periods(routing.budgets(), NOW)
+    assert periods == {"global": "2027-01", "team-a": "2026-12"}  # NOW is Jan 15: team-a's began on Dec 16
+    aggregates = {periods["global"]: _agg(3.0, {"team-a": 0.1}), periods["team-a"]: _agg(0.0, {"team-a": 1.5})}
+    obs = observe_budgets(routing, aggregates, periods, NOW)
+    assert {s: (o.spend_usd, o.period, o.status) for s, o in obs.items()} == {
+        "global": (3.0, periods["global"], BudgetStatus.NORMAL),
+        "team-a": (1.5, periods["team-a"], BudgetStatus.HARD_LIMIT),
+    }
+    # no aggregate yet for a period (nothing rolled up since it began): zero spend, not an error
+    assert observe_budgets(routing, {}, periods, NOW)["team-a"].spend_usd == 0.0
 
 
 def beat(node: str, age: float, *, gone: bool = False) -> NodeHeartbeat:

@@ -1,7 +1,9 @@
 """`/admin/v1/budgets`: every budget with its current-period spend and status; change one by scope.
 
-Scope `global` is `[routing.budget]`; any other scope is an API key id (`routing.key_budgets`). Spend is
-the larger of the live counter router nodes keep and the budget worker's aggregate for the period.
+Scope `global` is `[routing.budget]`; any other scope is an API key id (`routing.key_budgets`). Each budget
+is shown in its own current period (a key budget may have its own `reset_day`; without one it follows the
+global budget's, and says so in `reset_day_inherited`). Spend is the larger of the live counter router nodes
+keep and the budget worker's aggregate for the period.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 
-from controlplane.admin.deps import Authorized, RedisDep
+from controlplane.admin.deps import Authorized, RedisDep, SettingsDep
 from controlplane.admin.schemas import BudgetPublic, BudgetUpdate, WriteResult
-from controlplane.config import BudgetConfig, DesiredConfig
+from controlplane.config import GLOBAL_SCOPE, BudgetConfig, DesiredConfig
 from controlplane.model import BudgetState
-from controlplane.periods import period_of
-from controlplane.snapshot import GLOBAL_SCOPE
 from controlplane.state import read_desired, read_observed, update_desired
 from controlplane.telemetry_store import read_live_spend
 
@@ -26,24 +26,27 @@ router = APIRouter(prefix="/budgets", tags=["budgets"], dependencies=[Authorized
 Scope = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")]
 
 
-def budgets_of(desired: DesiredConfig) -> dict[str, BudgetConfig]:
-    return {GLOBAL_SCOPE: desired.routing.budget, **desired.routing.key_budgets}
-
-
 @router.get("", response_model=list[BudgetPublic])
-async def list_budgets(redis: RedisDep) -> list[BudgetPublic]:
+async def list_budgets(redis: RedisDep, settings: SettingsDep) -> list[BudgetPublic]:
     _, desired = await read_desired(redis)
-    period = period_of(time.time(), desired.routing.budget.reset_day)
-    live = await read_live_spend(redis, period)
+    calendar = desired.routing.calendar(settings.testing)
+    now = time.time()
     observed = (await read_observed(redis)).spend
+    live: dict[str, dict[str, float]] = {}
     out = []
-    for scope, cfg in budgets_of(desired).items():
+    for scope, cfg in desired.routing.budgets().items():
+        rule = calendar.rule(scope)
+        period = rule.name(now)
+        if period not in live:
+            live[period] = await read_live_spend(redis, period)
         obs = observed.get(scope)
-        spend = max(live.get(scope, 0.0), obs.spend_usd if obs and obs.period == period else 0.0)
+        spend = max(live[period].get(scope, 0.0), obs.spend_usd if obs and obs.period == period else 0.0)
         state = BudgetState(scope, cfg.monthly_limit_usd, cfg.soft_limit_percent, cfg.hard_limit_action, spend, period)
         out.append(
             BudgetPublic(
-                **cfg.model_dump(),
+                **{**cfg.model_dump(), "reset_day": rule.reset_day},
+                reset_day_inherited=scope != GLOBAL_SCOPE and cfg.reset_day is None,
+                period_ends_at=rule.end(now),
                 scope=scope,
                 period=period,
                 spend_usd=spend,

@@ -1,6 +1,10 @@
+import time
+from datetime import UTC, datetime
+
 import pytest
 
 from controlplane.admin import AdminAuthError, check_admin_token
+from controlplane.periods import PeriodRule, period_of
 from controlplane.state import read_desired
 from tests.controlplane.admin.conftest import TOKEN
 
@@ -56,6 +60,9 @@ async def test_backend_crud_bumps_version_and_never_returns_secrets(admin):
         pytest.param("PUT", "/budgets/global", {"monthly_limit_usd": -1}, "monthly_limit_usd", id="negative-limit"),
         pytest.param("PUT", "/budgets/global", {"soft_limit_percent": 250}, "soft_limit_percent", id="soft-250"),
         pytest.param("PUT", "/budgets/global", {"hard_limit_action": "explode"}, "hard_limit_action", id="bad-action"),
+        pytest.param("PUT", "/budgets/global", {"reset_day": 29}, "reset_day", id="global-reset-29"),
+        pytest.param("PUT", "/budgets/team-a", {"reset_day": 0}, "reset_day", id="key-reset-0"),
+        pytest.param("PUT", "/budgets/team-a", {"reset_day": 31}, "reset_day", id="key-reset-31"),
     ],
 )
 async def test_invalid_writes_are_422_naming_the_field_and_change_nothing(admin, method, path, body, field):
@@ -104,6 +111,28 @@ async def test_budget_put_merges_and_reports_status(admin):
     assert budgets["global"]["hard_limit_action"] == "block_cloud"  # untouched fields stay
     assert (await admin.call("DELETE", "/budgets/team-a"))[0] == 200
     assert (await admin.call("DELETE", "/budgets/global"))[0] == 422
+
+
+async def test_a_key_budget_has_its_own_reset_day_or_follows_the_global_one(admin):
+    now = time.time()
+    today = datetime.fromtimestamp(now, UTC).day
+    own = 28 if today != 28 else 27  # a reset day other than today's and the global one
+    assert (await admin.call("PUT", "/budgets/global", json={"monthly_limit_usd": 50, "reset_day": 1}))[0] == 200
+    assert (await admin.call("PUT", "/budgets/team-a", json={"monthly_limit_usd": 5, "reset_day": own}))[0] == 200
+    assert (await admin.call("PUT", "/budgets/team-b", json={"monthly_limit_usd": 5}))[0] == 200
+    budgets = {b["scope"]: b for b in (await admin.call("GET", "/budgets"))[1]}
+    assert (budgets["global"]["reset_day"], budgets["global"]["period"]) == (1, period_of(now, 1))
+    assert (budgets["team-a"]["reset_day"], budgets["team-a"]["reset_day_inherited"]) == (own, False)
+    assert budgets["team-a"]["period"] == period_of(now, own)
+    assert budgets["team-a"]["period_ends_at"] == PeriodRule(own).end(now)
+    assert (budgets["team-b"]["reset_day"], budgets["team-b"]["reset_day_inherited"]) == (1, True)
+    # moving the global reset day moves the inheriting key budget with it, not the one with its own
+    assert (await admin.call("PUT", "/budgets/global", json={"reset_day": own}))[0] == 200
+    budgets = {b["scope"]: b for b in (await admin.call("GET", "/budgets"))[1]}
+    assert (budgets["team-b"]["reset_day"], budgets["team-b"]["period"]) == (own, period_of(now, own))
+    assert budgets["team-a"]["reset_day"] == own
+    _, desired = await read_desired(admin.redis)
+    assert desired.routing.key_budgets["team-b"].reset_day is None  # stored as "inherit", not as a copy
 
 
 async def test_config_export_import_round_trip(admin):

@@ -7,6 +7,7 @@ from typing import Any
 
 from controlplane.config import BackendConfig, BudgetConfig, DesiredConfig, PolicyConfig, RoutingConfig
 from controlplane.model import HealthState, QualityStats, TierMode
+from controlplane.periods import period_of
 from controlplane.snapshot import GLOBAL_SCOPE, HealthObservation, Observed, Snapshot, SpendObservation, build_snapshot
 from router_node.pipeline import Decision, RoutingIntent, decide, extract_requirements
 
@@ -63,7 +64,7 @@ def snapshot(
     observed = Observed(
         health=health_obs,
         quality=dict(quality or {}),
-        spend={scope: SpendObservation(v, "2026-11") for scope, v in (spend or {}).items()},
+        spend={scope: SpendObservation(v, period_of(now)) for scope, v in (spend or {}).items()},
         inflight=dict(inflight or {}),
     )
     return build_snapshot(desired, observed, version=1, now=now)

@@ -1,0 +1,25 @@
+"""Instants for tests, relative to the real now: never a pinned calendar date.
+
+Redis expires keys by its own clock, so a test that writes through production code (which sets expiries from
+the timestamps it is given) must give timestamps a real clock agrees with. An instant ahead of the real now
+is always safe (every expiry computed from it lies further ahead); one in the past is safe only while it is
+younger than the shortest expiry involved (the rolled-up id sets: two days after their UTC day).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+__all__ = ["next_day_start"]
+
+
+def next_day_start(day: int, after: float | None = None) -> float:
+    """00:00 UTC of the next day-of-month `day` (1-28) strictly after `after` (default: the real now)."""
+    moment = datetime.fromtimestamp(time.time() if after is None else after, UTC)
+    year, month = moment.year, moment.month
+    while True:
+        start = datetime(year, month, day, tzinfo=UTC)
+        if start > moment:
+            return start.timestamp()
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
