@@ -33,7 +33,7 @@ def make_snapshot(n: int):
     backends = [
         BackendConfig(
             name=f"b{i:04d}", url=f"http://127.0.0.1:{10000 + i}", type=TYPES[i % len(TYPES)],
-            api_key_env="KEY" if TYPES[i % len(TYPES)] in ("openai", "anthropic") else None,
+            secret="KEY" if TYPES[i % len(TYPES)] in ("openai", "anthropic") else None,
             tier=1 + i % 5, priority=i % 4, max_concurrency=16,
             models=[{"name": "llama3:70b", "context_length": 8192}, {"name": f"other-{i % 7}"}],
         )

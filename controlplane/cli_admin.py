@@ -95,8 +95,8 @@ def _backends(ns: argparse.Namespace) -> None:
         }
         if ns.zone:
             body["zone"] = ns.zone
-        if ns.api_key_env:
-            body["api_key_env"] = ns.api_key_env
+        if ns.secret:
+            body["secret"] = ns.secret
         result = _call(ns, "PUT", f"/backends/{ns.name}", body)
         _out(ns, result, text=f"backend {ns.name} saved (config version {result['version']})")
     else:
@@ -218,7 +218,7 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--tier", type=int, default=1)
     b.add_argument("--priority", type=int, default=1)
     b.add_argument("--max-concurrency", type=int, default=8)
-    b.add_argument("--api-key-env")
+    b.add_argument("--secret", help="a secret declared in nexus.toml [secrets] (its key goes only to its hosts)")
     b.add_argument("--model", action="append", help="repeatable")
     b.set_defaults(func=_backends, needs=lambda ns: (ns.action == "list" or ns.name) and (ns.action != "add" or ns.url))
 

@@ -2,11 +2,15 @@
 
 Sources, strongest first: explicit init values, environment (`NEXUS_<SECTION>_<KEY>`, e.g.
 `NEXUS_REDIS_URL`, `NEXUS_SERVER_PORT`, `NEXUS_BUDGET_MONTHLY_LIMIT_USD`, `NEXUS_ADMIN_TOKEN`), the TOML file.
-This module is the only place that reads the process environment (`resolve_secret` for backend keys).
+This module is the only place that reads the process environment (`resolve_secret`, and `key_for` for
+backend keys, which `controlplane.secrets` only lets go to the hosts their secret lists).
 
 The same pydantic models validate the TOML, admin API bodies and the desired state stored in Redis, so
 a value is accepted or refused identically wherever it enters. `DesiredConfig` is the part of the tree
 that lives in Redis and changes at run time; the rest is per-process.
+
+Desired state is bounded (`LIMITS`: backends, models, policies, aliases, fallbacks, key budgets, name
+lengths), so no write can make a snapshot too large to build quickly on every router node.
 
 Invalid input raises `ConfigError`, whose message names the file, each bad key and the fix.
 """
@@ -18,6 +22,7 @@ import os
 import time
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,14 +42,24 @@ from controlplane.errors import ConfigError
 from controlplane.globs import GlobError, validate_glob
 from controlplane.model import BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
 from controlplane.periods import MAX_RESET_DAY, BudgetCalendar, PeriodRule
+from controlplane.secrets import (
+    SECRET_NAME_PATTERN,
+    SecretConfig,
+    check_backend_secret,
+    implied_secrets,
+    secret_allowed,
+)
+from controlplane.urls import validate_backend_url
 
 __all__ = [
+    "LIMITS",
     "MAX_ALIAS_HOPS",
     "AdminConfig",
     "BackendConfig",
     "BudgetConfig",
     "DesiredConfig",
     "HealthCheckConfig",
+    "Limits",
     "ModelConfig",
     "NexusSettings",
     "PolicyConfig",
@@ -57,13 +72,37 @@ __all__ = [
     "TestingConfig",
     "WeightsConfig",
     "check_aliases",
+    "check_secret_refs",
+    "format_errors",
     "format_validation_error",
+    "key_for",
     "load_settings",
     "resolve_secret",
 ]
 
 MAX_ALIAS_HOPS = 3
 GLOBAL_SCOPE = "global"  # the budget scope of `[routing.budget]`; every other scope is an API key id
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on desired state. A 5,000-backend config builds into a snapshot in well under a second
+    (`bench/snapshot.py`); 20,000 backends once took every replica seconds per rebuild and 1.2 GB."""
+
+    backends: int = 5_000
+    models_per_backend: int = 1_000
+    models_total: int = 100_000
+    policies: int = 1_000
+    aliases: int = 10_000
+    fallbacks: int = 10_000
+    fallback_chain: int = 16
+    key_budgets: int = 10_000
+    name_length: int = 256  # model, alias and budget-scope names
+    admin_body_bytes: int = 16 * 1024 * 1024
+
+
+LIMITS = Limits()
+_NAME = Field(min_length=1, max_length=LIMITS.name_length)
 _CLOUD_TYPES_NEEDING_KEY = frozenset({BackendType.OPENAI, BackendType.ANTHROPIC, BackendType.GOOGLE})
 
 
@@ -101,7 +140,7 @@ _Section = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 class ModelConfig(BaseModel):
     model_config = _Section
 
-    name: str = Field(min_length=1)
+    name: str = _NAME
     context_length: int | None = Field(default=None, gt=0, le=100_000_000)
     vision: bool = False
     tools: bool = True
@@ -118,29 +157,44 @@ class BackendConfig(BaseModel):
     model_config = _Section
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
-    url: str = Field(pattern=r"^https?://\S+$")
+    url: str
     type: Annotated[BackendType, BeforeValidator(_lower)] = BackendType.GENERIC
     zone: Annotated[Zone | None, BeforeValidator(_zone)] = None
     tier: int = Field(default=1, ge=1, le=5)
     priority: int = Field(default=1, ge=0, le=1_000_000)
     max_concurrency: int = Field(default=8, ge=1, le=1_000_000)
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    models: list[Annotated[ModelConfig, BeforeValidator(_model_entry)]] = Field(default_factory=list)
+    # the name of a secret declared in nexus.toml [secrets]; its key is only ever sent to that secret's hosts
+    secret: str | None = Field(default=None, max_length=200, pattern=SECRET_NAME_PATTERN)
+    models: list[Annotated[ModelConfig, BeforeValidator(_model_entry)]] = Field(
+        default_factory=list, max_length=LIMITS.models_per_backend
+    )
     timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     # a backend that needs time after start (model load): failures in this window count as loading
     warmup_seconds: float = Field(default=0.0, ge=0, le=86400)
 
-    @field_validator("url")
+    @model_validator(mode="before")
     @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
+    def _no_env_names(cls, data: Any) -> Any:
+        # nexus.toml and stored state of older releases were rewritten to `secret` before this point
+        # (controlplane.secrets): a body still naming a variable is an admin write, which may not.
+        if isinstance(data, Mapping) and "api_key_env" in data:
+            raise ValueError(
+                "api_key_env names an environment variable, which only nexus.toml may do; reference a secret "
+                'declared in nexus.toml [secrets] instead, e.g. "secret": "openai"'
+            )
+        return data
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, v: Any) -> str:
+        return validate_backend_url(v)
 
     @model_validator(mode="after")
     def _cloud_key(self) -> BackendConfig:
-        if self.type in _CLOUD_TYPES_NEEDING_KEY and not self.api_key_env:
+        if self.type in _CLOUD_TYPES_NEEDING_KEY and not self.secret:
             raise ValueError(
-                f"api_key_env is required for type {self.type.value!r}; name the environment variable that "
-                "holds its key"
+                f"secret is required for type {self.type.value!r}; name a secret declared in nexus.toml "
+                "[secrets] (or, in nexus.toml, set api_key_env)"
             )
         return self
 
@@ -157,7 +211,7 @@ class BackendConfig(BaseModel):
 class PolicyConfig(BaseModel):
     model_config = _Section
 
-    model_pattern: str
+    model_pattern: str = Field(max_length=LIMITS.name_length)
     privacy: Annotated[PrivacyRequirement, BeforeValidator(_lower)] = PrivacyRequirement.UNRESTRICTED
     min_tier: int | None = Field(default=None, ge=1, le=5)
     max_cost_per_request: float | None = Field(default=None, ge=0)
@@ -215,12 +269,26 @@ class RoutingConfig(BaseModel):
 
     strategy: Annotated[Strategy, BeforeValidator(_lower)] = Strategy.SMART
     max_retries: int = Field(default=2, ge=0, le=10)
-    aliases: dict[str, str] = Field(default_factory=dict)
-    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    aliases: dict[Annotated[str, _NAME], Annotated[str, _NAME]] = Field(
+        default_factory=dict, max_length=LIMITS.aliases
+    )
+    fallbacks: dict[Annotated[str, _NAME], list[Annotated[str, _NAME]]] = Field(
+        default_factory=dict, max_length=LIMITS.fallbacks
+    )
     weights: WeightsConfig = WeightsConfig()
-    policies: list[PolicyConfig] = Field(default_factory=list)
+    policies: list[PolicyConfig] = Field(default_factory=list, max_length=LIMITS.policies)
     budget: BudgetConfig = BudgetConfig()
-    key_budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
+    key_budgets: dict[Annotated[str, _NAME], BudgetConfig] = Field(default_factory=dict, max_length=LIMITS.key_budgets)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for model, chain in v.items():
+            if len(chain) > LIMITS.fallback_chain:
+                raise ValueError(
+                    f"fallback chain of {model!r} has {len(chain)} models; at most {LIMITS.fallback_chain} are allowed"
+                )
+        return v
 
     def budgets(self) -> dict[str, BudgetConfig]:
         """Every configured budget by scope: `global` first, then the key budgets."""
@@ -365,16 +433,20 @@ class DesiredConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    backends: list[BackendConfig] = Field(default_factory=list)
+    backends: list[BackendConfig] = Field(default_factory=list, max_length=LIMITS.backends)
     routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DesiredConfig:
         names: set[str] = set()
+        models = 0
         for b in self.backends:
             if b.name in names:
                 raise ValueError(f"backend name {b.name!r} is used twice; backend names must be unique")
             names.add(b.name)
+            models += len(b.models)
+        if models > LIMITS.models_total:
+            raise ValueError(f"{models} model entries over all backends; at most {LIMITS.models_total} are allowed")
         return self
 
 
@@ -426,6 +498,17 @@ class NexusSettings(BaseSettings):
     queue: QueueConfig = QueueConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     testing: TestingConfig = TestingConfig()
+    secrets: dict[Annotated[str, Field(max_length=200, pattern=SECRET_NAME_PATTERN)], SecretConfig] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_secrets(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            implied_secrets(data)
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -442,6 +525,9 @@ class NexusSettings(BaseSettings):
     @model_validator(mode="after")
     def _cross_checks(self) -> NexusSettings:
         DesiredConfig(backends=self.backends, routing=self.routing)
+        problems = check_secret_refs(self.backends, self.secrets)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def desired(self) -> DesiredConfig:
@@ -472,8 +558,14 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def format_validation_error(exc: ValidationError, source: str, data: Any = None) -> str:
     """One line per problem: `<source>: <key>: <message>`, with backend names where known."""
+    return format_errors(exc.errors(), source, data)
+
+
+def format_errors(errors: Any, source: str, data: Any = None) -> str:
+    """`format_validation_error` over pydantic's error dicts. Inputs are never repeated (they may hold
+    credentials); only where the problem is and what it is."""
     lines = []
-    for err in exc.errors():
+    for err in errors:
         loc = tuple(err["loc"])
         where = _loc(loc)
         if data is not None and len(loc) >= 2 and loc[0] == "backends" and isinstance(loc[1], int):
@@ -486,10 +578,26 @@ def format_validation_error(exc: ValidationError, source: str, data: Any = None)
     return "\n".join(lines)
 
 
+def check_secret_refs(backends: list[BackendConfig], secrets: Mapping[str, SecretConfig]) -> list[str]:
+    """One line per backend that references an undeclared secret or one its URL's host may not get."""
+    return [p for b in backends if (p := check_backend_secret(b, secrets)) is not None]
+
+
 def resolve_secret(env_name: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The value of a backend's key variable, or None. Never logged, never stored."""
+    """The value of an environment variable holding a secret, or None. Never logged, never stored."""
     value = (os.environ if environ is None else environ).get(env_name)
     return value or None
+
+
+def key_for(
+    secret: str | None, url: str, secrets: Mapping[str, SecretConfig], environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The key to send to the backend at `url`, or None when it has no secret (or its variable is empty).
+    Raises `controlplane.secrets.SecretRefused` when the secret is undeclared or `url`'s host is not one of
+    its hosts: nothing may then be sent with it."""
+    if secret is None:
+        return None
+    return resolve_secret(secret_allowed(secret, url, secrets).env, environ)
 
 
 def load_settings(
@@ -522,13 +630,11 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, data)) from None
     if check_secrets:
-        problems = []
-        for b in settings.backends:
-            if b.api_key_env and resolve_secret(b.api_key_env, env) is None:
-                problems.append(
-                    f"{source}: backends (backend {b.name!r}).api_key_env: variable {b.api_key_env} "
-                    "is not set or empty; export it before starting Nexus"
-                )
+        problems = [
+            f"{source}: secrets.{name}.env: variable {s.env} is not set or empty; export it before starting Nexus"
+            for name, s in settings.secrets.items()
+            if resolve_secret(s.env, env) is None
+        ]
         if problems:
             raise ConfigError("\n".join(problems))
     return settings

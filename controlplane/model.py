@@ -161,7 +161,7 @@ class Backend:
     health: HealthState = HealthState.UNKNOWN
     latency_ema_ms: float | None = None
     quality: QualityStats | None = None
-    api_key_env: str | None = None
+    secret: str | None = None  # name of a secret in nexus.toml [secrets]; sent only to its hosts
     is_local: bool = False  # derived from type by the snapshot builder; a field because it is hot
     timeout_seconds: float | None = None  # per-backend upstream timeout; None: server.request_timeout_seconds
 

@@ -220,7 +220,7 @@ def build_snapshot(
             health=state,
             latency_ema_ms=latency,
             quality=observed.quality.get(cfg.name),
-            api_key_env=cfg.api_key_env,
+            secret=cfg.secret,
             is_local=local,
             timeout_seconds=cfg.timeout_seconds,
         )

@@ -52,6 +52,7 @@ from controlplane.observed import (
     write_quality,
     write_spend,
 )
+from controlplane.secrets import legacy_backend
 from controlplane.snapshot import Snapshot, build_snapshot
 
 __all__ = [
@@ -105,7 +106,8 @@ def _decode_config(reply: Any) -> tuple[int, dict[str, BackendConfig], RoutingCo
     backends = {}
     for name, raw in decode_hash(flat_backends).items():
         where = f"{keys.CONFIG_BACKENDS}[{name}]"
-        backend = load_json(raw, where, BackendConfig.model_validate)
+        # legacy_backend: desired state of older releases named a variable (api_key_env) instead of a secret
+        backend = load_json(raw, where, lambda data: BackendConfig.model_validate(legacy_backend(data)))
         if backend.name != name:
             raise StateError(f"malformed value at {where}: it holds backend {backend.name!r}")
         backends[name] = backend

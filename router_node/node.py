@@ -71,7 +71,7 @@ class RouterNode:
         self.metrics = Metrics()
         self.load = LoadTracker()
         self.queue = RequestQueue(settings.queue.max_size, settings.queue.enabled)
-        self.upstream = Upstream(settings.server)
+        self.upstream = Upstream(settings.server, settings.secrets)
         self.rng = random.Random(rng_seed)
         self._sequence = itertools.count()
         self.api_key_digests = self._key_digests()

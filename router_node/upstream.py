@@ -8,21 +8,23 @@ client having seen anything. After that, failures surface from `Exchange.rest()`
 Adapters translate per backend type: OpenAI-compatible types (vllm, llamacpp, lmstudio, openai, google,
 generic, and ollama through its OpenAI-compatible path) pass bodies through, rewriting only the model
 name (aliases) and asking streams for usage so billing uses reported tokens; Anthropic is translated
-to and from the Messages API. Keys come from `api_key_env` at call time and never leave this module.
+to and from the Messages API. Keys come from the backend's declared secret at call time, only for a host
+that secret lists (`controlplane.config.key_for`), and never leave this module.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from controlplane.config import ServerConfig, resolve_secret
+from controlplane.config import ServerConfig, key_for
 from controlplane.model import Backend, BackendType
+from controlplane.secrets import SecretConfig, SecretRefused
 from router_node.errors import UpstreamError
 
 __all__ = ["Exchange", "MidStreamError", "Upstream", "Usage", "endpoint_url"]
@@ -146,9 +148,9 @@ class Exchange:
 class Upstream:
     """Owns the process's one `aiohttp.ClientSession`; started and closed by the app lifespan."""
 
-    def __init__(self, server: ServerConfig, secret: Callable[[str], str | None] = resolve_secret) -> None:
+    def __init__(self, server: ServerConfig, secrets: Mapping[str, SecretConfig] | None = None) -> None:
         self._server = server
-        self._secret = secret
+        self._secrets = secrets or {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -176,7 +178,10 @@ class Upstream:
 
     def _headers(self, backend: Backend) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = self._secret(backend.api_key_env) if backend.api_key_env else None
+        try:
+            key = key_for(backend.secret, backend.url, self._secrets)
+        except SecretRefused as exc:  # a second line behind the admin API's check: send nothing at all
+            raise UpstreamError(backend.name, f"not called: {exc}") from None
         if backend.type is BackendType.ANTHROPIC:
             headers["anthropic-version"] = ANTHROPIC_VERSION
             if key:
@@ -262,7 +267,7 @@ class Upstream:
             # a backend failure (try the next candidate; 502 at the end), never a 401 passed to the client
             response.release()
             raise UpstreamError(
-                backend.name, f"rejected the gateway's credentials (HTTP {response.status}); check its api_key_env",
+                backend.name, f"rejected the gateway's credentials (HTTP {response.status}); check its secret",
                 status=response.status,
             )
         return response

@@ -99,7 +99,8 @@ async def run_health(
     started = time.perf_counter()
     backends = (await _desired(redis, settings)).backends
     previous = await read_health_raw(redis)
-    results = await probe_all(session, [target_for(b) for b in backends], settings.health_check.timeout_seconds)
+    targets = [target_for(b, settings.secrets) for b in backends]
+    results = await probe_all(session, targets, settings.health_check.timeout_seconds)
     now = clock()
     policy = HealthPolicy.from_config(settings.health_check)
     changes, states = [], {}

@@ -15,8 +15,9 @@ Invariants:
   result with a reason, and a 503 "loading" reply is LOADING.
 - A probe takes at most `timeout` seconds, and `probe_all` runs them concurrently, so a tick over many
   backends takes about one timeout however many are slow.
-- Keys are read through `controlplane.config.resolve_secret` when the probe is built and only ever sent
-  in request headers; reasons never include them.
+- Keys are read through `controlplane.config.key_for` when the probe is built, only for a host the
+  backend's secret lists, and only ever sent in request headers; reasons never include them. A backend
+  whose secret may not go to its host is not probed at all (FAILED, saying why).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from controlplane.config import BackendConfig, resolve_secret
+from controlplane.config import BackendConfig, key_for
 from controlplane.model import BackendType
+from controlplane.secrets import SecretConfig, SecretRefused
 from worker.health import ProbeResult, ProbeStatus, is_loading_reply, parse_models
 
 __all__ = ["ANTHROPIC_VERSION", "MAX_BODY_BYTES", "ProbeTarget", "new_session", "probe", "probe_all", "target_for"]
@@ -44,6 +46,7 @@ class ProbeTarget:
     name: str
     url: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold a key: not in repr
+    refused: str = ""  # why nothing may be sent to this backend (its secret is not for its host)
 
 
 def _url(base: str, path: str) -> str:
@@ -52,8 +55,13 @@ def _url(base: str, path: str) -> str:
     return base + path
 
 
-def target_for(backend: BackendConfig, environ: Mapping[str, str] | None = None) -> ProbeTarget:
-    key = resolve_secret(backend.api_key_env, environ) if backend.api_key_env else None
+def target_for(
+    backend: BackendConfig, secrets: Mapping[str, SecretConfig] | None = None, environ: Mapping[str, str] | None = None
+) -> ProbeTarget:
+    try:
+        key = key_for(backend.secret, backend.url, secrets or {}, environ)
+    except SecretRefused as exc:
+        return ProbeTarget(backend.name, backend.url, refused=str(exc))
     headers = {"Accept": "application/json"}
     if backend.type is BackendType.OLLAMA:
         return ProbeTarget(backend.name, backend.url + "/api/tags", headers)
@@ -82,6 +90,8 @@ async def _get(session: aiohttp.ClientSession, target: ProbeTarget) -> tuple[int
 
 
 async def probe(session: aiohttp.ClientSession, target: ProbeTarget, timeout: float) -> ProbeResult:
+    if target.refused:
+        return ProbeResult(ProbeStatus.FAILED, error=f"not probed: {target.refused}")
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from controlplane.admin.limits import BodyLimit
 from controlplane.admin.routers import backends, budgets, config_io, explain, observe, routing, spend
-from controlplane.config import NexusSettings, format_validation_error
+from controlplane.config import LIMITS, NexusSettings, format_errors, format_validation_error
 from controlplane.errors import ConfigError, StateError, StateUnavailable
 
 __all__ = ["PLACEHOLDER_TOKENS", "AdminAuthError", "check_admin_token", "create_admin_app", "generate_token"]
@@ -111,6 +113,11 @@ def create_admin_app(
     async def _validation_error(_request: Request, exc: ValidationError) -> JSONResponse:
         return _problem(422, format_validation_error(exc, "body"))
 
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer repeats each bad input, which may be a URL with credentials in it
+        return _problem(422, format_errors(exc.errors(), "request"))
+
     @app.exception_handler(StateUnavailable)
     async def _unavailable(_request: Request, exc: StateUnavailable) -> JSONResponse:
         return JSONResponse(
@@ -133,4 +140,5 @@ def create_admin_app(
         config_io.router,
     ):
         app.include_router(router, prefix=PREFIX)
+    app.add_middleware(BodyLimit, max_bytes=LIMITS.admin_body_bytes)
     return app

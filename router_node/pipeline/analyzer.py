@@ -66,7 +66,7 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
         spec = b.models[model]
         if b.health is HealthState.UNHEALTHY:
             bad.append((b, "backend is unhealthy (failing health checks)",
-                        f"check the backend at {b.url}; it is re-admitted after its health checks recover"))
+                        f"check backend {b.name}; it is re-admitted after its health checks recover"))
         elif req.vision and not spec.vision:
             bad.append((b, f"model {model} on this backend does not accept images",
                         f"send the request without image parts, or declare vision = true for {model} "

@@ -132,12 +132,12 @@ BAD = [
     ),
     pytest.param(
         '[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\n',
-        ["backends[0] (backend 'a')", "api_key_env is required for type 'openai'"],
+        ["backends[0] (backend 'a')", "secret is required for type 'openai'"],
         id="cloud-without-key-env",
     ),
     pytest.param(
         '[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\napi_key_env = "NOPE_KEY"\n',
-        ["(backend 'a').api_key_env", "NOPE_KEY is not set"],
+        ["secrets.NOPE_KEY.env", "NOPE_KEY is not set"],
         id="unreadable-secret",
     ),
     pytest.param(

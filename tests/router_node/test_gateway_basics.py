@@ -99,7 +99,7 @@ async def test_backend_rejecting_the_gateways_key_alone_is_502(fakes, gateways, 
     async with http.post(f"{gw.url}/v1/chat/completions", json=CHAT) as resp:
         body = await resp.json()
     assert resp.status == 502
-    assert "api_key_env" in body["error"]["message"]
+    assert "check its secret" in body["error"]["message"]
 
 
 async def test_passive_health_moves_traffic_off_a_failing_backend_at_once(fakes, gateways, http):

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from controlplane.config import BackendConfig
+from controlplane.secrets import SecretConfig
 from tests.worker.conftest import FakeFactory, RawServer
 from worker.health import ProbeStatus
 from worker.probe import ProbeTarget, new_session, probe, probe_all, target_for
@@ -26,6 +27,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def backend(url: str, type_: str = "vllm", **extra: object) -> BackendConfig:
     return BackendConfig.model_validate({"name": "b", "url": url, "type": type_, **extra})
+
+
+SECRETS = {"K": SecretConfig(env="K", hosts=["api.openai.com", "api.anthropic.com", "g", "127.0.0.1"])}
 
 
 @pytest.mark.parametrize(
@@ -60,7 +64,7 @@ def backend(url: str, type_: str = "vllm", **extra: object) -> BackendConfig:
     ],
 )
 def test_target_per_type(type_: str, url: str, key_env: str | None, path: str, headers: dict[str, str]) -> None:
-    target = target_for(backend(url, type_, api_key_env=key_env), environ={"K": "sk-1"})
+    target = target_for(backend(url, type_, secret=key_env), SECRETS, environ={"K": "sk-1"})
     assert target.url == path
     assert {k: v for k, v in target.headers.items() if k != "Accept"} == headers
     assert "sk-1" not in repr(target)
@@ -83,8 +87,8 @@ async def test_ollama_is_probed_on_api_tags(fakes: FakeFactory, session: aiohttp
 
 async def test_anthropic_probe_sends_its_key(fakes: FakeFactory, session: aiohttp.ClientSession) -> None:
     fake = await fakes("c", ("claude-x",), api_key="sk-right")
-    good = target_for(backend(fake.url, "anthropic", api_key_env="K"), environ={"K": "sk-right"})
-    bad = target_for(backend(fake.url, "anthropic", api_key_env="K"), environ={"K": "sk-wrong"})
+    good = target_for(backend(fake.url, "anthropic", secret="K"), SECRETS, environ={"K": "sk-right"})
+    bad = target_for(backend(fake.url, "anthropic", secret="K"), SECRETS, environ={"K": "sk-wrong"})
     assert (await probe(session, good, 2.0)).status is ProbeStatus.OK
     assert fake.requests[-1]["headers"]["anthropic-version"] == "2023-06-01"
     refused = await probe(session, bad, 2.0)

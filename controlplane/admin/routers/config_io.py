@@ -15,8 +15,8 @@ import tomli_w
 from fastapi import APIRouter, Body, HTTPException, Response
 from pydantic import ValidationError
 
-from controlplane.admin.deps import Authorized, RedisDep
-from controlplane.config import DesiredConfig, format_validation_error
+from controlplane.admin.deps import Authorized, RedisDep, SettingsDep
+from controlplane.config import DesiredConfig, check_secret_refs, format_validation_error
 from controlplane.errors import ConfigError
 from controlplane.state import read_desired, write_desired
 
@@ -47,7 +47,9 @@ async def export_config(redis: RedisDep) -> Response:
 
 
 @router.post("/import", responses={422: {"description": "invalid config"}})
-async def import_config(redis: RedisDep, body: str = Body(..., media_type=TOML_TYPE)) -> dict[str, Any]:
+async def import_config(
+    redis: RedisDep, settings: SettingsDep, body: str = Body(..., media_type=TOML_TYPE)
+) -> dict[str, Any]:
     try:
         data = tomllib.loads(body)
     except tomllib.TOMLDecodeError as exc:
@@ -58,5 +60,8 @@ async def import_config(redis: RedisDep, body: str = Body(..., media_type=TOML_T
         desired = DesiredConfig.model_validate(payload)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "import", payload)) from None
+    problems = check_secret_refs(desired.backends, settings.secrets)
+    if problems:
+        raise ConfigError("\n".join(f"import: {p}" for p in problems))
     version = await write_desired(redis, desired, "config.import")
     return {"version": version, "backends": len(desired.backends), "ignored_sections": ignored}

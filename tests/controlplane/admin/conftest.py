@@ -17,9 +17,11 @@ from tests.harness import AppServer, settings_for
 TOKEN = "t0k3n-for-tests-0123456789"
 SEED = [
     {"name": "local", "url": "http://127.0.0.1:9/local", "type": "vllm", "models": ["m"]},
-    {"name": "cloud", "url": "http://127.0.0.1:9/cloud", "type": "openai", "api_key_env": "TEST_KEY",
+    {"name": "cloud", "url": "http://127.0.0.1:9/cloud", "type": "openai", "secret": "TEST_KEY",
      "models": ["m", "gpt-4o"]},
 ]
+# the operator's declaration: the key may only go to loopback
+SECRETS = {"TEST_KEY": {"env": "TEST_KEY", "hosts": ["127.0.0.1"]}}
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Admin:
 
 @pytest.fixture
 async def admin(redis_server: EmbeddedRedis, redis: Redis) -> AsyncIterator[Admin]:
-    settings = settings_for(SEED, redis={"url": redis_server.url})
+    settings = settings_for(SEED, redis={"url": redis_server.url}, secrets=SECRETS)
     await seed_desired(redis, settings.desired())
     server = await AppServer(create_admin_app(settings, token=TOKEN)).start()
     try:

@@ -30,7 +30,7 @@ async def test_backend_crud_bumps_version_and_never_returns_secrets(admin):
     assert status == 200
     assert [b["name"] for b in backends] == ["cloud", "local"]
     cloud = backends[0]
-    assert cloud["api_key_env"] == "TEST_KEY" and cloud["zone_effective"] == "open"
+    assert cloud["secret"] == "TEST_KEY" and cloud["zone_effective"] == "open"
     assert "sk-test-secret" not in str(backends)
     v0, _ = await read_desired(admin.redis)
     status, body = await admin.call(
@@ -50,7 +50,7 @@ async def test_backend_crud_bumps_version_and_never_returns_secrets(admin):
     [
         pytest.param("PUT", "/backends/x", {"url": "http://h:1", "tier": 9}, "tier", id="tier-9"),
         pytest.param("PUT", "/backends/x", {"url": "http://h:1", "zone": "dmz"}, "zone", id="unknown-zone"),
-        pytest.param("PUT", "/backends/x", {"url": "http://h:1", "type": "openai"}, "api_key_env", id="cloud-no-key"),
+        pytest.param("PUT", "/backends/x", {"url": "http://h:1", "type": "openai"}, "secret", id="cloud-no-key"),
         pytest.param("PUT", "/backends/x", {"url": "ftp://h"}, "url", id="bad-url"),
         pytest.param("PUT", "/backends/x", {"url": "http://h:1", "name": "y"}, "does not match", id="name-mismatch"),
         pytest.param("PUT", "/policies", [{"model_pattern": "gpt-[4"}], "model_pattern", id="bad-glob"),
@@ -138,7 +138,7 @@ async def test_a_key_budget_has_its_own_reset_day_or_follows_the_global_one(admi
 async def test_config_export_import_round_trip(admin):
     status, text = await admin.call("GET", "/config/export")
     assert status == 200
-    assert 'api_key_env = "TEST_KEY"' in text and "sk-test-secret" not in text
+    assert 'secret = "TEST_KEY"' in text and "sk-test-secret" not in text
     _, before = await read_desired(admin.redis)
     await admin.call("DELETE", "/backends/local")
     status, body = await admin.call("POST", "/config/import", data=text, headers={"Content-Type": "application/toml"})

@@ -16,7 +16,7 @@ from schemathesis.checks import not_a_server_error
 
 from controlplane.admin import create_admin_app
 from controlplane.embedded_redis import EmbeddedRedis
-from tests.controlplane.admin.conftest import SEED, TOKEN
+from tests.controlplane.admin.conftest import SECRETS, SEED, TOKEN
 from tests.harness import settings_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,7 +28,7 @@ schemathesis.serializer.alias("application/toml", "text/plain")
 @pytest.fixture(scope="module")
 def admin_url(redis_server: EmbeddedRedis) -> Iterator[str]:
     """The admin app on its own thread and loop (schemathesis calls it synchronously)."""
-    settings = settings_for(SEED, redis={"url": redis_server.url})
+    settings = settings_for(SEED, redis={"url": redis_server.url}, secrets=SECRETS)
     server = uvicorn.Server(uvicorn.Config(create_admin_app(settings, token=TOKEN), host="127.0.0.1", port=0,
                                            log_level="warning", lifespan="on"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -61,7 +61,7 @@ def seeded(admin_url: str, redis_server: EmbeddedRedis) -> str:
 
 
 # The schema the server serves, built from the same app factory (no server is needed to build it).
-schema = schemathesis.openapi.from_dict(create_admin_app(settings_for(SEED), token=TOKEN).openapi())
+schema = schemathesis.openapi.from_dict(create_admin_app(settings_for(SEED, secrets=SECRETS), token=TOKEN).openapi())
 
 
 @schema.parametrize()

@@ -16,7 +16,7 @@ CLOUD_NEEDS_KEY = {"openai", "anthropic", "google"}
 
 def backend(name: str, type: str = "vllm", models: Iterable[Any] = ("m",), **kw: Any) -> BackendConfig:
     if type in CLOUD_NEEDS_KEY:
-        kw.setdefault("api_key_env", "TEST_KEY")
+        kw.setdefault("secret", "TEST_KEY")
     return BackendConfig(name=name, url=f"http://127.0.0.1:9/{name}", type=type, models=list(models), **kw)
 
 
