@@ -193,6 +193,17 @@ def _explain(ns: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _nodes(ns: argparse.Namespace) -> None:
+    rows = _call(ns, "GET", "/nodes")
+    for r in rows:
+        # what an operator must look at: a desired state the node could not build (it routes on an older one)
+        failing = r.get("failing_version")
+        r["problem"] = f"cannot build v{failing}: {r.get('snapshot_error')}" if failing else ""
+    columns = ["node", "status", "last_seen_seconds", "snapshot_version", "snapshot_age_seconds", "inflight",
+               "queue_depth", "redis_ok", "problem"]
+    _out(ns, rows, columns)
+
+
 def _simple(path: str, columns: Sequence[str]):
     def run(ns: argparse.Namespace) -> None:
         _out(ns, _call(ns, "GET", path), columns)
@@ -249,22 +260,7 @@ def add_commands(sub: Any) -> None:
     r.set_defaults(func=_explain, needs=lambda ns: True)
 
     n = common(sub.add_parser("nodes", help="router replicas with snapshot version and age"))
-    n.set_defaults(
-        func=_simple(
-            "/nodes",
-            [
-                "node",
-                "status",
-                "last_seen_seconds",
-                "snapshot_version",
-                "snapshot_age_seconds",
-                "inflight",
-                "queue_depth",
-                "redis_ok",
-            ],
-        ),
-        needs=lambda ns: True,
-    )
+    n.set_defaults(func=_nodes, needs=lambda ns: True)
     sp = common(sub.add_parser("spend", help="spend of the current (or --period YYYY-MM) budget period"))
     sp.add_argument("--period")
 

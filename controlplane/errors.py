@@ -3,13 +3,14 @@
     NexusError
     ├── ConfigError          invalid nexus.toml, env override or admin write (message names key and fix)
     ├── StateError           Redis desired/observed state could not be read or written
-    │   └── StateUnavailable Redis is unreachable (wraps the redis-py exception with `from`)
+    │   ├── StateUnavailable Redis is unreachable (wraps the redis-py exception with `from`)
+    │   └── SnapshotBuildError  desired state that validates but cannot be built into a snapshot
     └── EmbeddedRedisError   the embedded redis-server could not be started or stopped
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EmbeddedRedisError", "NexusError", "StateError", "StateUnavailable"]
+__all__ = ["ConfigError", "EmbeddedRedisError", "NexusError", "SnapshotBuildError", "StateError", "StateUnavailable"]
 
 
 class NexusError(Exception):
@@ -26,6 +27,10 @@ class StateError(NexusError):
 
 class StateUnavailable(StateError):
     """Redis cannot be reached right now."""
+
+
+class SnapshotBuildError(StateError):
+    """The desired state read from Redis cannot be built into a snapshot; nodes keep their last good one."""
 
 
 class EmbeddedRedisError(NexusError):

@@ -16,6 +16,8 @@ Layout (values are orjson-encoded JSON unless said otherwise):
     {config}     backends  hash  backend name -> BackendConfig
                  routing   str   RoutingConfig (policies, aliases, fallbacks, weights, budgets)
                  version   int   bumped by every desired-state write; its existence means "seeded"
+                 epoch     str   random id written with the first seed: a Redis that lost its data has
+                                 none (or, once restored, another), which is how nodes tell loss from change
     {observed}   health    hash  backend name -> health record (state, checked_at, models, counters)
                  quality   hash  backend name -> QualityStats
                  spend     hash  budget scope -> {spend_usd, period} plus, from the budget worker,
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 __all__ = [
     "CONFIG_BACKENDS",
+    "CONFIG_EPOCH",
     "CONFIG_ROUTING",
     "CONFIG_VERSION",
     "EVENTS_CHANNEL",
@@ -91,6 +94,7 @@ def _part(kind: str, value: str) -> str:
 CONFIG_BACKENDS = _key("config", "backends")
 CONFIG_ROUTING = _key("config", "routing")
 CONFIG_VERSION = _key("config", "version")
+CONFIG_EPOCH = _key("config", "epoch")
 
 EVENTS_CHANNEL = f"{PREFIX}:events"
 

@@ -8,6 +8,8 @@ types always cost 0 whatever this table says. Prices change: operators override 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 __all__ = ["DEFAULT_PRICES", "default_price"]
 
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -43,6 +45,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 _BY_LENGTH = sorted(DEFAULT_PRICES, key=len, reverse=True)
 
 
+@lru_cache(maxsize=4096)  # snapshot builds ask for every cloud model of every backend
 def default_price(model: str) -> tuple[float, float]:
     """(input, output) USD per 1M tokens for a cloud model; (0, 0) when unknown."""
     exact = DEFAULT_PRICES.get(model)

@@ -14,7 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -49,6 +49,7 @@ __all__ = [
     "ModelFacts",
     "Observed",
     "Snapshot",
+    "SnapshotCache",
     "SpendObservation",
     "build_snapshot",
     "static_score",
@@ -132,6 +133,7 @@ class Snapshot:
 
 
 def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
+    # prices of cloud models only; local backends cost nothing
     if b_is_local:
         pin, pout = 0.0, 0.0
     else:
@@ -172,66 +174,108 @@ def static_score(b: Backend, weights: Weights) -> float:
     return (weights.priority * prio + weights.latency * lat) * quality
 
 
-def build_snapshot(
-    desired: DesiredConfig,
-    observed: Observed,
-    *,
-    version: int,
-    now: float,
-    health: HealthCheckConfig | None = None,
-    quality: QualityConfig | None = None,
-    testing: TestingConfig | None = None,
-) -> Snapshot:
-    health = health or HealthCheckConfig()
-    quality = quality or QualityConfig()
-    stale_after = 2.0 * health.interval_seconds
-    routing = desired.routing
-    weights = Weights(
-        priority=routing.weights.priority, load=routing.weights.load, latency=routing.weights.latency
-    )
+class SnapshotCache:
+    """What consecutive builds from one desired config can share, owned by one builder at a time (a router
+    node's refresher builds serially). Built from the config alone: configured model specs, zones, compiled
+    policies and their verdict per model name. Carried between builds: each backend's merged view, reused
+    while its observed inputs are equal, and the per-model tables derived from the backends, reused while
+    no backend changed. A poll that finds no new health then allocates almost nothing."""
 
-    backends: dict[str, Backend] = {}
-    for cfg in sorted(desired.backends, key=lambda b: b.name):
-        obs = observed.health.get(cfg.name)
-        state = HealthState.UNKNOWN
-        latency = None
-        if obs is not None and now - obs.checked_at <= stale_after:
-            state = obs.state
-            latency = obs.latency_ema_ms
-        local = is_local_type(cfg.type)
-        models = {m.name: _spec(local, m) for m in cfg.models}
-        if obs is not None:
-            for m in obs.models:
-                known = models.get(m.name)
-                if known is None:
-                    models[m.name] = _spec(local, m)
-                elif known.context_length is None and m.context_length is not None:
-                    # configured without a context length: the backend's own report fills it in
-                    models[m.name] = replace(known, context_length=m.context_length)
-        backends[cfg.name] = Backend(
-            name=cfg.name,
-            url=cfg.url,
-            type=cfg.type,
-            zone=zone_for(cfg.type, cfg.zone),
-            tier=cfg.tier,
-            priority=cfg.priority,
-            max_concurrency=cfg.max_concurrency,
-            models=models,
-            health=state,
-            latency_ema_ms=latency,
-            quality=observed.quality.get(cfg.name),
-            secret=cfg.secret,
-            is_local=local,
-            timeout_seconds=cfg.timeout_seconds,
+    __slots__ = ("backends", "compiled", "configs", "derived", "desired", "policies", "policy_memo")
+
+    def __init__(self, desired: DesiredConfig) -> None:
+        self.desired = desired
+        self.configs = [
+            (cfg, is_local_type(cfg.type), zone_for(cfg.type, cfg.zone), _specs(is_local_type(cfg.type), cfg.models))
+            for cfg in sorted(desired.backends, key=lambda b: b.name)
+        ]
+        self.policies = tuple(
+            Policy(
+                model_pattern=p.model_pattern,
+                privacy=p.privacy,
+                min_tier=p.min_tier,
+                max_cost_per_request=p.max_cost_per_request,
+                fallback_allowed=p.fallback_allowed,
+                index=i,
+            )
+            for i, p in enumerate(desired.routing.policies)
         )
+        self.compiled = tuple((g, g.literals, p) for p in self.policies for g in (compile_glob(p.model_pattern),))
+        self.policy_memo: dict[str, Policy | None] = {}
+        self.backends: dict[str, tuple[tuple, Backend]] = {}
+        self.derived: tuple[tuple, _Derived] | None = None
 
+    def policy(self, model: str) -> Policy | None:
+        try:
+            return self.policy_memo[model]
+        except KeyError:
+            found = self.policy_memo[model] = best_match(model, self.compiled)
+            return found
+
+
+def _specs(local: bool, models: Iterable[ModelConfig]) -> dict[str, ModelSpec]:
+    return {m.name: _spec(local, m) for m in models}
+
+
+def _backend(
+    cache: SnapshotCache, entry: tuple, obs: HealthObservation | None, quality: QualityStats | None, fresh: bool
+) -> Backend:
+    cfg, local, zone, configured = entry
+    state = obs.state if obs is not None and fresh else HealthState.UNKNOWN
+    latency = obs.latency_ema_ms if obs is not None and fresh else None
+    discovered = obs.models if obs is not None else ()
+    key = (cfg, state, latency, discovered, quality)
+    hit = cache.backends.get(cfg.name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    models = dict(configured)
+    for m in discovered:
+        known = models.get(m.name)
+        if known is None:
+            models[m.name] = _spec(local, m)
+        elif known.context_length is None and m.context_length is not None:
+            # configured without a context length: the backend's own report fills it in
+            models[m.name] = replace(known, context_length=m.context_length)
+    b = Backend(
+        name=cfg.name,
+        url=cfg.url,
+        type=cfg.type,
+        zone=zone,
+        tier=cfg.tier,
+        priority=cfg.priority,
+        max_concurrency=cfg.max_concurrency,
+        models=models,
+        health=state,
+        latency_ema_ms=latency,
+        quality=quality,
+        secret=cfg.secret,
+        is_local=local,
+        timeout_seconds=cfg.timeout_seconds,
+    )
+    cache.backends[cfg.name] = (key, b)
+    return b
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    by_model: Mapping[str, tuple[Backend, ...]]
+    model_facts: Mapping[str, ModelFacts]
+    prices: Mapping[tuple[str, str], tuple[float, float]]
+    failing: frozenset[str]
+    slow: frozenset[str]
+    policy_by_model: Mapping[str, Policy | None]
+    static_scores: Mapping[str, float]
+
+
+def _derive(
+    cache: SnapshotCache, backends: Mapping[str, Backend], quality: QualityConfig, weights: Weights
+) -> _Derived:
     by_model: dict[str, list[Backend]] = {}
     prices: dict[tuple[str, str], tuple[float, float]] = {}
     for b in backends.values():
         for spec in b.models.values():
             by_model.setdefault(spec.name, []).append(b)
             prices[(b.name, spec.name)] = (spec.input_usd_per_1m, spec.output_usd_per_1m)
-
     facts = {}
     for m, bs in by_model.items():
         specs = [b.models[m] for b in bs]
@@ -252,23 +296,58 @@ def build_snapshot(
             failing.add(b.name)
         elif q.avg_ttfb_ms_1h > quality.ttft_penalty_threshold_ms:
             slow.add(b.name)
-
-    policies = tuple(
-        Policy(
-            model_pattern=p.model_pattern,
-            privacy=p.privacy,
-            min_tier=p.min_tier,
-            max_cost_per_request=p.max_cost_per_request,
-            fallback_allowed=p.fallback_allowed,
-            index=i,
-        )
-        for i, p in enumerate(routing.policies)
-    )
-    compiled = tuple((g, g.literals, p) for p in policies for g in (compile_glob(p.model_pattern),))
+    routing = cache.desired.routing
     known = set(by_model) | set(routing.aliases) | set(routing.aliases.values())
     for chain in routing.fallbacks.values():
         known.update(chain)
-    policy_by_model = {m: best_match(m, compiled) for m in known}
+    return _Derived(
+        by_model=MappingProxyType({m: tuple(bs) for m, bs in by_model.items()}),
+        model_facts=MappingProxyType(facts),
+        prices=MappingProxyType(prices),
+        failing=frozenset(failing),
+        slow=frozenset(slow),
+        policy_by_model=MappingProxyType({m: cache.policy(m) for m in known}),
+        static_scores=MappingProxyType({n: static_score(b, weights) for n, b in backends.items()}),
+    )
+
+
+def build_snapshot(
+    desired: DesiredConfig,
+    observed: Observed,
+    *,
+    version: int,
+    now: float,
+    health: HealthCheckConfig | None = None,
+    quality: QualityConfig | None = None,
+    testing: TestingConfig | None = None,
+    cache: SnapshotCache | None = None,
+) -> Snapshot:
+    """`cache` (from the previous build of the same `desired`) makes a rebuild reuse what did not change; a
+    cache of another config is ignored. Either way the result equals a build from scratch."""
+    health = health or HealthCheckConfig()
+    quality = quality or QualityConfig()
+    if cache is None or cache.desired is not desired:
+        cache = SnapshotCache(desired)
+    stale_after = 2.0 * health.interval_seconds
+    routing = desired.routing
+    weights = Weights(
+        priority=routing.weights.priority, load=routing.weights.load, latency=routing.weights.latency
+    )
+    backends: dict[str, Backend] = {}
+    for entry in cache.configs:
+        name = entry[0].name
+        obs = observed.health.get(name)
+        fresh = obs is not None and now - obs.checked_at <= stale_after
+        backends[name] = _backend(cache, entry, obs, observed.quality.get(name), fresh)
+    if len(cache.backends) > len(backends):
+        cache.backends = {n: v for n, v in cache.backends.items() if n in backends}
+    # the derived tables depend on the backends (reused objects when unchanged), quality and weights only
+    key = (tuple(id(b) for b in backends.values()), quality, weights)
+    if cache.derived is not None and cache.derived[0] == key:
+        derived = cache.derived[1]
+    else:
+        derived = _derive(cache, backends, quality, weights)
+        cache.derived = (key, derived)
 
     calendar = routing.calendar(testing)
     budgets = {
@@ -282,21 +361,20 @@ def build_snapshot(
         backends=MappingProxyType(backends),
         aliases=MappingProxyType(dict(routing.aliases)),
         fallbacks=MappingProxyType({k: tuple(v) for k, v in routing.fallbacks.items()}),
-        policies=policies,
+        policies=cache.policies,
         strategy=routing.strategy,
         weights=weights,
         max_retries=routing.max_retries,
         budgets=MappingProxyType(budgets),
         quality_error_threshold=quality.error_rate_threshold,
         inflight=MappingProxyType(dict(observed.inflight)),
-        by_model=MappingProxyType({m: tuple(bs) for m, bs in by_model.items()}),
-        model_facts=MappingProxyType(facts),
-        failing=frozenset(failing),
-        slow=frozenset(slow),
-        policy_by_model=MappingProxyType(policy_by_model),
-        compiled_policies=compiled,
-        prices=MappingProxyType(prices),
-        static_scores=MappingProxyType({n: static_score(b, weights) for n, b in backends.items()}),
+        by_model=derived.by_model,
+        model_facts=derived.model_facts,
+        failing=derived.failing,
+        slow=derived.slow,
+        policy_by_model=derived.policy_by_model,
+        compiled_policies=cache.compiled,
+        prices=derived.prices,
+        static_scores=derived.static_scores,
         observed_at=max((o.checked_at for o in observed.health.values()), default=None),
     )
-

@@ -22,8 +22,11 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,26 +37,20 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from controlplane import keys
-from controlplane.config import BackendConfig, DesiredConfig, NexusSettings, RoutingConfig, format_validation_error
+from controlplane.config import BackendConfig, DesiredConfig, RoutingConfig, format_validation_error
 from controlplane.errors import ConfigError, StateError, StateUnavailable
+from controlplane.fetch import CONFIG_KEYS, READ_CONFIG, assemble_desired, decode_config, load_snapshot
 from controlplane.observed import (
     HealthRecord,
-    decode_hash,
-    decode_observed,
     guard,
-    load_json,
-    queue_observed_reads,
     read_health,
     read_inflight,
     read_observed,
-    sum_gauges,
     write_health,
     write_inflight,
     write_quality,
     write_spend,
 )
-from controlplane.secrets import legacy_backend
-from controlplane.snapshot import Snapshot, build_snapshot
 
 __all__ = [
     "MAX_WRITE_ATTEMPTS",
@@ -82,12 +79,6 @@ __all__ = [
 # the cap only turns a pathological storm into an error instead of an endless loop.
 MAX_WRITE_ATTEMPTS = 100
 
-# GET/HGETALL/GET in one script: atomic without MULTI, so it can share a pipeline with observed reads
-# (other hash tags) and still keep one round trip. All three keys are in the {config} slot.
-_READ_CONFIG = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}"
-_CONFIG_KEYS = (keys.CONFIG_VERSION, keys.CONFIG_BACKENDS, keys.CONFIG_ROUTING)
-
-
 class ChangeEvent(BaseModel):
     """Payload published on `keys.EVENTS_CHANNEL` by every desired-state write."""
 
@@ -95,30 +86,6 @@ class ChangeEvent(BaseModel):
     version: int
     kind: str
     at: float
-
-
-def _decode_config(reply: Any) -> tuple[int, dict[str, BackendConfig], RoutingConfig | None]:
-    raw_version, flat_backends, raw_routing = reply
-    try:
-        version = int(raw_version) if raw_version is not None else 0
-    except ValueError as exc:
-        raise StateError(f"malformed value at {keys.CONFIG_VERSION}: {raw_version!r}") from exc
-    backends = {}
-    for name, raw in decode_hash(flat_backends).items():
-        where = f"{keys.CONFIG_BACKENDS}[{name}]"
-        # legacy_backend: desired state of older releases named a variable (api_key_env) instead of a secret
-        backend = load_json(raw, where, lambda data: BackendConfig.model_validate(legacy_backend(data)))
-        if backend.name != name:
-            raise StateError(f"malformed value at {where}: it holds backend {backend.name!r}")
-        backends[name] = backend
-    routing = None if raw_routing is None else load_json(raw_routing, keys.CONFIG_ROUTING, RoutingConfig.model_validate)
-    return version, backends, routing
-
-
-def _desired(backends: Mapping[str, BackendConfig], routing: RoutingConfig | None) -> DesiredConfig:
-    # Sorted by name: a hash has no order, and readers must see the same config for the same version.
-    ordered = [backends[name] for name in sorted(backends)]
-    return DesiredConfig(backends=ordered, routing=routing or RoutingConfig())
 
 
 def _validated(proposed: DesiredConfig, kind: str) -> DesiredConfig:
@@ -136,6 +103,39 @@ def _validated(proposed: DesiredConfig, kind: str) -> DesiredConfig:
         raise ConfigError(format_validation_error(exc, source, data)) from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The writes one `_update` attempt commits (nothing to write: `removed`, `upserts`, `routing` empty)."""
+
+    version: int
+    removed: list[str]
+    upserts: dict[str, bytes]
+    routing: bytes | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.removed and not self.upserts and self.routing is None
+
+
+def _plan(reply: Any, kind: str, change: Callable[[int, DesiredConfig], DesiredConfig | None]) -> _Plan | int:
+    """Decode, change, validate and diff: CPU work (seconds at the size limits), so `_update` runs it in a
+    worker thread. Returns the version alone when `change` leaves the config as it is."""
+    version, backends, routing = decode_config(reply)
+    proposed = change(version, assemble_desired(backends, routing))
+    if proposed is None:
+        return version
+    new = _validated(proposed, kind)
+    old_b = {name: b.model_dump(mode="json") for name, b in backends.items()}
+    new_b = {b.name: b.model_dump(mode="json") for b in new.backends}
+    new_r = new.routing.model_dump(mode="json")
+    return _Plan(
+        version=version,
+        removed=[name for name in old_b if name not in new_b],
+        upserts={name: orjson.dumps(d) for name, d in new_b.items() if old_b.get(name) != d},
+        routing=orjson.dumps(new_r) if routing is None or routing.model_dump(mode="json") != new_r else None,
+    )
+
+
 async def _update(
     redis: Redis, kind: str, change: Callable[[int, DesiredConfig], DesiredConfig | None]
 ) -> tuple[int, bool]:
@@ -145,29 +145,24 @@ async def _update(
         with guard("writing desired config"):
             async with redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(keys.CONFIG_VERSION)
-                version, backends, routing = _decode_config(await pipe.eval(_READ_CONFIG, 3, *_CONFIG_KEYS))
-                proposed = change(version, _desired(backends, routing))
-                if proposed is None:
-                    return version, False
-                new = _validated(proposed, kind)
-                old_b = {name: b.model_dump(mode="json") for name, b in backends.items()}
-                new_b = {b.name: b.model_dump(mode="json") for b in new.backends}
-                removed = [name for name in old_b if name not in new_b]
-                upserts = {name: orjson.dumps(d) for name, d in new_b.items() if old_b.get(name) != d}
-                new_r = new.routing.model_dump(mode="json")
-                routing_changed = routing is None or routing.model_dump(mode="json") != new_r
+                reply = await pipe.eval(READ_CONFIG, 3, *CONFIG_KEYS)
+                plan = await asyncio.to_thread(_plan, reply, kind, change)
+                if isinstance(plan, int):
+                    return plan, False
+                version = plan.version
                 # An unseeded store is always written, so that seeding an empty config still marks it seeded.
-                if version > 0 and not removed and not upserts and not routing_changed:
+                if version > 0 and plan.empty:
                     return version, False
                 event = orjson.dumps({"version": version + 1, "kind": kind, "at": time.time()})
                 pipe.multi()
-                if removed:
-                    pipe.hdel(keys.CONFIG_BACKENDS, *removed)
-                if upserts:
-                    pipe.hset(keys.CONFIG_BACKENDS, mapping=upserts)
-                if routing_changed:
-                    pipe.set(keys.CONFIG_ROUTING, orjson.dumps(new_r))
+                if plan.removed:
+                    pipe.hdel(keys.CONFIG_BACKENDS, *plan.removed)
+                if plan.upserts:
+                    pipe.hset(keys.CONFIG_BACKENDS, mapping=plan.upserts)
+                if plan.routing is not None:
+                    pipe.set(keys.CONFIG_ROUTING, plan.routing)
                 pipe.incr(keys.CONFIG_VERSION)
+                pipe.set(keys.CONFIG_EPOCH, new_epoch(), nx=True)  # the first write (a seed) names the epoch
                 pipe.publish(keys.EVENTS_CHANNEL, event)
                 try:
                     await pipe.execute()
@@ -175,6 +170,10 @@ async def _update(
                     continue  # another writer committed first: re-read and re-apply on its result
                 return version + 1, True
     raise StateError(f"desired config ({kind}): gave up after {MAX_WRITE_ATTEMPTS} conflicting attempts")
+
+
+def new_epoch() -> str:
+    return uuid.uuid4().hex
 
 
 async def seed_desired(redis: Redis, desired: DesiredConfig) -> bool:
@@ -186,9 +185,9 @@ async def seed_desired(redis: Redis, desired: DesiredConfig) -> bool:
 async def read_desired(redis: Redis) -> tuple[int, DesiredConfig]:
     """The config version and the desired config, read atomically (version 0 when unseeded)."""
     with guard("reading desired config"):
-        reply = await redis.eval(_READ_CONFIG, 3, *_CONFIG_KEYS)
-    version, backends, routing = _decode_config(reply)
-    return version, _desired(backends, routing)
+        reply = await redis.eval(READ_CONFIG, 3, *CONFIG_KEYS)
+    version, backends, routing = decode_config(reply)
+    return version, assemble_desired(backends, routing)
 
 
 async def update_desired(redis: Redis, change: Callable[[DesiredConfig], DesiredConfig | None], kind: str) -> int:
@@ -226,27 +225,6 @@ async def delete_backend(redis: Redis, name: str) -> int | None:
 async def put_routing(redis: Redis, routing: RoutingConfig) -> int:
     """Replace the routing section (policies, aliases, fallbacks, weights, budgets). Returns the version."""
     return await update_desired(redis, lambda current: current.model_copy(update={"routing": routing}), "routing.put")
-
-
-async def load_snapshot(redis: Redis, settings: NexusSettings, now: float) -> Snapshot:
-    """Desired + observed state in one pipeline (plus one for load gauges), built into a `Snapshot`."""
-    with guard("loading snapshot"):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_READ_CONFIG, 3, *_CONFIG_KEYS)
-            queue_observed_reads(pipe)
-            config, health, quality, spend, nodes = await pipe.execute()
-        inflight = await sum_gauges(redis, nodes)
-    version, backends, routing = _decode_config(config)
-    observed = decode_observed(health, quality, spend, inflight)
-    return build_snapshot(
-        _desired(backends, routing),
-        observed,
-        version=version,
-        now=now,
-        health=settings.health_check,
-        quality=settings.quality,
-        testing=settings.testing,
-    )
 
 
 def _event(message: Any) -> ChangeEvent | None:

@@ -84,6 +84,9 @@ class NodeHeartbeat(BaseModel):
     telemetry_buffered: int = 0
     redis_ok: bool = True
     draining: bool = False
+    # the newest desired state could not be built: the node routes on `snapshot_version`, not this one
+    snapshot_error: str | None = None
+    failing_version: int | None = None
     # Set by the liveness worker when the node stopped heart-beating; a live node never writes it, so
     # its next heartbeat clears it.
     gone: bool = False

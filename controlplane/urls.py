@@ -25,6 +25,7 @@ _SCHEMES = ("http", "https")
 _PATH = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 def _host_ok(host: str) -> bool:
@@ -45,7 +46,7 @@ def validate_backend_url(url: object) -> str:
         raise ValueError("url must be a string such as http://10.0.0.5:8000")
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"url is longer than {MAX_URL_LENGTH} characters")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+    if _CONTROL.search(url):
         raise ValueError("url contains whitespace or control characters")
     try:
         parts = urlsplit(url)

@@ -124,6 +124,11 @@ class GatewayApp:
             "snapshot_age_seconds": round(time.time() - snap.built_at, 3) if snap else None,
             "redis_ok": node.telemetry.redis_ok,
         }
+        refresher = node.refresher
+        if refresher.failing_version is not None or (snap is None and refresher.last_error):
+            # the node serves (or waits) on its last good snapshot; say which state it could not use and why
+            body["snapshot_error"] = refresher.last_error
+            body["failing_config_version"] = refresher.failing_version
         await send_json(send, 200 if node.ready else 503, orjson.dumps(body))
 
     def _models(self) -> bytes:

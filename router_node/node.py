@@ -75,7 +75,9 @@ class RouterNode:
         self.rng = random.Random(rng_seed)
         self._sequence = itertools.count()
         self.api_key_digests = self._key_digests()
-        self.refresher = SnapshotRefresher(redis, settings, self._on_snapshot)
+        self.refresher = SnapshotRefresher(
+            redis, settings, self._on_snapshot, on_build_failure=self.metrics.snapshot_build_failures.inc
+        )
         self.telemetry = Telemetry(
             redis,
             self.node_id,
@@ -345,6 +347,8 @@ class RouterNode:
                 telemetry_buffered=self.telemetry.buffered,
                 redis_ok=self.telemetry.redis_ok,
                 draining=self.draining,
+                snapshot_error=self.refresher.failing_version and self.refresher.last_error,
+                failing_version=self.refresher.failing_version,
             ),
         )
 

@@ -114,6 +114,10 @@ class NodePublic(BaseModel):
     telemetry_buffered: int
     redis_ok: bool
     draining: bool
+    snapshot_error: str | None = Field(
+        default=None, description="why the newest desired state could not be built (the node keeps its last good one)"
+    )
+    failing_version: int | None = None
 
 
 class ExplainRequest(BaseModel):

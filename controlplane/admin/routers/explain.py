@@ -14,8 +14,8 @@ from fastapi import APIRouter, HTTPException
 
 from controlplane.admin.deps import Authorized, RedisDep, SettingsDep
 from controlplane.admin.schemas import ExplainRequest
+from controlplane.fetch import load_snapshot
 from controlplane.model import TierMode
-from controlplane.state import load_snapshot
 from router_node.errors import BadRequest
 from router_node.pipeline import RoutingIntent, decide, explain, extract_requirements
 from router_node.schemas import parse_chat

@@ -10,7 +10,8 @@ from fastapi import APIRouter
 from controlplane import keys
 from controlplane.admin.deps import Authorized, RedisDep, SettingsDep
 from controlplane.admin.schemas import HealthPublic, NodePublic
-from controlplane.state import load_snapshot, read_health
+from controlplane.fetch import load_snapshot
+from controlplane.state import read_health
 from controlplane.telemetry_store import read_heartbeats
 
 __all__ = ["health_router", "nodes_router"]
@@ -65,6 +66,8 @@ async def nodes(redis: RedisDep) -> list[NodePublic]:
                 telemetry_buffered=beat.telemetry_buffered,
                 redis_ok=beat.redis_ok,
                 draining=beat.draining,
+                snapshot_error=beat.snapshot_error,
+                failing_version=beat.failing_version,
             )
         )
     return out
