@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from controlplane.config import HealthCheckConfig, ModelConfig
+from pydantic import ValidationError
+
+from controlplane.config import LIMITS, HealthCheckConfig, ModelConfig
 from controlplane.model import HealthState
 from controlplane.observed import HealthRecord
 
@@ -144,13 +146,17 @@ def _model(entry: Mapping[str, Any], name: str) -> ModelConfig | None:
         extra = {"vision": "vision" in caps, "tools": "tools" in caps}
     elif entry.get("type") == "vlm":  # LM Studio's native model list
         extra = {"vision": True}
-    return ModelConfig(name=name, context_length=context, **extra)
+    try:
+        return ModelConfig(name=name, context_length=context, **extra)
+    except ValidationError:  # a name past the length bound, an absurd context length: not a model we keep
+        return None
 
 
 def parse_models(payload: Any) -> tuple[ModelConfig, ...]:
     """Models from an OpenAI-style (`{"data": [{"id": ...}]}`, Anthropic's too) or Ollama-style
     (`{"models": [{"name": ...}]}`) list. Context length and capabilities are taken where reported;
-    anything unparseable is skipped, never an error."""
+    anything unparseable is skipped, never an error. At most `LIMITS.models_per_backend` are kept: a
+    backend's list is observed state every snapshot carries, so it is bounded like configured models."""
     if not isinstance(payload, dict):
         return ()
     out: dict[str, ModelConfig] = {}
@@ -161,4 +167,6 @@ def parse_models(payload: Any) -> tuple[ModelConfig, ...]:
         for entry in entries:
             if isinstance(entry, dict) and (m := _model(entry, entry.get(name_key))) is not None:
                 out.setdefault(m.name, m)
+                if len(out) >= LIMITS.models_per_backend:
+                    return tuple(out.values())
     return tuple(out.values())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.config import ModelConfig
+from controlplane.config import LIMITS, ModelConfig
 from controlplane.model import HealthState
 from controlplane.observed import HealthRecord
 from worker.health import HealthPolicy, ProbeResult, ProbeStatus, is_loading_reply, next_health, parse_models
@@ -137,6 +137,16 @@ def test_is_loading_reply(status: int, body: bytes, loading: bool) -> None:
         pytest.param({"data": [{"id": ""}, {"id": 3}, "m", None]}, [], id="unusable-entries-skipped"),
         pytest.param(["m1"], [], id="not-an-object"),
         pytest.param({"data": "m1"}, [], id="data-not-a-list"),
+        pytest.param(
+            {"data": [{"id": "x" * 300}, {"id": "huge", "context_length": 2**40}, {"id": "ok"}]},
+            [ModelConfig(name="ok")],
+            id="past-the-bounds-skipped",
+        ),
+        pytest.param(
+            {"data": [{"id": f"m{i}"} for i in range(LIMITS.models_per_backend + 50)]},
+            [ModelConfig(name=f"m{i}") for i in range(LIMITS.models_per_backend)],
+            id="at-most-the-model-limit",
+        ),
     ],
 )
 def test_parse_models(payload: Any, expected: list[ModelConfig]) -> None:
