@@ -47,7 +47,7 @@ def _settings(ns: argparse.Namespace, *, demo: bool = False):  # -> NexusSetting
 
     overrides: dict = {}
     if getattr(ns, "redis_url", None):
-        overrides.setdefault("redis", {})["url"] = ns.redis_url
+        overrides.setdefault("redis", {}).update(url=ns.redis_url, sentinels=[])
     if getattr(ns, "port", None) is not None:
         overrides.setdefault("server", {})["port"] = ns.port
     if getattr(ns, "host", None):
@@ -96,8 +96,9 @@ def _shared_settings(ns: argparse.Namespace, command: str):  # -> NexusSettings 
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if not settings.redis.url:
-        print(f"nexus {command}: needs a shared Redis: give --redis-url or NEXUS_REDIS_URL", file=sys.stderr)
+    if not settings.redis.configured:
+        print(f"nexus {command}: needs a shared Redis: give --redis-url, NEXUS_REDIS_URL or [redis] sentinels",
+              file=sys.stderr)
         return 2
     return settings
 
@@ -108,7 +109,7 @@ def _router(ns: argparse.Namespace) -> int:
     settings = _shared_settings(ns, "router")
     if isinstance(settings, int):
         return settings
-    app = build_gateway(settings, settings.redis.url, node_id=ns.node_id)
+    app = build_gateway(settings, node_id=ns.node_id)
     run_gateway(
         app,
         settings.server.host,
@@ -176,13 +177,15 @@ def _dev_cluster(ns: argparse.Namespace) -> int:
             }
         }
     base = ns.dir or tempfile.mkdtemp(prefix="nexus-dev-cluster-")
-    cluster = LocalCluster(base, routers=ns.routers, workers=ns.workers, fakes=fakes, config=config, nginx=ns.nginx)
+    cluster = LocalCluster(
+        base, routers=ns.routers, workers=ns.workers, fakes=fakes, config=config, nginx=ns.nginx, sentinel=ns.sentinel
+    )
     try:
         cluster.start()
     except NexusError as exc:
         print(f"nexus dev-cluster: {exc}", file=sys.stderr)
         return 1
-    lines = [f"Nexus dev cluster in {base} (logs there); Ctrl-C stops everything", f"  redis   {cluster.redis.url}"]
+    lines = [f"Nexus dev cluster in {base} (logs there); Ctrl-C stops everything", f"  redis   {cluster.redis_url}"]
     lines += [f"  {p.name:<9} {p.url}" for p in cluster.routers]
     if cluster.admin:
         lines.append(f"  admin     {cluster.admin.url}/admin/v1  (token {cluster.admin_token})")
@@ -257,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--routers", type=int, default=3)
     dev.add_argument("--workers", type=int, default=2)
     dev.add_argument("--nginx", action="store_true", help="put nginx in front of the routers (needs nginx)")
+    dev.add_argument("--sentinel", action="store_true", help="primary, replica and 3 sentinels, not one Redis")
     dev.add_argument("--dir", help="working directory for data and logs (default: a new temp dir)")
     dev.set_defaults(func=_dev_cluster)
 

@@ -42,6 +42,7 @@ from controlplane.errors import ConfigError
 from controlplane.globs import GlobError, validate_glob
 from controlplane.model import BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
 from controlplane.periods import MAX_RESET_DAY, BudgetCalendar, PeriodRule
+from controlplane.redis_conn import RedisTarget, parse_target
 from controlplane.secrets import (
     SECRET_NAME_PATTERN,
     SecretConfig,
@@ -373,11 +374,41 @@ class ServerConfig(BaseModel):
 
 
 class RedisConfig(BaseModel):
+    """Where the shared state lives (see `controlplane.redis_conn`): a URL (standalone or
+    `redis+sentinel://`), or `sentinels` + `master_name`; neither means nexus serve's embedded Redis."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     url: str = ""
+    sentinels: list[str] = Field(default_factory=list, max_length=32)
+    master_name: str = Field(default="mymaster", max_length=200)
+    db: int = Field(default=0, ge=0, le=1_000_000)
     data_dir: str = ".nexus-data"
     snapshot_poll_seconds: float = Field(default=2.0, gt=0)
+    # Telemetry flushes wait (Redis WAIT) until this many replicas hold the records before dropping them from
+    # the node's buffer, so a primary failover loses none; 0: do not wait (standalone Redis).
+    replica_acks: int = Field(default=0, ge=0, le=16)
+    replica_ack_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+
+    @model_validator(mode="after")
+    def _target(self) -> RedisConfig:
+        if self.configured:
+            try:
+                self.target()
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """A shared Redis is named (else nexus serve embeds one)."""
+        return bool(self.url or self.sentinels)
+
+    def target(self, url: str | None = None) -> RedisTarget:
+        """The Redis to connect to: `url` when given (a --redis-url), else this section's."""
+        if url:
+            return parse_target(url)
+        return parse_target(self.url, self.sentinels, self.master_name, self.db)
 
 
 class HealthCheckConfig(BaseModel):
@@ -477,7 +508,8 @@ class _NexusEnvSource(PydanticBaseSettingsSource):
                 raw = env.get(f"NEXUS_{prefix}_{key.upper()}")
                 if raw is None:
                     continue
-                value: Any = [p.strip() for p in raw.split(",") if p.strip()] if key == "api_keys" else raw
+                listed = key in ("api_keys", "sentinels")
+                value: Any = [p.strip() for p in raw.split(",") if p.strip()] if listed else raw
                 node = out
                 for part in path:
                     node = node.setdefault(part, {})

@@ -1,6 +1,7 @@
 """A local cluster on loopback: the production topology as separate processes on one machine.
 
-Redis (the embedded redis-server, AOF on), N router nodes (`nexus router`), M workers (`nexus worker`),
+Redis (the embedded redis-server, AOF on; with `sentinel=True` a primary, a replica and three sentinels, every
+process reaching the primary through Sentinel), N router nodes (`nexus router`), M workers (`nexus worker`),
 the admin API (`nexus admin`), fake backends (`nexus fake-backend`) and, when the `nginx` binary is
 installed and asked for, nginx in front of the routers (config rendered by `controlplane.nginx_conf`). `nexus
 dev-cluster` runs it for people; the end-to-end tests drive it, including the faults: SIGKILL a router,
@@ -12,6 +13,7 @@ Every process is started in its own session and stopped (SIGTERM, then SIGKILL a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import tomli_w
 
 from controlplane.embedded_redis import EmbeddedRedis
+from controlplane.embedded_sentinel import EmbeddedSentinel
 from controlplane.errors import NexusError
 
 __all__ = ["ClusterError", "FakeSpec", "LocalCluster", "free_port"]
@@ -37,6 +41,20 @@ NEXUS = [sys.executable, "-m", "controlplane.cli"]
 
 class ClusterError(NexusError):
     """A cluster process did not start or answer in time."""
+
+
+SENTINEL_MASTER = "nexus"
+
+
+def _sentinel_ready(s: EmbeddedSentinel) -> bool:
+    client = redis.Redis(host=s.host, port=s.port, socket_timeout=1)
+    try:
+        master = client.sentinel_master(SENTINEL_MASTER)
+        return int(master.get("num-slaves", 0)) >= 1 and int(master.get("num-other-sentinels", 0)) >= 2
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 _EPHEMERAL = (32768, 60999)  # Linux's default range for outgoing connections' local ports
@@ -109,11 +127,15 @@ class LocalCluster:
         admin_token: str = "dev-cluster-admin-token-0123456789",
         env: Mapping[str, str] | None = None,
         nginx: bool = False,
+        sentinel: bool = False,
     ) -> None:
         self.base = Path(base_dir)
         self.base.mkdir(parents=True, exist_ok=True)
         self.admin_token = admin_token
-        self.redis = EmbeddedRedis(self.base / "redis")
+        self.redis = EmbeddedRedis(self.base / "redis")  # the primary when `sentinel`
+        self.sentinel = sentinel
+        self.replica: EmbeddedRedis | None = None
+        self.sentinels: list[EmbeddedSentinel] = []
         self.env = {**os.environ, **(env or {}), "NEXUS_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
         self.fakes = [self._proc(f"fake-{f.name}", self._fake_args(f)) for f in fakes]
         self._fake_specs = list(fakes)
@@ -194,12 +216,52 @@ class LocalCluster:
                 {"name": spec.name, "url": proc.url, "type": spec.type, "models": list(spec.models), **spec.backend}
             )
         data["backends"] = backends
-        data.setdefault("redis", {})["url"] = self.redis.url
+        data.setdefault("redis", {})["url"] = self.redis_url
+        if self.sentinel:
+            data["redis"].setdefault("replica_acks", 1)
         self.config_path.write_text(tomli_w.dumps(data), encoding="utf-8")
+
+    @property
+    def redis_url(self) -> str:
+        """What the processes connect to: the primary, or the sentinels (`redis+sentinel://...`)."""
+        if not self.sentinel:
+            return self.redis.url
+        hosts = ",".join(f"{h}:{p}" for h, p in (s.address for s in self.sentinels))
+        return f"redis+sentinel://{hosts}/{SENTINEL_MASTER}/0"
+
+    def _start_redis(self) -> None:
+        self.redis.start()
+        if not self.sentinel:
+            return
+        primary = (self.redis.host, self.redis.port or 0)
+        self.replica = EmbeddedRedis(self.base / "replica", replica_of=primary).start()
+        self.sentinels = [
+            EmbeddedSentinel(self.base / f"sentinel-{i}", master=primary, master_name=SENTINEL_MASTER).start()
+            for i in range(3)
+        ]
+        self.wait_replicated()
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until the replica is in sync with the primary and every sentinel knows both (and its peers), so a
+        failover can happen and starts from a complete copy."""
+        deadline = time.monotonic() + timeout
+        primary = redis.Redis(host=self.redis.host, port=self.redis.port, socket_timeout=1)
+        try:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.RedisError):
+                    info = primary.info("replication")
+                    replica = info.get("slave0") or {}
+                    synced = replica.get("state") == "online" and replica.get("offset") == info["master_repl_offset"]
+                    if synced and all(_sentinel_ready(s) for s in self.sentinels):
+                        return
+                time.sleep(0.1)
+        finally:
+            primary.close()
+        raise ClusterError("the replica or the sentinels did not come up in sync")
 
     def start(self) -> LocalCluster:
         try:
-            self.redis.start()
+            self._start_redis()
             for p in self.fakes:
                 self._spawn(p, [*p.args, "--port", str(p.port)])
             for p in self.fakes:
@@ -264,6 +326,10 @@ class LocalCluster:
                 p.popen.send_signal(signal.SIGTERM)
         for p in procs:
             self._terminate(p)
+        for s in self.sentinels:
+            s.stop()
+        if self.replica is not None:
+            self.replica.stop()
         self.redis.stop()
 
     def __enter__(self) -> LocalCluster:

@@ -90,6 +90,8 @@ class EmbeddedRedis:
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
         executable: str | None = None,
+        replica_of: tuple[str, int] | None = None,
+        extra_config: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
@@ -98,6 +100,8 @@ class EmbeddedRedis:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._executable = executable
+        self.replica_of = replica_of  # start as a replica of this primary (for Sentinel topologies)
+        self.extra_config = extra_config
         self._port = port
         self._port_fixed = port is not None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -236,7 +240,13 @@ class EmbeddedRedis:
             lines += ["port 0", f"unixsocket {_quote(str(self.socket_path))}", "unixsocketperm 700"]
         else:
             lines.append(f"port {self._port}")
+        if self.replica_of is not None:
+            lines.append(f"replicaof {self.replica_of[0]} {self.replica_of[1]}")
+        lines += self.extra_config
         return "\n".join(lines) + "\n"
+
+    def _command(self, executable: str, conf: Path) -> list[str]:
+        return [executable, str(conf)]
 
     def _spawn(self) -> None:
         executable = self._executable or default_executable()
@@ -250,7 +260,7 @@ class EmbeddedRedis:
                 # A session of its own: Ctrl-C in the terminal must not kill Redis under a gateway that is
                 # still draining and flushing telemetry; the owner stops it last.
                 self._proc = subprocess.Popen(
-                    [executable, str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    self._command(executable, conf), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             except OSError as exc:

@@ -37,6 +37,7 @@ __all__ = [
     "record_scopes",
     "write_heartbeat",
     "write_records",
+    "write_records_replicated",
 ]
 
 Outcome = Literal["ok", "upstream_error", "midstream_error", "client_disconnected", "http_error"]
@@ -148,13 +149,9 @@ class _Keys:
         return idx
 
 
-async def write_records(
-    redis: Redis, records: Sequence[TelemetryRecord], calendar: BudgetCalendar | None = None
-) -> int:
-    """Store a batch; returns how many were new. Safe to repeat with the same records. Each scope's spend
-    goes to the period its rule in `calendar` gives the record's own timestamp."""
-    if not records:
-        return 0
+def _write_args(
+    records: Sequence[TelemetryRecord], calendar: BudgetCalendar | None
+) -> tuple[list[str], list[str | bytes | int]]:
     cal = calendar or BudgetCalendar()
     index = _Keys()
     argv: list[str | bytes | int] = [
@@ -180,8 +177,33 @@ async def write_records(
                     index(keys.telemetry_reserved(leased)) if leased else 0,
                 )
             )
+    return index.keys, argv
+
+
+async def write_records(
+    redis: Redis, records: Sequence[TelemetryRecord], calendar: BudgetCalendar | None = None
+) -> int:
+    """Store a batch; returns how many were new. Safe to repeat with the same records. Each scope's spend
+    goes to the period its rule in `calendar` gives the record's own timestamp."""
+    if not records:
+        return 0
+    key_list, argv = _write_args(records, calendar)
     with guard("writing telemetry"):
-        return int(await redis.eval(_WRITE, len(index.keys), *index.keys, *argv))
+        return int(await redis.eval(_WRITE, len(key_list), *key_list, *argv))
+
+
+async def write_records_replicated(
+    redis: Redis, records: Sequence[TelemetryRecord], calendar: BudgetCalendar | None, replicas: int, timeout_ms: int
+) -> tuple[int, int]:
+    """`write_records`, then Redis WAIT on the same connection: (new records, replicas that hold the write).
+    Fewer replicas than asked means a primary failover right now could lose this batch."""
+    key_list, argv = _write_args(records, calendar)
+    with guard("writing telemetry"):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_WRITE, len(key_list), *key_list, *argv)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            added, acked = await pipe.execute()
+    return int(added), int(acked)
 
 
 async def read_live_spend(redis: Redis, period: str) -> dict[str, float]:

@@ -64,6 +64,11 @@ class Metrics:
         self.telemetry_dropped = Counter(
             "nexus_telemetry_dropped", "Telemetry records dropped (buffer full)", registry=r
         )
+        self.telemetry_unreplicated = Counter(
+            "nexus_telemetry_unreplicated",
+            "Telemetry records written while fewer replicas than redis.replica_acks confirmed them",
+            registry=r,
+        )
         self._refreshers: list[Callable[[Metrics], None]] = []
 
     def on_scrape(self, refresh: Callable[[Metrics], None]) -> None:

@@ -41,13 +41,17 @@ from router_node.refresher import SnapshotRefresher
 from router_node.telemetry import Telemetry
 from router_node.upstream import Upstream, Usage
 
-__all__ = ["Reserved", "RouterNode"]
+__all__ = ["Reserved", "RouterNode", "default_node_id"]
 
 Reserved = Mapping[str, str]  # budget scope -> the period a request's lease was taken in
 
 log = logging.getLogger("nexus.router")
 HEARTBEAT_SECONDS = 1.0
 _STATUS_VALUE = {BudgetStatus.NORMAL: 0, BudgetStatus.SOFT_LIMIT: 1, BudgetStatus.HARD_LIMIT: 2}
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
 class RouterNode:
@@ -65,7 +69,7 @@ class RouterNode:
         self.redis = redis
         # the wall clock of this node's timestamps and budget periods ([testing] may skew it)
         self.clock = clock or settings.testing.clock()
-        self.node_id = node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.node_id = node_id or default_node_id()
         self._seed = seed
         self.started_at = time.time()
         self.metrics = Metrics()
@@ -89,6 +93,9 @@ class RouterNode:
             on_dropped=self.metrics.telemetry_dropped.inc,
             on_refresh=self._on_refresh,
             after_flush=self._after_flush,
+            replica_acks=settings.redis.replica_acks,
+            ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
+            on_unreplicated=self.metrics.telemetry_unreplicated.inc,
         )
         self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
         self._base: Snapshot | None = None

@@ -17,12 +17,12 @@ from types import FrameType
 from urllib.parse import urlparse
 
 import uvicorn
-from redis.asyncio import Redis
 
 from controlplane.config import NexusSettings
 from controlplane.embedded_redis import EmbeddedRedis
+from controlplane.redis_conn import connect
 from router_node.app import GatewayApp
-from router_node.node import RouterNode
+from router_node.node import RouterNode, default_node_id
 
 __all__ = ["DEMO_CONFIG", "build_gateway", "run_gateway", "serve"]
 
@@ -53,15 +53,17 @@ def _uvicorn_config(app: GatewayApp, host: str, port: int) -> uvicorn.Config:
 
 def build_gateway(
     settings: NexusSettings,
-    redis_url: str,
+    redis_url: str | None = None,
     *,
     node_id: str | None = None,
     startup: list[Hook] | None = None,
     shutdown: list[Hook] | None = None,
     admin_token: str | None = None,
 ) -> GatewayApp:
-    """A gateway app owning one Redis client; with `admin_token` the admin API is mounted at /admin."""
-    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+    """A gateway app owning one Redis client (to `redis_url`, else `[redis]`: standalone or Sentinel); with
+    `admin_token` the admin API is mounted at /admin."""
+    node_id = node_id or default_node_id()
+    redis = connect(settings.redis.target(redis_url), health_check_interval=10, client_name=f"nexus-router:{node_id}")
     node = RouterNode(settings, redis, node_id=node_id)
     admin = None
     if admin_token is not None:
@@ -163,8 +165,8 @@ def serve(settings: NexusSettings, *, demo: bool = False) -> None:
     token, admin_line = _admin_token(settings, demo)
     startup, shutdown = _demo_hooks(settings) if demo else ([], [])
     embedded: EmbeddedRedis | None = None
-    url = settings.redis.url
-    if not url:
+    url: str | None = None  # None: [redis] as configured (a URL or sentinels)
+    if not settings.redis.configured:
         embedded = EmbeddedRedis(settings.redis.data_dir).start()
         url = embedded.url
     worker_handle: list = []
@@ -190,7 +192,8 @@ def serve(settings: NexusSettings, *, demo: bool = False) -> None:
     try:
         app = build_gateway(settings, url, startup=startup, shutdown=shutdown, admin_token=token)
         host, port = settings.server.host, settings.server.port
-        where = f"embedded Redis at {url} (data in {settings.redis.data_dir})" if embedded else f"Redis at {url}"
+        target = settings.redis.target(url).describe()
+        where = f"embedded Redis at {target} (data in {settings.redis.data_dir})" if embedded else f"Redis {target}"
         banner = f"Nexus is serving http://{host}:{port}/v1 ({where})\n{admin_line}"
         if demo:
             banner += (

@@ -6,7 +6,9 @@ call, publishes this node's in-flight gauge, reads back the cluster-wide in-flig
 scope's live spend and leases in the scope's own current period (`controlplane.periods`). A record leaves
 the buffer only after Redis confirmed the write; while Redis is away the buffer keeps growing up to
 `telemetry.buffer_max_records` (oldest dropped beyond that, counted) and is replayed when Redis returns.
-Replays are safe: records are stored by request id exactly once.
+Replays are safe: records are stored by request id exactly once. With
+`redis.replica_acks` set (Sentinel deployments), a batch leaves the buffer only after Redis WAIT saw it on
+that many replicas (or the wait timed out: counted), so a primary failover does not lose flushed records.
 
 The spend this node routes by is the live spend read back plus what it has recorded but not yet flushed,
 so a replica cut off from Redis still counts its own spending against the budget.
@@ -27,7 +29,13 @@ from controlplane.errors import StateError
 from controlplane.observed import read_inflight, write_inflight
 from controlplane.periods import BudgetCalendar
 from controlplane.reservations import read_reserved
-from controlplane.telemetry_store import TelemetryRecord, read_live_spend, record_scopes, write_records
+from controlplane.telemetry_store import (
+    TelemetryRecord,
+    read_live_spend,
+    record_scopes,
+    write_records,
+    write_records_replicated,
+)
 from router_node.load import LoadTracker
 
 __all__ = ["Telemetry"]
@@ -51,6 +59,9 @@ class Telemetry:
         on_dropped: Callable[[int], None] | None = None,
         on_refresh: Callable[[], None] | None = None,
         after_flush: Callable[[], Awaitable[None]] | None = None,
+        replica_acks: int = 0,
+        ack_timeout_ms: int = 100,
+        on_unreplicated: Callable[[int], None] | None = None,
     ) -> None:
         self._redis = redis
         self._node_id = node_id
@@ -62,6 +73,9 @@ class Telemetry:
         self._on_dropped = on_dropped
         self._on_refresh = on_refresh
         self._after_flush = after_flush
+        self._acks = (replica_acks, ack_timeout_ms)
+        self._on_unreplicated = on_unreplicated
+        self._short_since: float | None = None
         self._buffer: deque[TelemetryRecord] = deque()
         self._pending: dict[str, float] = {}
         self._unseen: list[TelemetryRecord] = []
@@ -114,9 +128,13 @@ class Telemetry:
 
     async def flush(self) -> None:
         """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
-        while self._buffer:
-            batch = [self._buffer[i] for i in range(min(MAX_BATCH, len(self._buffer)))]
-            await write_records(self._redis, batch, self._calendar())
+        # only what is buffered now: records keep arriving while a batch is written (and, with replica_acks,
+        # waited for), and chasing them could keep one flush going for as long as traffic lasts
+        todo = len(self._buffer)
+        while todo > 0 and self._buffer:
+            batch = [self._buffer[i] for i in range(min(MAX_BATCH, todo, len(self._buffer)))]
+            await self._write(batch)
+            todo -= len(batch)
             for _ in batch:
                 # still pending until the live spend read below includes it
                 self._unseen.append(self._buffer.popleft())
@@ -149,6 +167,25 @@ class Telemetry:
         self.live_spend = {s: spend[p][s] for s, p in periods.items() if s in spend[p]}
         self.reserved = {s: leased[p][s] for s, p in periods.items() if s in leased[p]}
         self.live_periods = periods
+
+    async def _write(self, batch: list[TelemetryRecord]) -> None:
+        wanted, timeout_ms = self._acks
+        if not wanted:
+            await write_records(self._redis, batch, self._calendar())
+            return
+        _, acked = await write_records_replicated(self._redis, batch, self._calendar(), wanted, timeout_ms)
+        if acked >= wanted:
+            self._short_since = None
+            return
+        # the primary holds them, a replica does not yet: kept anyway (a replica may be down for long), but
+        # counted, since a failover right now would lose them
+        if self._on_unreplicated is not None:
+            self._on_unreplicated(len(batch))
+        now = time.monotonic()
+        if self._short_since is None or now - self._short_since >= 60.0:
+            self._short_since = now
+            log.warning("telemetry reached %d of %d replicas within %d ms (counted in nexus_telemetry_unreplicated);"
+                        " a failover now could lose what was flushed meanwhile", acked, wanted, timeout_ms)
 
     async def run(self) -> None:
         backoff = self._interval

@@ -15,17 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
+from arq.connections import ArqRedis
 from arq.worker import Worker, get_kwargs
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from controlplane.config import NexusSettings
+from controlplane.redis_conn import connect
 from controlplane.rollup import DEFAULT_BATCH_SIZE
 from worker.settings import worker_settings
 
@@ -37,6 +40,7 @@ log = logging.getLogger("nexus.worker")
 # What redis-py raises when Redis goes away; a WatchError that escapes arq is "connection lost while WATCHing"
 # (arq catches the conflict kind itself).
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+CONNECT_ATTEMPTS = 5
 
 
 class _Worker(Worker):
@@ -67,6 +71,19 @@ class _Worker(Worker):
                     self.sem.release()
                 raise
 
+    async def main(self) -> None:
+        # arq pings only a pool it creates itself: wait for Redis here as its create_pool would (5 tries, 1 s)
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                await self.pool.ping()
+                break
+            except _REDIS_DOWN as exc:
+                if attempt + 1 == CONNECT_ATTEMPTS:
+                    raise
+                log.warning("Redis unavailable at start (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        await super().main()
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
@@ -93,7 +110,10 @@ def build_worker(
     """An arq Worker for `settings` (arq keyword arguments in `overrides`, e.g. `burst=True`). Must be
     called inside the event loop that will run it."""
     cls = worker_settings(settings, redis_url, jobs=jobs, clock=clock, batch_size=batch_size, poll_delay=poll_delay)
-    return _Worker(**{**get_kwargs(cls), "handle_signals": False, **overrides})
+    # our own client (Sentinel-aware, with socket timeouts), not one arq would build from redis_settings
+    pool = connect(cls.nexus_redis_target, redis_class=ArqRedis, client_name=f"nexus-worker:{os.getpid()}")
+    pool.default_queue_name = cls.queue_name
+    return _Worker(**{**get_kwargs(cls), "handle_signals": False, "redis_pool": pool, **overrides})
 
 
 class WorkerHandle:

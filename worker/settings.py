@@ -33,6 +33,7 @@ from arq.cron import CronJob
 
 from controlplane import keys
 from controlplane.config import NexusSettings, load_settings
+from controlplane.redis_conn import RedisTarget
 from controlplane.rollup import DEFAULT_BATCH_SIZE
 from controlplane.state import seed_desired
 from worker.jobs import (
@@ -102,6 +103,21 @@ def cron_jobs(settings: NexusSettings, jobs: Collection[str] | None = None) -> l
     ]
 
 
+def arq_settings(target: RedisTarget) -> RedisSettings:
+    """arq's own connection settings for `target` (used when arq connects by itself: `arq worker.settings...`)."""
+    if not target.sentinel:
+        return RedisSettings.from_dsn(target.url)
+    return RedisSettings(
+        host=list(target.sentinels),
+        sentinel=True,
+        sentinel_master=target.master,
+        database=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.ssl,
+    )
+
+
 def worker_settings(
     settings: NexusSettings,
     redis_url: str | None = None,
@@ -113,11 +129,12 @@ def worker_settings(
 ) -> type:
     """A `WorkerSettings` class for arq (`arq.worker.create_worker(cls, **overrides)`).
 
-    `redis_url` defaults to `settings.redis.url`; `jobs`, `clock` and `batch_size` exist for tests and
-    for `nexus serve`, which runs the same jobs in-process."""
-    url = redis_url or settings.redis.url
-    if not url:
-        raise ValueError("the worker needs a Redis URL (redis.url, NEXUS_REDIS_URL or --redis-url)")
+    `redis_url` defaults to `[redis]` (a URL or sentinels); `jobs`, `clock` and `batch_size` exist for tests
+    and for `nexus serve`, which runs the same jobs in-process. The class also carries the parsed target as
+    `nexus_redis_target`, from which `worker.main.build_worker` connects (Sentinel included)."""
+    if not redis_url and not settings.redis.configured:
+        raise ValueError("the worker needs a Redis URL (redis.url, NEXUS_REDIS_URL, --redis-url) or [redis] sentinels")
+    target = settings.redis.target(redis_url)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         await seed_desired(ctx["redis"], settings.desired())  # no-op unless the store was never seeded
@@ -132,7 +149,8 @@ def worker_settings(
     attrs = {
         "functions": [],
         "cron_jobs": cron_jobs(settings, jobs),
-        "redis_settings": RedisSettings.from_dsn(url),
+        "redis_settings": arq_settings(target),
+        "nexus_redis_target": target,
         "queue_name": keys.WORKER_QUEUE,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,

@@ -1,7 +1,7 @@
 """The admin API application: FastAPI under `/admin/v1`, bearer-token auth, one router per resource.
 
 `create_admin_app(settings, redis=None)`: with a Redis client given (as `nexus serve` does, sharing its
-pool) the caller owns the client; otherwise the app's lifespan creates one from `settings.redis.url` and
+pool) the caller owns the client; otherwise the app's lifespan connects to `[redis]` (standalone or Sentinel) and
 closes it on shutdown.
 
 Errors: invalid input is 422 naming the field (`ConfigError` lines from the same validation as
@@ -26,6 +26,7 @@ from controlplane.admin.limits import BodyLimit
 from controlplane.admin.routers import backends, budgets, config_io, explain, observe, routing, spend
 from controlplane.config import LIMITS, NexusSettings, format_errors, format_validation_error
 from controlplane.errors import ConfigError, StateError, StateUnavailable
+from controlplane.redis_conn import connect
 
 __all__ = ["PLACEHOLDER_TOKENS", "AdminAuthError", "check_admin_token", "create_admin_app", "generate_token"]
 
@@ -83,7 +84,7 @@ def create_admin_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = None
         if app.state.redis is None:
-            owned = app.state.redis = Redis.from_url(settings.redis.url, socket_timeout=5, socket_connect_timeout=2)
+            owned = app.state.redis = connect(settings.redis.target(), client_name="nexus-admin")
         try:
             yield
         finally:

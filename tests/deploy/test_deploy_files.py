@@ -532,7 +532,7 @@ def _k8s_settings(docs: list[dict[str, Any]], tmp_path: Path) -> NexusSettings:
     config = _one(docs, "ConfigMap", "nexus-config")
     path = tmp_path / "nexus.toml"
     path.write_text(config["data"]["nexus.toml"], encoding="utf-8")
-    keys = {b.api_key_env: "x" for b in load_settings(path, environ={}, check_secrets=False).backends if b.api_key_env}
+    keys = {s.env: "x" for s in load_settings(path, environ={}, check_secrets=False).secrets.values()}
     return load_settings(path, environ=keys)  # valid, and every secret it names can be supplied
 
 
@@ -591,7 +591,8 @@ def test_k8s_nexus_workloads(k8s: list[dict[str, Any]], tmp_path: Path) -> None:
     worker = _one(k8s, "Deployment", "nexus-worker")
     admin = _one(k8s, "Deployment", "nexus-admin")
     assert (router["spec"]["replicas"], worker["spec"]["replicas"], admin["spec"]["replicas"]) == (3, 2, 1)
-    secret_keys = {b.api_key_env for b in settings.backends if b.api_key_env}
+    secret_keys = {s.env for s in settings.secrets.values()}
+    assert secret_keys, "the example declares the cloud backend's key"
     for workload, role in ((router, "router"), (worker, "worker"), (admin, "admin")):
         pod = workload["spec"]["template"]["spec"]
         c = _container(workload)
@@ -602,7 +603,7 @@ def test_k8s_nexus_workloads(k8s: list[dict[str, Any]], tmp_path: Path) -> None:
         [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == str(Path(CONFIG_PATH).parent)]
         [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
         assert volume["configMap"]["name"] == "nexus-config"
-        # Config validation refuses to start without every api_key_env, in every role.
+        # Config validation refuses to start without every declared secret's variable, in every role.
         from_secret = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
         assert secret_keys <= from_secret, role
 
