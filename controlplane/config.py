@@ -79,6 +79,7 @@ __all__ = [
     "key_for",
     "load_settings",
     "resolve_secret",
+    "validate_desired",
 ]
 
 MAX_ALIAS_HOPS = 3
@@ -212,7 +213,7 @@ class BackendConfig(BaseModel):
 class PolicyConfig(BaseModel):
     model_config = _Section
 
-    model_pattern: str = Field(max_length=LIMITS.name_length)
+    model_pattern: str
     privacy: Annotated[PrivacyRequirement, BeforeValidator(_lower)] = PrivacyRequirement.UNRESTRICTED
     min_tier: int | None = Field(default=None, ge=1, le=5)
     max_cost_per_request: float | None = Field(default=None, ge=0)
@@ -563,7 +564,7 @@ class NexusSettings(BaseSettings):
         return self
 
     def desired(self) -> DesiredConfig:
-        return DesiredConfig(backends=self.backends, routing=self.routing)
+        return validate_desired({"backends": self.backends, "routing": self.routing}, "nexus.toml")
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -608,6 +609,17 @@ def format_errors(errors: Any, source: str, data: Any = None) -> str:
             msg = "unknown key; check its spelling against examples/nexus.toml"
         lines.append(f"{source}: {where}: {msg}")
     return "\n".join(lines)
+
+
+def validate_desired(data: Any, source: str) -> DesiredConfig:
+    """The one check of desired state, wherever it enters: nexus.toml (`NexusSettings.desired`), every admin
+    write (`controlplane.state`, the config import), and every read from Redis that a snapshot is built from
+    (`controlplane.fetch`). What passes here compiles: a policy glob is checked by the very parser that
+    compiles it (`controlplane.globs`), and sizes are bounded (`LIMITS`). ConfigError names each bad key."""
+    try:
+        return DesiredConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, data if isinstance(data, Mapping) else None)) from None
 
 
 def check_secret_refs(backends: list[BackendConfig], secrets: Mapping[str, SecretConfig]) -> list[str]:

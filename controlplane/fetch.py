@@ -7,8 +7,9 @@ thread (`asyncio.to_thread`), so even a config at the size limits (`controlplane
 requests on the event loop, and reuse the decoded config while its version does not change, so a poll that
 finds only new health or spend costs a fraction of a full rebuild (`bench/snapshot.py` measures both).
 
-`decode_config` / `assemble_desired` turn the stored config unit into a `DesiredConfig`; `controlplane.state`
-uses them for its read-modify-write, so a value is judged identically wherever it is read.
+`decode_config` turns the stored config unit into a `DesiredConfig` through `validate_desired`, the check
+every write passed; `controlplane.state` uses it for its read-modify-write too, so a value is judged
+identically wherever it is read or written.
 
 Invariants:
 - The config unit is read atomically (one script over `{config}` keys): version, epoch, backends and
@@ -19,22 +20,20 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+import orjson
 from redis.asyncio import Redis
 
 from controlplane import keys
-from controlplane.config import BackendConfig, DesiredConfig, NexusSettings, RoutingConfig
-from controlplane.errors import SnapshotBuildError, StateError
+from controlplane.config import DesiredConfig, NexusSettings, validate_desired
+from controlplane.errors import ConfigError, SnapshotBuildError, StateError
 from controlplane.observed import (
     as_text,
     decode_hash,
     decode_observed,
     guard,
-    load_json,
     queue_observed_reads,
     sum_gauges,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "CONFIG_KEYS",
     "READ_CONFIG",
     "StoreState",
-    "assemble_desired",
     "build_state",
     "decode_config",
     "decode_version",
@@ -76,26 +74,33 @@ def decode_version(raw: Any) -> int:
         raise StateError(f"malformed value at {keys.CONFIG_VERSION}: {raw!r}") from exc
 
 
-def decode_config(reply: Any) -> tuple[int, dict[str, BackendConfig], RoutingConfig | None]:
-    """(version, backends by name, routing or None) of a READ_CONFIG reply; StateError when malformed."""
+def _json(raw: Any, where: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"malformed value at {where}: {exc}") from exc
+
+
+def decode_config(reply: Any) -> tuple[int, DesiredConfig, bool]:
+    """(version, desired config, whether routing is stored) of a READ_CONFIG reply. The whole config goes
+    through `validate_desired`, as every write did: StateError naming the value when it does not pass."""
     raw_version, flat_backends, raw_routing = reply
     version = decode_version(raw_version)
-    backends = {}
-    for name, raw in decode_hash(flat_backends).items():
+    backends = []
+    # sorted by name: a hash has no order, and readers must see the same config for the same version
+    for name, raw in sorted(decode_hash(flat_backends).items()):
         where = f"{keys.CONFIG_BACKENDS}[{name}]"
         # legacy_backend: desired state of older releases named a variable (api_key_env) instead of a secret
-        backend = load_json(raw, where, lambda data: BackendConfig.model_validate(legacy_backend(data)))
-        if backend.name != name:
-            raise StateError(f"malformed value at {where}: it holds backend {backend.name!r}")
-        backends[name] = backend
-    routing = None if raw_routing is None else load_json(raw_routing, keys.CONFIG_ROUTING, RoutingConfig.model_validate)
-    return version, backends, routing
-
-
-def assemble_desired(backends: Mapping[str, BackendConfig], routing: RoutingConfig | None) -> DesiredConfig:
-    # Sorted by name: a hash has no order, and readers must see the same config for the same version.
-    ordered = [backends[name] for name in sorted(backends)]
-    return DesiredConfig(backends=ordered, routing=routing or RoutingConfig())
+        data = legacy_backend(_json(raw, where))
+        if not isinstance(data, dict) or data.get("name") != name:
+            raise StateError(f"malformed value at {where}: it does not hold backend {name!r}")
+        backends.append(data)
+    routing = {} if raw_routing is None else _json(raw_routing, keys.CONFIG_ROUTING)
+    try:
+        desired = validate_desired({"backends": backends, "routing": routing}, f"config version {version} in Redis")
+    except ConfigError as exc:
+        raise StateError(str(exc)) from exc
+    return version, desired, raw_routing is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +138,7 @@ def decode_desired(state: StoreState) -> DesiredConfig:
     if state.config is None:
         raise StateError("the config was not read (its version is the one already held)")
     raw_backends, raw_routing = state.config
-    _, backends, routing = decode_config((str(state.version), raw_backends, raw_routing))
-    try:
-        return assemble_desired(backends, routing)
-    except ValidationError as exc:  # cross-field checks (duplicate names, total size) of stored values
-        raise StateError(f"config version {state.version} in Redis is invalid: {exc}") from exc
+    return decode_config((str(state.version), raw_backends, raw_routing))[1]
 
 
 def build_state(

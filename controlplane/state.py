@@ -37,9 +37,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from controlplane import keys
-from controlplane.config import BackendConfig, DesiredConfig, RoutingConfig, format_validation_error
+from controlplane.config import BackendConfig, DesiredConfig, RoutingConfig, validate_desired
 from controlplane.errors import ConfigError, StateError, StateUnavailable
-from controlplane.fetch import CONFIG_KEYS, READ_CONFIG, assemble_desired, decode_config, load_snapshot
+from controlplane.fetch import CONFIG_KEYS, READ_CONFIG, decode_config, load_snapshot
 from controlplane.observed import (
     HealthRecord,
     guard,
@@ -97,10 +97,7 @@ def _validated(proposed: DesiredConfig, kind: str) -> DesiredConfig:
         data = proposed.model_dump(mode="json", warnings=False)
     except PydanticSerializationError as exc:
         raise ConfigError(f"{source}: cannot be serialised: {exc}") from None
-    try:
-        return DesiredConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, data)) from None
+    return validate_desired(data, source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +117,13 @@ class _Plan:
 def _plan(reply: Any, kind: str, change: Callable[[int, DesiredConfig], DesiredConfig | None]) -> _Plan | int:
     """Decode, change, validate and diff: CPU work (seconds at the size limits), so `_update` runs it in a
     worker thread. Returns the version alone when `change` leaves the config as it is."""
-    version, backends, routing = decode_config(reply)
-    proposed = change(version, assemble_desired(backends, routing))
+    version, current, routing_stored = decode_config(reply)
+    proposed = change(version, current)
     if proposed is None:
         return version
     new = _validated(proposed, kind)
+    backends = {b.name: b for b in current.backends}
+    routing = current.routing if routing_stored else None
     old_b = {name: b.model_dump(mode="json") for name, b in backends.items()}
     new_b = {b.name: b.model_dump(mode="json") for b in new.backends}
     new_r = new.routing.model_dump(mode="json")
@@ -186,8 +185,8 @@ async def read_desired(redis: Redis) -> tuple[int, DesiredConfig]:
     """The config version and the desired config, read atomically (version 0 when unseeded)."""
     with guard("reading desired config"):
         reply = await redis.eval(READ_CONFIG, 3, *CONFIG_KEYS)
-    version, backends, routing = decode_config(reply)
-    return version, assemble_desired(backends, routing)
+    version, desired, _ = decode_config(reply)
+    return version, desired
 
 
 async def update_desired(redis: Redis, change: Callable[[DesiredConfig], DesiredConfig | None], kind: str) -> int:

@@ -13,10 +13,9 @@ from typing import Any
 
 import tomli_w
 from fastapi import APIRouter, Body, HTTPException, Response
-from pydantic import ValidationError
 
 from controlplane.admin.deps import Authorized, RedisDep, SettingsDep
-from controlplane.config import DesiredConfig, check_secret_refs, format_validation_error
+from controlplane.config import DesiredConfig, check_secret_refs, validate_desired
 from controlplane.errors import ConfigError
 from controlplane.state import read_desired, write_desired
 
@@ -56,10 +55,7 @@ async def import_config(
         raise HTTPException(422, f"import: not valid TOML: {exc}") from None
     ignored = sorted(k for k in data if k not in ("backends", "routing"))
     payload = {k: data[k] for k in ("backends", "routing") if k in data}
-    try:
-        desired = DesiredConfig.model_validate(payload)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "import", payload)) from None
+    desired = validate_desired(payload, "import")
     problems = check_secret_refs(desired.backends, settings.secrets)
     if problems:
         raise ConfigError("\n".join(f"import: {p}" for p in problems))
