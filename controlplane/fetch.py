@@ -24,10 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from controlplane import keys
-from controlplane.config import DesiredConfig, NexusSettings, validate_desired
+from controlplane.config import (
+    BackendConfig,
+    DesiredConfig,
+    NexusSettings,
+    PolicyConfig,
+    RoutingConfig,
+    validate_desired,
+)
 from controlplane.errors import ConfigError, SnapshotBuildError, StateError
 from controlplane.observed import (
     as_text,
@@ -49,6 +57,7 @@ __all__ = [
     "decode_version",
     "fetch_state",
     "load_snapshot",
+    "salvage_config",
 ]
 
 # GET/HGETALL/GET in one script: atomic without MULTI, so it can share a pipeline with observed reads
@@ -101,6 +110,61 @@ def decode_config(reply: Any) -> tuple[int, DesiredConfig, bool]:
     except ConfigError as exc:
         raise StateError(str(exc)) from exc
     return version, desired, raw_routing is not None
+
+
+def _salvage_routing(data: Any, dropped: list[str]) -> RoutingConfig:
+    if not isinstance(data, dict):
+        dropped.append("routing")
+        return RoutingConfig()
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "policies" and isinstance(value, list):
+            good = []
+            for i, p in enumerate(value):
+                try:
+                    good.append(PolicyConfig.model_validate(p))
+                except ValidationError:
+                    dropped.append(f"routing.policies[{i}]")
+            value = good
+        try:
+            RoutingConfig.model_validate({**kept, key: value})
+        except ValidationError:
+            dropped.append(f"routing.{key}")
+            continue
+        kept[key] = value
+    return RoutingConfig.model_validate(kept)
+
+
+def salvage_config(reply: Any) -> tuple[int, DesiredConfig, bool, list[str]]:
+    """`decode_config` for a write over a stored config that does not validate: what of it still does,
+    plus the names of what was left out, so an operator can still write the fix."""
+    raw_version, flat_backends, raw_routing = reply
+    version = decode_version(raw_version)
+    dropped: list[str] = []
+    backends = []
+    for name, raw in sorted(decode_hash(flat_backends).items()):
+        try:
+            backend = BackendConfig.model_validate(legacy_backend(_json(raw, name)))
+        except (StateError, ValidationError, ValueError):
+            dropped.append(f"backend {name!r}")
+            continue
+        if backend.name == name:
+            backends.append(backend)
+        else:
+            dropped.append(f"backend {name!r}")
+    routing = RoutingConfig() if raw_routing is None else _salvage_routing(_safe_json(raw_routing), dropped)
+    try:
+        desired = DesiredConfig(backends=backends, routing=routing)
+    except ValidationError as exc:
+        raise StateError(f"config version {version} in Redis cannot be salvaged: {exc}") from exc
+    return version, desired, raw_routing is not None, dropped
+
+
+def _safe_json(raw: Any) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -39,9 +40,10 @@ from redis.asyncio.client import PubSub
 from controlplane import keys
 from controlplane.config import BackendConfig, DesiredConfig, RoutingConfig, validate_desired
 from controlplane.errors import ConfigError, StateError, StateUnavailable
-from controlplane.fetch import CONFIG_KEYS, READ_CONFIG, decode_config, load_snapshot
+from controlplane.fetch import CONFIG_KEYS, READ_CONFIG, decode_config, load_snapshot, salvage_config
 from controlplane.observed import (
     HealthRecord,
+    decode_hash,
     guard,
     read_health,
     read_inflight,
@@ -74,6 +76,8 @@ __all__ = [
     "write_quality",
     "write_spend",
 ]
+
+log = logging.getLogger("nexus.state")
 
 # Each failed attempt means another writer committed, so N concurrent writers need at most N attempts;
 # the cap only turns a pathological storm into an error instead of an endless loop.
@@ -117,16 +121,27 @@ class _Plan:
 def _plan(reply: Any, kind: str, change: Callable[[int, DesiredConfig], DesiredConfig | None]) -> _Plan | int:
     """Decode, change, validate and diff: CPU work (seconds at the size limits), so `_update` runs it in a
     worker thread. Returns the version alone when `change` leaves the config as it is."""
-    version, current, routing_stored = decode_config(reply)
+    dropped: list[str] = []
+    try:
+        version, current, routing_stored = decode_config(reply)
+    except StateError:
+        # the stored config does not validate (written past validation): start from what still does, so the
+        # write that fixes it can be made, and rewrite the whole config over it
+        version, current, routing_stored, dropped = salvage_config(reply)
     proposed = change(version, current)
     if proposed is None:
         return version
     new = _validated(proposed, kind)
-    backends = {b.name: b for b in current.backends}
-    routing = current.routing if routing_stored else None
-    old_b = {name: b.model_dump(mode="json") for name, b in backends.items()}
     new_b = {b.name: b.model_dump(mode="json") for b in new.backends}
     new_r = new.routing.model_dump(mode="json")
+    if dropped:
+        log.warning("desired config version %d in Redis does not validate; %s rewrites it without %s",
+                    version, kind, ", ".join(dropped))
+        stored = decode_hash(reply[1])
+        return _Plan(version, [n for n in stored if n not in new_b], {n: orjson.dumps(d) for n, d in new_b.items()},
+                     orjson.dumps(new_r))
+    routing = current.routing if routing_stored else None
+    old_b = {b.name: b.model_dump(mode="json") for b in current.backends}
     return _Plan(
         version=version,
         removed=[name for name in old_b if name not in new_b],
@@ -181,11 +196,19 @@ async def seed_desired(redis: Redis, desired: DesiredConfig) -> bool:
     return seeded
 
 
-async def read_desired(redis: Redis) -> tuple[int, DesiredConfig]:
-    """The config version and the desired config, read atomically (version 0 when unseeded)."""
+async def read_desired(redis: Redis, *, salvage: bool = False) -> tuple[int, DesiredConfig]:
+    """The config version and the desired config, read atomically (version 0 when unseeded). A stored config
+    that does not validate is a StateError, unless `salvage`: then what of it validates (the workers' loops
+    keep probing and rolling up while an operator fixes a bad write)."""
     with guard("reading desired config"):
         reply = await redis.eval(READ_CONFIG, 3, *CONFIG_KEYS)
-    version, desired, _ = decode_config(reply)
+    try:
+        version, desired, _ = decode_config(reply)
+    except StateError:
+        if not salvage:
+            raise
+        version, desired, _, dropped = salvage_config(reply)
+        log.warning("desired config version %d does not validate; working without %s", version, ", ".join(dropped))
     return version, desired
 
 

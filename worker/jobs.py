@@ -88,7 +88,7 @@ class WorkerContext:
 
 
 async def _desired(redis: Redis, settings: NexusSettings) -> DesiredConfig:
-    version, desired = await read_desired(redis)
+    version, desired = await read_desired(redis, salvage=True)
     return desired if version else settings.desired()
 
 

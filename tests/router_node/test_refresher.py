@@ -44,3 +44,30 @@ async def test_builds_run_in_a_worker_thread_and_skip_an_unchanged_config(redis:
     await put_backend(redis, BackendConfig(name="new", url="http://127.0.0.1:9", models=["m"]))
     await refresher.refresh_once()
     assert len(decodes) == 2 and set(seen[-1].backends) == {"gpu", "new"}
+
+
+async def test_a_config_that_validates_but_cannot_be_built_is_never_fatal(redis: Redis, monkeypatch):
+    # A bug or an unforeseen value in the builder (not a validation error): the refresher keeps the last good
+    # snapshot, counts the failure, and recovers on its own once a build succeeds again.
+    settings = settings_for(BACKENDS)
+    await seed_desired(redis, settings.desired())
+    failures: list[int] = []
+    refresher = SnapshotRefresher(redis, settings, lambda _snap: None, on_build_failure=lambda: failures.append(1))
+    good = await refresher.load()
+    real_build = fetch.build_snapshot
+    broken = {"on": True}
+
+    def build(desired, *args, **kwargs):
+        if broken["on"] and len(desired.backends) == 2:
+            raise RuntimeError("boom")
+        return real_build(desired, *args, **kwargs)
+
+    monkeypatch.setattr(fetch, "build_snapshot", build)
+    version = await put_backend(redis, BackendConfig(name="new", url="http://127.0.0.1:9", models=["m"]))
+    await refresher.refresh_once()
+    await refresher.refresh_once()
+    assert refresher.snapshot is good and refresher.failing_version == version and len(failures) == 2
+    assert "boom" in (refresher.last_error or "")
+    broken["on"] = False
+    await refresher.refresh_once()
+    assert refresher.snapshot.version == version and refresher.failing_version is None
