@@ -27,6 +27,9 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  rolled:<day>   set   ids of records the workers rolled up and deleted (replay guard)
                  reserved:<period> hash "<node>|<scope>" -> float USD reserved by in-flight requests near a
                                  hard limit (released when their telemetry record is written)
+                 admitted:<period> hash "<node>|<scope>" -> float USD admitted against leases and not yet
+                                 recorded, as each node last reported (charged when the node dies)
+                 unreconciled:<period> hash scope -> float USD charged for dead nodes' admitted requests
                  agg:<period>   hash  aggregate field -> int (rolled-up records; see controlplane.aggregates)
                  quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
     {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
@@ -66,12 +69,14 @@ __all__ = [
     "WORKER_QUEUE",
     "WORKER_TICKS_TTL_SECONDS",
     "inflight",
+    "telemetry_admitted",
     "telemetry_agg",
     "telemetry_quality",
     "telemetry_records",
     "telemetry_reserved",
     "telemetry_rolled",
     "telemetry_spend",
+    "telemetry_unreconciled",
     "worker_ticks",
 ]
 
@@ -119,6 +124,17 @@ def telemetry_records(day: str) -> str:
 def telemetry_reserved(period: str) -> str:
     """Hash of "<node id>|<budget scope>" -> USD reserved (not yet spent) in `period`."""
     return _key("telemetry", f"reserved:{_part('period', period)}")
+
+
+def telemetry_admitted(period: str) -> str:
+    """Hash of "<node id>|<budget scope>" -> USD its requests took from leases and it has not recorded yet,
+    as the node last reported it (every telemetry flush): what a crash of that node leaves uncounted."""
+    return _key("telemetry", f"admitted:{_part('period', period)}")
+
+
+def telemetry_unreconciled(period: str) -> str:
+    """Hash of budget scope -> USD charged for requests of dead nodes that were admitted but never recorded."""
+    return _key("telemetry", f"unreconciled:{_part('period', period)}")
 
 
 def telemetry_spend(period: str) -> str:

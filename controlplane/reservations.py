@@ -14,7 +14,14 @@ or loses it, and spend can pass the limit only by how much requests cost more th
 
 Leases are sized to need: a small share of the limit, shrinking as the budget runs out, so far from the
 limit a node asks Redis once per many requests and near it about once per request. Unused lease goes back
-when idle; a dead node's leases are released by the liveness worker when it marks the node gone.
+when idle, and all of it when the node stops gracefully.
+
+A node that dies (SIGKILL, a crash) leaves requests it admitted but never recorded: in flight, or recorded
+in its unflushed buffer. Each node reports that amount on every telemetry flush (`report_admitted`), and
+`settle_node` (run by the liveness worker when it marks the node gone, and by a node starting under the same
+id, which reclaims what its id still holds) charges it to the period's spend as "unreconciled" (kept apart
+for the spend report) and drops the node's leases. Budgets therefore do not under-count a crash, except for
+requests admitted after the node's last flush (one flush interval); a lease never outlives its node.
 Keys: `{telemetry}:spend:<period>` and `{telemetry}:reserved:<period>` (one slot), fields "<node>|<scope>";
 each scope counts in the hashes of its own period (`controlplane.periods`), so a lease of a period that
 ended never holds back the next one.
@@ -22,14 +29,23 @@ ended never holds back the next one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
 
 from controlplane import keys
 from controlplane.observed import decode_hash, guard
 
-__all__ = ["Grant", "read_reserved", "release_node", "reserve", "return_lease"]
+__all__ = [
+    "Grant",
+    "read_reserved",
+    "read_unreconciled",
+    "release_node",
+    "report_admitted",
+    "reserve",
+    "return_lease",
+    "settle_node",
+]
 
 # KEYS: per scope, the spend hash and the leases hash of the scope's own period. ARGV: node, wanted, needed,
 # scope count, (scope, limit)..., ttl. Grants min(wanted, room) where room is the smallest
@@ -75,6 +91,35 @@ for _, field in ipairs(all) do
   if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], field); n = n + 1 end
 end
 return n
+"""
+
+
+# KEYS: admitted, leases, spend, unreconciled hashes of one period. ARGV: node, ttl. Charges the node's
+# reported admitted amounts to spend and to unreconciled, and drops its admitted and lease fields.
+# Returns {scope, usd, ...} of what was charged.
+_SETTLE_NODE = """
+local prefix = ARGV[1] .. '|'
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local field = all[i]
+  if string.sub(field, 1, #prefix) == prefix then
+    local scope, usd = string.sub(field, #prefix + 1), tonumber(all[i + 1])
+    if usd > 0 then
+      redis.call('HINCRBYFLOAT', KEYS[3], scope, all[i + 1])
+      redis.call('HINCRBYFLOAT', KEYS[4], scope, all[i + 1])
+      redis.call('EXPIRE', KEYS[3], ARGV[2])
+      redis.call('EXPIRE', KEYS[4], ARGV[2])
+      out[#out + 1] = scope
+      out[#out + 1] = all[i + 1]
+    end
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[2], field) end
+end
+return out
 """
 
 
@@ -139,6 +184,49 @@ async def read_reserved(redis: Redis, period: str) -> dict[str, float]:
         if sep:
             totals[scope] = totals.get(scope, 0.0) + float(raw)
     return totals
+
+
+async def report_admitted(redis: Redis, node: str, admitted: Mapping[tuple[str, str], float]) -> None:
+    """Replace `node`'s reported admitted-not-recorded USD per (scope, period); zero amounts are removed."""
+    with guard("reporting admitted budget"):
+        async with redis.pipeline(transaction=False) as pipe:
+            for (scope, period), usd in admitted.items():
+                key = keys.telemetry_admitted(period)
+                if usd > 1e-12:
+                    pipe.hset(key, f"{node}|{scope}", repr(float(usd)))
+                    pipe.expire(key, int(keys.TELEMETRY_SPEND_TTL_SECONDS))
+                else:
+                    pipe.hdel(key, f"{node}|{scope}")
+            await pipe.execute()
+
+
+async def settle_node(redis: Redis, periods: Sequence[str], node: str) -> dict[tuple[str, str], float]:
+    """Charge what `node` admitted and never recorded as unreconciled spend and drop its leases (it is gone,
+    or a new process took its id). Returns (scope, period) -> USD charged."""
+    charged: dict[tuple[str, str], float] = {}
+    ttl = int(keys.TELEMETRY_SPEND_TTL_SECONDS)
+    with guard("settling a gone node's budget"):
+        for period in periods:
+            reply = await redis.eval(
+                _SETTLE_NODE,
+                4,
+                keys.telemetry_admitted(period),
+                keys.telemetry_reserved(period),
+                keys.telemetry_spend(period),
+                keys.telemetry_unreconciled(period),
+                node,
+                ttl,
+            )
+            for scope, usd in zip(reply[::2], reply[1::2], strict=True):
+                charged[(_text(scope), period)] = float(_text(usd))
+    return charged
+
+
+async def read_unreconciled(redis: Redis, period: str) -> dict[str, float]:
+    """USD charged in `period` per scope for dead nodes' admitted, never recorded requests."""
+    with guard("reading unreconciled spend"):
+        reply = await redis.hgetall(keys.telemetry_unreconciled(period))
+    return {scope: float(raw) for scope, raw in decode_hash(reply).items()}
 
 
 async def release_node(redis: Redis, periods: Sequence[str], node: str) -> int:

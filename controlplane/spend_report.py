@@ -70,25 +70,32 @@ async def read_budget_observations(redis: Redis) -> dict[str, BudgetObservation]
         return _decode(await redis.hgetall(keys.OBSERVED_SPEND))
 
 
+def _floats(reply: Any) -> dict[str, float]:
+    out = {}
+    for scope, raw in decode_hash(reply).items():
+        try:
+            out[scope] = float(raw)
+        except ValueError:
+            continue
+    return out
+
+
 async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
     """The spend report of budget period `period` (e.g. `2026-11`) as plain JSON-ready data:
 
     `total_usd`, `requests`, `errors`, `failed_attempts`, token counts, `by_backend` / `by_model` /
     `by_key` (each name -> the same figures with `usd`), `live_spend` (scope -> USD, the router nodes'
-    counter, which also holds records not rolled up yet) and `budgets` (scope -> observation, only when
+    counter, which also holds records not rolled up yet), `unreconciled_usd` (scope -> USD charged for what
+    dead router nodes admitted and never recorded) and `budgets` (scope -> observation, only when
     the budget worker's last observation is of this period)."""
     agg = await read_aggregate(redis, period)
     with guard("reading spend report"):
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.telemetry_spend(period))
             pipe.hgetall(keys.OBSERVED_SPEND)
-            live_raw, observed_raw = await pipe.execute()
-    live = {}
-    for scope, raw in decode_hash(live_raw).items():
-        try:
-            live[scope] = float(raw)
-        except ValueError:
-            continue
+            pipe.hgetall(keys.telemetry_unreconciled(period))
+            live_raw, observed_raw, unreconciled_raw = await pipe.execute()
+    live, unreconciled = _floats(live_raw), _floats(unreconciled_raw)
     budgets = {scope: asdict(obs) for scope, obs in sorted(_decode(observed_raw).items()) if obs.period == period}
     total = agg.total
     return {
@@ -103,5 +110,8 @@ async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
         "by_model": {name: t.as_dict() for name, t in agg.by_model.items()},
         "by_key": {name: t.as_dict() for name, t in agg.by_key.items()},
         "live_spend": dict(sorted(live.items())),
+        # charged for requests dead router nodes admitted and never recorded: counted in the budgets' spend
+        # (and in live_spend), never in total_usd, which only sums the records
+        "unreconciled_usd": dict(sorted(unreconciled.items())),
         "budgets": {scope: {**b, "status": str(b["status"])} for scope, b in budgets.items()},
     }

@@ -69,6 +69,8 @@ class TelemetryRecord(BaseModel):
     # leases it took from (a scope's period is its own: see controlplane.periods)
     reserved_usd: float = 0.0
     reserved_periods: dict[str, str] = Field(default_factory=dict)
+    # a stream the upstream cut off before reporting usage: billed for the prompt plus the tokens delivered
+    partial: bool = False
 
 
 class NodeHeartbeat(BaseModel):

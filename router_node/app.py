@@ -19,7 +19,7 @@ import orjson
 
 from controlplane.model import HealthState
 from router_node.asgi import send_error, send_json
-from router_node.errors import MethodNotAllowed, NotFound
+from router_node.errors import MethodNotAllowed, NotFound, Unavailable
 from router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, handle_inference
 from router_node.metrics import CONTENT_TYPE_LATEST
 from router_node.node import RouterNode
@@ -91,7 +91,19 @@ class GatewayApp:
             if method != "POST":
                 await send_error(send, MethodNotAllowed(f"{method} {path} is not supported; use POST"))
                 return
-            await handle_inference(self.node, scope, receive, send, path)
+            node = self.node
+            if not node.accepting:
+                # shutting down and past the drain delay: new work goes to another replica, at once
+                await send_error(send, Unavailable(
+                    "this replica is shutting down; retry (another replica will answer)",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                ))
+                return
+            node.active += 1
+            try:
+                await handle_inference(node, scope, receive, send, path)
+            finally:
+                node.active -= 1
         elif path == "/v1/models" and method == "GET":
             await send_json(send, 200, self._models())
         elif path == "/health":

@@ -406,9 +406,10 @@ async def _attempts(
             last_failure = None
         reason = "failover" if n > 0 else ("fallback" if fallback is not None else decision.route_reason)
         headers = _route_headers(r, decision, snap, backend, reason, fallback)
+        delivered = [0]  # stream events sent to the client: what a stream cut short is billed by
         try:
             if ex.streaming:
-                outcome = await _stream(node, r, decision, ex, headers, receive, send)
+                outcome = await _stream(node, r, decision, ex, headers, receive, send, delivered)
             else:
                 outcome = await _answer(node, r, decision, ex, headers, send)
         finally:
@@ -420,7 +421,12 @@ async def _attempts(
         node.metrics.requests.labels(r.path, backend.name, str(ex.status)).inc()
         usage = ex.usage
         estimated = usage is None
-        if usage is None:
+        partial = outcome == "midstream_error" and usage is None
+        if partial:
+            # cut off by the upstream before it reported usage: the prompt plus the tokens delivered (about
+            # one per content event), not the whole max_tokens estimate
+            usage = Usage(r.requirements.input_tokens, delivered[0])
+        elif usage is None:
             out = r.requirements.max_output_tokens if r.requirements.max_output_tokens is not None else 512
             usage = Usage(r.requirements.input_tokens, out if ex.status == 200 else 0)
         cost = (
@@ -446,6 +452,7 @@ async def _attempts(
             fallback=fallback,
             retries=n,
             reserved=reserved,
+            partial=partial,
         )
         held[0] = (0.0, {})
         return True
@@ -470,8 +477,13 @@ async def _answer(node: RouterNode, r: _Request, decision: Route, ex: Exchange, 
     return "ok" if ex.status == 200 else f"http_{ex.status}"
 
 
+def _events(chunk: bytes) -> int:
+    return chunk.count(b"data:") - chunk.count(b"data: [DONE]")
+
+
 async def _stream(
-    node: RouterNode, r: _Request, decision: Route, ex: Exchange, headers: Headers, receive: Any, send: Any
+    node: RouterNode, r: _Request, decision: Route, ex: Exchange, headers: Headers, receive: Any, send: Any,
+    delivered: list[int],
 ) -> str:
     await start_response(send, 200, [*_SSE_HEADERS, *headers])
     if r.explain:
@@ -483,11 +495,13 @@ async def _stream(
             }
         )
     await send({"type": "http.response.body", "body": ex.first, "more_body": True})
+    delivered[0] += _events(ex.first)
 
     async def pump() -> str:
         try:
             async for chunk in ex.rest():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                delivered[0] += _events(chunk)
         except MidStreamError as err:
             if err.reported:
                 await send({"type": "http.response.body", "body": b""})

@@ -4,7 +4,12 @@
 lease is short: far from the limit once per many requests, near it about once per request. Renewals for
 one set of scopes are serialised, so concurrent requests that find the lease short wait for one renewal
 instead of each leasing more. Leases unused for `IDLE_SECONDS` go back (`return_idle`, called from the
-telemetry loop), so budget held by a quiet node is not hidden from busy ones for long.
+telemetry loop), so budget held by a quiet node is not hidden from busy ones for long; `return_all` gives
+everything back when the node stops.
+
+`AdmittedBook` counts what this node's requests took from leases and has not been recorded in Redis yet (in
+flight, or buffered): the telemetry loop reports it on every flush, so if the node dies that amount is charged
+as unreconciled spend instead of vanishing with the lease (`controlplane.reservations.settle_node`).
 """
 
 from __future__ import annotations
@@ -17,13 +22,42 @@ from redis.asyncio import Redis
 
 from controlplane.reservations import reserve, return_lease
 
-__all__ = ["IDLE_SECONDS", "LEASE_SHARE", "LeaseBook"]
+__all__ = ["IDLE_SECONDS", "LEASE_SHARE", "AdmittedBook", "LeaseBook"]
 
 LEASE_SHARE = 0.02  # a lease is at most this share of the limit...
 ROOM_SHARE = 0.25  # ...and of the room left, so leases shrink as the budget runs out
 IDLE_SECONDS = 1.0
 
 _Key = tuple[tuple[str, str], ...]  # ((scope, period), ...): each scope leases in its own period
+
+
+class AdmittedBook:
+    """(scope, period) -> USD admitted against leases and not yet written to Redis by a telemetry record."""
+
+    __slots__ = ("amounts", "reported")
+
+    def __init__(self) -> None:
+        self.amounts: dict[tuple[str, str], float] = {}
+        self.reported: dict[tuple[str, str], float] = {}
+
+    def admit(self, periods: Mapping[str, str], usd: float) -> None:
+        for scope, period in periods.items():
+            self.amounts[(scope, period)] = self.amounts.get((scope, period), 0.0) + usd
+
+    def settle(self, periods: Mapping[str, str], usd: float) -> None:
+        """A record carrying `usd` under `periods` was written: that much is spend in Redis now."""
+        for scope, period in periods.items():
+            left = self.amounts.get((scope, period), 0.0) - usd
+            if left > 1e-12:
+                self.amounts[(scope, period)] = left
+            else:
+                self.amounts.pop((scope, period), None)
+
+    def changes(self) -> dict[tuple[str, str], float]:
+        """What to report: every amount that differs from the last report (0 for settled ones)."""
+        out = {k: v for k, v in self.amounts.items() if abs(self.reported.get(k, 0.0) - v) > 1e-12}
+        out.update({k: 0.0 for k in self.reported if k not in self.amounts})
+        return out
 
 
 class LeaseBook:
@@ -67,6 +101,15 @@ class LeaseBook:
         self._avail[key] = have - estimate
         self._used_at[key] = time.monotonic()
         return True
+
+    async def return_all(self) -> None:
+        """Give back every unused lease (a graceful stop): nothing this node held outlives it."""
+        for key in list(self._avail):
+            amount = self._avail.pop(key)
+            self._used_at.pop(key, None)
+            if amount > 1e-12:
+                await return_lease(self._redis, self._node, amount, key)
+                self._on_change([scope for scope, _ in key], -amount)
 
     async def return_idle(self, current: Mapping[str, str]) -> None:
         """Give back leases unused for IDLE_SECONDS, and any with a scope whose period is not `current[scope]`

@@ -30,6 +30,7 @@ from controlplane.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from controlplane.errors import StateError
 from controlplane.model import Backend, BudgetStatus, HardLimitAction
 from controlplane.periods import BudgetCalendar
+from controlplane.reservations import settle_node
 from controlplane.snapshot import Snapshot
 from controlplane.state import seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
@@ -98,6 +99,7 @@ class RouterNode:
             on_unreplicated=self.metrics.telemetry_unreplicated.inc,
         )
         self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
+        self.admitted = self.telemetry.admitted
         self._base: Snapshot | None = None
         self._fail_streak: dict[str, int] = {}
         self._ejected: dict[str, float] = {}
@@ -105,6 +107,10 @@ class RouterNode:
         self._spend_seen: tuple = ()
         self._tasks: list[asyncio.Task] = []
         self.draining = False
+        # inference requests being served (parsed, queued, or upstream), and whether new ones are taken: a
+        # draining node stops taking them once balancers had drain_delay_seconds to notice /ready (server.py)
+        self.active = 0
+        self.accepting = True
         self.metrics.on_scrape(self._scrape)
 
     # -- configuration-derived ------------------------------------------------------------------------
@@ -223,7 +229,11 @@ class RouterNode:
             admitted = await self.leases.take(limits, estimate, room)
         except StateError:
             return False, 0.0, {}
-        return (True, estimate, {scope: period for scope, _, period in limits}) if admitted else (False, 0.0, {})
+        if not admitted:
+            return False, 0.0, {}
+        periods = {scope: period for scope, _, period in limits}
+        self.admitted.admit(periods, estimate)  # settled when its record is written; charged if this node dies
+        return True, estimate, periods
 
     # -- telemetry ------------------------------------------------------------------------------------
     def record_request(
@@ -246,6 +256,7 @@ class RouterNode:
         fallback: str | None,
         retries: int,
         reserved: tuple[float, Reserved] = (0.0, {}),
+        partial: bool = False,
     ) -> None:
         self.telemetry.record(
             TelemetryRecord(
@@ -270,6 +281,7 @@ class RouterNode:
                 retries=retries,
                 reserved_usd=reserved[0],
                 reserved_periods=dict(reserved[1]),
+                partial=partial,
             )
         )
         self._apply_spend()
@@ -311,12 +323,32 @@ class RouterNode:
             await self.refresher.load()
         except StateError as exc:
             log.warning("router node %s starting without a snapshot (Redis unavailable): %s", self.node_id, exc)
+        with contextlib.suppress(StateError):
+            await self._reclaim()
         self._tasks = [
             asyncio.create_task(self.refresher.run_poll(), name="snapshot-poll"),
             asyncio.create_task(self.refresher.run_events(), name="snapshot-events"),
             asyncio.create_task(self.telemetry.run(), name="telemetry-flush"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
+
+    def _periods(self) -> list[str]:
+        """The current and the previous period of every budget scope (a lease taken just before a rollover)."""
+        calendar = self._calendar()
+        rules = [calendar.default, *calendar.scopes.values()]
+        now = self.clock()
+        return sorted({name for r in rules for name in (r.name(now), r.previous(now))})
+
+    async def _reclaim(self) -> None:
+        """Settle what an earlier process under this node id still holds (a SIGKILL or crash left it): its
+        admitted, never recorded requests become unreconciled spend, its leases are dropped. Before any new
+        lease is taken, so nothing of this process is touched. (Without this, a restarted node heart-beats
+        under the same id before the liveness worker ever sees it gone, and its lease leaks for good.)"""
+        charged = await settle_node(self.redis, self._periods(), self.node_id)
+        if charged:
+            log.warning("router node %s: a previous process under this id left %s admitted but unrecorded; "
+                        "charged as unreconciled spend", self.node_id,
+                        ", ".join(f"{s} {p} ${usd:.6f}" for (s, p), usd in sorted(charged.items())))
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         self.draining = True
@@ -332,8 +364,10 @@ class RouterNode:
             _, pending = await asyncio.wait(pending, timeout=0.1)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        with contextlib.suppress(StateError):
+        with contextlib.suppress(StateError, TimeoutError):
             await asyncio.wait_for(self.telemetry.flush(), 2.0)
+            # every record is written, so nothing is admitted and unrecorded: what is left of the leases goes back
+            await asyncio.wait_for(self.leases.return_all(), 1.0)
         with contextlib.suppress(StateError, TimeoutError):
             await asyncio.wait_for(self._beat(), 1.0)
         await self.upstream.close()

@@ -80,7 +80,9 @@ def build_gateway(
 class _GatewayServer(uvicorn.Server):
     """uvicorn's server with the shutdown order a load balancer needs. On the first SIGTERM/SIGINT the node
     turns unready (/ready answers 503) while the listener stays open and in-flight requests finish, up to the
-    app's drain deadline; only then does uvicorn's own shutdown run (stop accepting, finish connections, the
+    app's drain deadline. Once /ready has said 503 for `drain_delay_seconds`, new inference requests get a fast
+    503 (`Connection: close`, Retry-After) and the process exits as soon as nothing is in flight; only then
+    does uvicorn's own shutdown run (stop accepting, finish connections, the
     lifespan's last telemetry flush), and the process exits 0. Plain uvicorn closed the listener at once (so
     /ready never said 503) and re-raised the signal after its graceful shutdown (exit status -15). A second
     signal is uvicorn's: shut down now."""
@@ -104,7 +106,11 @@ class _GatewayServer(uvicorn.Server):
         start = self._drain_from
         if start is not None and not self.should_exit:
             waited = time.monotonic() - start
-            idle = not self._node.load.total()
+            if waited >= self._min_unready:
+                # balancers had their time to see /ready 503: take no new work, so in-flight can only fall
+                # (under steady traffic it never reached 0 before, and every stop waited the full deadline)
+                self._node.accepting = False
+            idle = not self._node.active and not self._node.load.total()
             if waited >= self._drain_seconds or (idle and waited >= self._min_unready):
                 self.should_exit = True
         return await super().on_tick(counter)

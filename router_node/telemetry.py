@@ -28,7 +28,7 @@ from controlplane.config import GLOBAL_SCOPE
 from controlplane.errors import StateError
 from controlplane.observed import read_inflight, write_inflight
 from controlplane.periods import BudgetCalendar
-from controlplane.reservations import read_reserved
+from controlplane.reservations import read_reserved, report_admitted
 from controlplane.telemetry_store import (
     TelemetryRecord,
     read_live_spend,
@@ -36,6 +36,7 @@ from controlplane.telemetry_store import (
     write_records,
     write_records_replicated,
 )
+from router_node.leases import AdmittedBook
 from router_node.load import LoadTracker
 
 __all__ = ["Telemetry"]
@@ -76,6 +77,7 @@ class Telemetry:
         self._acks = (replica_acks, ack_timeout_ms)
         self._on_unreplicated = on_unreplicated
         self._short_since: float | None = None
+        self.admitted = AdmittedBook()  # requests' lease amounts not recorded in Redis yet (see router_node.leases)
         self._buffer: deque[TelemetryRecord] = deque()
         self._pending: dict[str, float] = {}
         self._unseen: list[TelemetryRecord] = []
@@ -137,7 +139,14 @@ class Telemetry:
             todo -= len(batch)
             for _ in batch:
                 # still pending until the live spend read below includes it
-                self._unseen.append(self._buffer.popleft())
+                rec = self._buffer.popleft()
+                self._unseen.append(rec)
+                if rec.reserved_usd > 0:
+                    self.admitted.settle(rec.reserved_periods, rec.reserved_usd)
+        changed = self.admitted.changes()
+        if changed:
+            await report_admitted(self._redis, self._node_id, changed)
+            self.admitted.reported = dict(self.admitted.amounts)
         now = time.monotonic()
         local = dict(self._load.local)
         if local != self._gauge_sent or now - self._gauge_at >= GAUGE_REFRESH_SECONDS:

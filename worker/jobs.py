@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from controlplane import keys
 from controlplane.config import GLOBAL_SCOPE, DesiredConfig, NexusSettings
 from controlplane.model import HealthState
-from controlplane.reservations import release_node
+from controlplane.reservations import read_unreconciled, settle_node
 from controlplane.rollup import (
     DEFAULT_BATCH_SIZE,
     OnBatch,
@@ -137,7 +137,8 @@ async def run_budget(
         log.warning("dropped %d malformed telemetry records", rolled.malformed)
     periods = calendar.periods(list(routing.budgets()), now)
     aggregates = {p: await read_aggregate(redis, p) for p in sorted(set(periods.values()))}
-    observations = observe_budgets(routing, aggregates, periods, now)
+    unreconciled = {p: await read_unreconciled(redis, p) for p in aggregates}
+    observations = observe_budgets(routing, aggregates, periods, now, unreconciled)
     await write_budget_observations(redis, observations)
     repaired: list[str] = []
     for period in aggregates:
@@ -180,17 +181,22 @@ async def run_nodes(redis: Redis, now: float, settings: NexusSettings | None = N
     )
     for node in marked:
         log.warning("router node %s stopped sending heartbeats; marked gone", node)
-    released = 0
+    charged: dict[str, float] = {}
     if marked:
-        # a dead node's in-flight requests will never be recorded: give their budget reservations back
-        _, desired = await read_desired(redis)
+        # a dead node's admitted requests will never be recorded: charge them as unreconciled, drop its leases
+        _, desired = await read_desired(redis, salvage=True)
         calendar = desired.routing.calendar(settings.testing if settings is not None else None)
         rules = [calendar.rule(scope) for scope in desired.routing.budgets()]
         # the current and the previous period of every scope: a lease taken just before a rollover
         periods = sorted({name for r in rules for name in (r.name(now), r.previous(now))})
         for node in marked:
-            released += await release_node(redis, periods, node)
-    return {"nodes": len(beats), "marked_gone": marked, "removed": removed, "reservations_released": released}
+            settled = await settle_node(redis, periods, node)
+            if settled:
+                log.warning("router node %s died with %s admitted but unrecorded; charged as unreconciled", node,
+                            ", ".join(f"{s} {p} ${usd:.6f}" for (s, p), usd in sorted(settled.items())))
+            for (scope, period), usd in settled.items():
+                charged[f"{scope}|{period}"] = charged.get(f"{scope}|{period}", 0.0) + usd
+    return {"nodes": len(beats), "marked_gone": marked, "removed": removed, "unreconciled_charged": charged}
 
 
 # -- arq job functions ------------------------------------------------------------------------------------

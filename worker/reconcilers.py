@@ -80,13 +80,20 @@ def _observation(scope: str, cfg: BudgetConfig, spend: float, period: str, now: 
 
 
 def observe_budgets(
-    routing: RoutingConfig, aggregates: Mapping[str, Aggregate], periods: Mapping[str, str], now: float
+    routing: RoutingConfig,
+    aggregates: Mapping[str, Aggregate],
+    periods: Mapping[str, str],
+    now: float,
+    unreconciled: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, BudgetObservation]:
-    """`periods[scope]` names each budget's current period, `aggregates[period]` that period's rollup."""
+    """`periods[scope]` names each budget's current period, `aggregates[period]` that period's rollup and
+    `unreconciled[period][scope]` what dead nodes admitted and never recorded (counted too: budgets never
+    under-count a crash)."""
     out = {}
     for scope, cfg in routing.budgets().items():
         period = periods[scope]
         spend = aggregates.get(period, Aggregate()).scope_usd(scope, GLOBAL_SCOPE)
+        spend += (unreconciled or {}).get(period, {}).get(scope, 0.0)
         out[scope] = _observation(scope, cfg, spend, period, now)
     return out
 

@@ -21,10 +21,17 @@ from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.model import BudgetStatus, HealthState, QualityStats
 from controlplane.observed import HealthRecord, read_inflight, write_inflight
 from controlplane.periods import day_of, period_of
-from controlplane.reservations import read_reserved, reserve
+from controlplane.reservations import read_reserved, read_unreconciled, report_admitted, reserve
 from controlplane.spend_report import read_budget_observations, read_spend_report
 from controlplane.state import load_snapshot, read_health, seed_desired
-from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, read_heartbeats, write_heartbeat, write_records
+from controlplane.telemetry_store import (
+    NodeHeartbeat,
+    TelemetryRecord,
+    read_heartbeats,
+    read_live_spend,
+    write_heartbeat,
+    write_records,
+)
 from tests.clock import next_day_start
 from tests.harness import eventually
 from tests.worker.conftest import FakeFactory, RawServer, WorkerFactory, record, run_tick, worker_settings_for
@@ -338,15 +345,22 @@ async def test_nodes_that_stopped_heart_beating_are_marked_gone(redis: Redis) ->
     period = period_of(now)
     assert (await reserve(redis, "dead", 1.5, 1.5, [("global", 10.0, period)])).ok
     assert (await reserve(redis, "alive", 0.5, 0.5, [("global", 10.0, period)])).ok
+    # the dead node had admitted 0.4 of its lease to requests it never recorded (issue 12, finding 8)
+    await report_admitted(redis, "dead", {("global", period): 0.4})
+    await report_admitted(redis, "alive", {("global", period): 0.2})
 
     assert await run_nodes(redis, now) == {
-        "nodes": 4, "marked_gone": ["dead"], "removed": ["old"], "reservations_released": 1}
+        "nodes": 4, "marked_gone": ["dead"], "removed": ["old"], "unreconciled_charged": {f"global|{period}": 0.4}}
     beats = {b.node: b.gone for b in await read_heartbeats(redis)}
     assert beats == {"alive": False, "dead": True, "ghost": True}
     assert await read_inflight(redis) == {"gpu": 2}  # cluster load recovers at once
     assert await read_reserved(redis, period) == {"global": 0.5}  # its budget reservations too
+    # what it admitted is charged (budgets never under-count a crash), and shown apart from recorded spend
+    assert await read_unreconciled(redis, period) == {"global": pytest.approx(0.4)}
+    assert (await read_live_spend(redis, period))["global"] == pytest.approx(0.4)
     assert await run_nodes(redis, now) == {
-        "nodes": 3, "marked_gone": [], "removed": [], "reservations_released": 0}  # idempotent
+        "nodes": 3, "marked_gone": [], "removed": [], "unreconciled_charged": {}}  # idempotent
+    assert await read_unreconciled(redis, period) == {"global": pytest.approx(0.4)}
 
 
 async def test_a_node_that_comes_back_is_not_marked_gone(redis: Redis) -> None:
