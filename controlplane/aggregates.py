@@ -36,6 +36,8 @@ from controlplane.telemetry_store import TelemetryRecord
 __all__ = [
     "DIMENSIONS",
     "ERROR_OUTCOMES",
+    "MAX_RECORD_TOKENS",
+    "MAX_RECORD_USD",
     "METRICS",
     "NANO",
     "QUALITY_METRICS",
@@ -47,6 +49,7 @@ __all__ = [
     "day_start",
     "hour_of",
     "hour_start",
+    "inconsistencies",
     "is_attempt",
     "is_error",
     "is_key_field",
@@ -54,6 +57,7 @@ __all__ = [
     "parse_quality_hour",
     "quality_increments",
     "record_increments",
+    "record_problem",
     "sum_increments",
     "to_nano",
 ]
@@ -65,6 +69,45 @@ DIMENSIONS = ("total", "backend", "model", "key")
 QUALITY_METRICS = ("requests", "errors", "ttfb_us", "ttfb_count")
 # Records older than this (relative to the rollup's clock) cannot affect any quality window any more.
 QUALITY_WINDOW_SECONDS = 24 * 3600
+
+
+# Per-record bounds, far above any real request, so that sums of a period's records stay far inside the
+# 64-bit integers of HINCRBY (10^9 tokens and 10^13 nano-USD per record, times 10^5 per batch).
+MAX_RECORD_TOKENS = 1_000_000_000
+MAX_RECORD_USD = 10_000.0
+_MAX_MS = 10.0 * 86400 * 1000
+
+
+def _bounded(value: float, high: float) -> bool:
+    return math.isfinite(value) and 0 <= value <= high
+
+
+def record_problem(rec: TelemetryRecord) -> str | None:
+    """Why `rec` cannot be counted (a value out of its bounds), or None when it can."""
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = getattr(rec, name)
+        if not 0 <= value <= MAX_RECORD_TOKENS:
+            return f"{name} = {value} is outside 0..{MAX_RECORD_TOKENS}"
+    if not _bounded(rec.cost_usd, MAX_RECORD_USD):
+        return f"cost_usd = {rec.cost_usd!r} is outside 0..{MAX_RECORD_USD:g}"
+    if not _bounded(rec.latency_ms, _MAX_MS) or (rec.ttfb_ms is not None and not _bounded(rec.ttfb_ms, _MAX_MS)):
+        return "latency_ms or ttfb_ms is negative, not finite or longer than 10 days"
+    if not 0 <= rec.retries <= 1000 or not 0 <= rec.status <= 999:
+        return f"retries = {rec.retries} or status = {rec.status} is out of range"
+    return None
+
+
+def inconsistencies(agg: Aggregate) -> list[str]:
+    """Where a period's totals differ from the sum of a breakdown that covers every record (backend, model):
+    empty when the aggregate is consistent. (Keys cover only keyed records, in their own budget's period.)"""
+    out = []
+    for metric in METRICS:
+        total = getattr(agg.total, metric)
+        for dimension, parts in (("backend", agg.by_backend), ("model", agg.by_model)):
+            summed = sum(getattr(t, metric) for t in parts.values())
+            if summed != total:
+                out.append(f"total.{metric} = {total} but the sum over {dimension} is {summed}")
+    return out
 
 
 def to_nano(usd: float) -> int:

@@ -215,7 +215,7 @@ def _worker(ns: argparse.Namespace) -> int:
     settings = _shared_settings(ns, "worker")
     if isinstance(settings, int):
         return settings
-    run_worker(settings)
+    run_worker(settings, metrics_port=ns.metrics_port)
     return 0
 
 
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the reconciliation loops (health, budget, quality, liveness)")
     _common(worker, config_required=True)
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics (GET /metrics) on this port")
     worker.set_defaults(func=_worker)
 
     admin = sub.add_parser("admin", help="run the admin API alone (needs a shared Redis and NEXUS_ADMIN_TOKEN)")

@@ -31,6 +31,7 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                                  recorded, as each node last reported (charged when the node dies)
                  unreconciled:<period> hash scope -> float USD charged for dead nodes' admitted requests
                  agg:<period>   hash  aggregate field -> int (rolled-up records; see controlplane.aggregates)
+                 quarantine     hash  record id -> {reason, record, at}: records the rollup could not count
                  quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
     {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
                  nodes            zset  node id -> last gauge write (unix s); index of the gauges
@@ -62,6 +63,7 @@ __all__ = [
     "PREFIX",
     "TELEMETRY_AGG_TTL_SECONDS",
     "TELEMETRY_QUALITY_TTL_SECONDS",
+    "TELEMETRY_QUARANTINE",
     "TELEMETRY_RECORDS_TTL_SECONDS",
     "TELEMETRY_ROLLED_GRACE_SECONDS",
     "TELEMETRY_SPEND_TTL_SECONDS",
@@ -169,6 +171,9 @@ NODE_GONE_RETENTION_SECONDS = 24 * 3600.0
 
 
 # -- rolled-up telemetry (written by workers) -------------------------------------------------------------
+# Records the rollup could not count (malformed, counters out of bounds): id -> {reason, record, at}. Kept as
+# long as aggregates, for the admin API; the rolled set stops a replay from bringing them back.
+TELEMETRY_QUARANTINE = _key("telemetry", "quarantine")
 # Period aggregates back the admin spend report, which keeps old periods: a year and a month.
 TELEMETRY_AGG_TTL_SECONDS = 400 * 24 * 3600
 # Quality hours are read for 24 h windows; the extra 2 h cover the current hour and clock skew.

@@ -11,10 +11,14 @@ a replay arriving after the rollup is not counted again; see `keys.TELEMETRY_ROL
 Invariants:
 - Exactly once: a record is folded in by the script call that deletes it, atomically, so re-running a
   tick, two workers racing over the same day, or a worker killed between (never inside) two batches
-  can neither lose a record nor count one twice. Raw records are removed only by being aggregated.
+  can neither lose a record nor count one twice. Raw records are removed only by being aggregated or
+  quarantined.
 - One script call touches only `{telemetry}` keys, all declared in KEYS (one Cluster slot).
-- A record that is not valid JSON for `TelemetryRecord` is deleted without being counted, and reported
-  in `RollupResult.malformed` (it could never be counted, and would otherwise be re-read for ever).
+- A batch is applied whole or not at all: records are validated before the script (`record_problem`:
+  not a `TelemetryRecord`, or counters outside their bounds, such as 2^64-1 tokens from an unbounded
+  `max_tokens`), and the script checks every increment before its first write. A bad record is moved to
+  the quarantine hash (`keys.TELEMETRY_QUARANTINE`, with its reason; the admin API lists it), counted in
+  `RollupResult.quarantined`, and the rest of its batch is applied.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -39,6 +45,7 @@ from controlplane.aggregates import (
     parse_quality_hour,
     quality_increments,
     record_increments,
+    record_problem,
 )
 from controlplane.config import GLOBAL_SCOPE
 from controlplane.observed import as_text, decode_hash, guard
@@ -52,6 +59,7 @@ __all__ = [
     "pending_days",
     "read_aggregate",
     "read_quality_minutes",
+    "read_quarantine",
     "repair_live_spend",
     "rollup_day",
     "rollup_pending",
@@ -62,34 +70,55 @@ log = logging.getLogger("nexus.rollup")
 DEFAULT_BATCH_SIZE = 200
 _DAY = 86400.0
 
-# KEYS[1]: the day's records hash; KEYS[2]: the day's rolled-up id set; KEYS[3..]: target hashes.
-# ARGV: n records, m expiries, rolled set expire-at, then m pairs (key index, unix expire-at), then per
-# record: id, k ops, then k triples (key index, field, integer).
+# KEYS[1]: the day's records hash; KEYS[2]: the day's rolled-up id set; KEYS[3]: the quarantine hash;
+# KEYS[4..]: target hashes. ARGV: n records, m expiries, rolled set expire-at, quarantine ttl, now, then m pairs
+# (key index, unix expire-at), then per record: id, reason ("" unless quarantined), k ops, then k triples
+# (key index, field, integer).
+# A script is not atomic on error (what ran before an error stays written), so every increment is checked
+# first and a bad one refuses the whole call before any write; the client validates records before this,
+# so that refusal is a last line. Returns {applied, quarantined}.
 _APPLY = """
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
-local pos = 4 + 2 * m
-local applied = 0
+local first = 6 + 2 * m
+local pos = first
 for i = 1, n do
-  local id, k = ARGV[pos], tonumber(ARGV[pos + 1])
-  pos = pos + 2
+  local k = tonumber(ARGV[pos + 2])
+  for j = 0, k - 1 do
+    local v = ARGV[pos + 3 + 3 * j + 2]
+    if not string.match(v, '^-?%d+$') or #v > 16 then return redis.error_reply('ERR nexus rollup: bad increment') end
+  end
+  pos = pos + 3 + 3 * k
+end
+pos = first
+local applied, quarantined = 0, 0
+for i = 1, n do
+  local id, reason, k = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  local raw = reason ~= '' and redis.call('HGET', KEYS[1], id)
   if redis.call('HDEL', KEYS[1], id) == 1 then
-    applied = applied + 1
     redis.call('SADD', KEYS[2], id)
-    for j = 0, k - 1 do
-      local b = pos + 3 * j
-      redis.call('HINCRBY', KEYS[tonumber(ARGV[b])], ARGV[b + 1], ARGV[b + 2])
+    if reason ~= '' then
+      quarantined = quarantined + 1
+      redis.call('HSET', KEYS[3], id, cjson.encode({reason = reason, record = raw, at = tonumber(ARGV[5])}))
+      redis.call('EXPIRE', KEYS[3], ARGV[4])
+    else
+      applied = applied + 1
+      for j = 0, k - 1 do
+        local b = pos + 3 * j
+        redis.call('HINCRBY', KEYS[tonumber(ARGV[b])], ARGV[b + 1], ARGV[b + 2])
+      end
     end
   end
   pos = pos + 3 * k
 end
-if applied > 0 then
+if applied + quarantined > 0 then
   redis.call('EXPIREAT', KEYS[2], ARGV[3])
   for j = 0, m - 1 do
-    local b = 4 + 2 * j
+    local b = 6 + 2 * j
     redis.call('EXPIREAT', KEYS[tonumber(ARGV[b])], ARGV[b + 1])
   end
 end
-return applied
+return {applied, quarantined}
 """
 
 # KEYS[1]: live spend hash; ARGV: ttl, then pairs (scope, floor usd). Raises a scope to its floor.
@@ -114,19 +143,20 @@ class RollupResult:
     days: tuple[str, ...] = ()  # day buckets that held records
     seen: int = 0  # records read
     applied: int = 0  # records this call folded in (others were taken by a racing worker)
-    malformed: int = 0
+    quarantined: int = 0  # records moved to the quarantine, uncounted (see `record_problem`)
     batches: int = 0
 
 
 class _Batch:
-    """Arguments of one `_APPLY` call: records key and rolled set first, then each target key once."""
+    """Arguments of one `_APPLY` call: records key, rolled set, quarantine, then each target key once."""
 
-    def __init__(self, day: str) -> None:
-        self.keys = [keys.telemetry_records(day), keys.telemetry_rolled(day)]
+    def __init__(self, day: str, now: float) -> None:
+        self.keys = [keys.telemetry_records(day), keys.telemetry_rolled(day), keys.TELEMETRY_QUARANTINE]
         self.rolled_expire_at = int(day_start(day) + _DAY + keys.TELEMETRY_ROLLED_GRACE_SECONDS)
+        self.now = now
         self._index: dict[str, int] = {}
         self.expiries: dict[int, int] = {}
-        self.records: list[tuple[str, list[tuple[int, str, int]]]] = []
+        self.records: list[tuple[str, str, list[tuple[int, str, int]]]] = []  # (id, reason or "", ops)
 
     def target(self, key: str, expire_at: float) -> int:
         idx = self._index.get(key)
@@ -137,11 +167,14 @@ class _Batch:
         return idx
 
     def argv(self) -> list[str | int]:
-        out: list[str | int] = [len(self.records), len(self.expiries), self.rolled_expire_at]
+        out: list[str | int] = [
+            len(self.records), len(self.expiries), self.rolled_expire_at, int(keys.TELEMETRY_AGG_TTL_SECONDS),
+            repr(self.now),
+        ]
         for idx, at in self.expiries.items():
             out += [idx, at]
-        for rid, ops in self.records:
-            out += [rid, len(ops)]
+        for rid, reason, ops in self.records:
+            out += [rid, reason, len(ops)]
             for op in ops:
                 out += list(op)
         return out
@@ -150,15 +183,20 @@ class _Batch:
 def _build(
     day: str, items: Iterable[tuple[str, bytes | str]], now: float, calendar: BudgetCalendar
 ) -> tuple[_Batch, int]:
-    batch = _Batch(day)
-    malformed = 0
+    batch = _Batch(day, now)
+    bad = 0
     for rid, raw in items:
         try:
             rec = TelemetryRecord.model_validate_json(raw)
-        except ValidationError:
-            log.warning("telemetry record %s of %s is malformed; dropping it uncounted", rid, day)
-            batch.records.append((rid, []))
-            malformed += 1
+            problem = record_problem(rec)
+        except ValidationError as exc:
+            problem = f"not a telemetry record: {exc.errors()[0]['msg']}"
+        if problem is not None:
+            # kept (quarantined, visible in the admin API), counted, never folded in: one bad record must not
+            # stop the rest of its batch or leave the aggregates half-updated
+            log.warning("telemetry record %s of %s quarantined: %s", rid, day, problem)
+            batch.records.append((rid, problem, []))
+            bad += 1
             continue
         expire_at = now + keys.TELEMETRY_AGG_TTL_SECONDS
         agg = batch.target(keys.telemetry_agg(calendar.period(GLOBAL_SCOPE, rec.ts)), expire_at)
@@ -177,8 +215,8 @@ def _build(
                 start = hour_start(hour)
                 q = batch.target(qkey, start + keys.TELEMETRY_QUALITY_TTL_SECONDS)
                 ops += [(q, name, n) for name, n in incs.items()]
-        batch.records.append((rid, ops))
-    return batch, malformed
+        batch.records.append((rid, "", ops))
+    return batch, bad
 
 
 async def rollup_day(
@@ -193,21 +231,21 @@ async def rollup_day(
     """Fold every record of day bucket `day` (as found by one HSCAN pass) into the aggregates.
     `on_batch(applied)` runs after each committed batch (progress reporting; tests cancel there)."""
     records_key = keys.telemetry_records(day)
-    cursor, seen, applied, malformed, batches = 0, 0, 0, 0, 0
+    cursor, seen, applied, quarantined, batches = 0, 0, 0, 0, 0
     while True:
         with guard("scanning telemetry records"):
             cursor, found = await redis.hscan(records_key, cursor, count=batch_size)
         items = [(as_text(k), v) for k, v in found.items()]
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            batch, bad = _build(day, chunk, now, calendar or BudgetCalendar())
+            batch, _ = _build(day, chunk, now, calendar or BudgetCalendar())
             with guard("rolling up telemetry"):
-                n = int(await redis.eval(_APPLY, len(batch.keys), *batch.keys, *batch.argv()))
-            seen, applied, malformed, batches = seen + len(chunk), applied + n, malformed + bad, batches + 1
+                n, q = (int(x) for x in await redis.eval(_APPLY, len(batch.keys), *batch.keys, *batch.argv()))
+            seen, applied, quarantined, batches = seen + len(chunk), applied + n, quarantined + q, batches + 1
             if on_batch is not None:
                 await on_batch(n)
         if int(cursor) == 0:
-            return RollupResult((day,) if seen else (), seen, applied, malformed, batches)
+            return RollupResult((day,) if seen else (), seen, applied, quarantined, batches)
 
 
 def pending_days(now: float) -> list[str]:
@@ -241,10 +279,29 @@ async def rollup_pending(
             total.days + r.days,
             total.seen + r.seen,
             total.applied + r.applied,
-            total.malformed + r.malformed,
+            total.quarantined + r.quarantined,
             total.batches + r.batches,
         )
     return total
+
+
+async def read_quarantine(redis: Redis, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
+    """(how many records are quarantined, up to `limit` of them: id, reason, the raw record, when)."""
+    out: list[dict[str, Any]] = []
+    with guard("reading quarantined telemetry"):
+        total = int(await redis.hlen(keys.TELEMETRY_QUARANTINE))
+        cursor = 0
+        while len(out) < limit:
+            cursor, found = await redis.hscan(keys.TELEMETRY_QUARANTINE, cursor, count=min(limit, 500))
+            for rid, raw in found.items():
+                try:
+                    entry = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    entry = {"reason": "unreadable quarantine entry"}
+                out.append({"id": as_text(rid), **(entry if isinstance(entry, dict) else {})})
+            if int(cursor) == 0:
+                break
+    return total, sorted(out[:limit], key=lambda e: e["id"])
 
 
 async def read_aggregate(redis: Redis, period: str) -> Aggregate:

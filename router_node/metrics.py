@@ -70,11 +70,16 @@ class Metrics:
             registry=r,
         )
         self._refreshers: list[Callable[[Metrics], None]] = []
+        self._included: list[CollectorRegistry] = []
 
     def on_scrape(self, refresh: Callable[[Metrics], None]) -> None:
         self._refreshers.append(refresh)
 
+    def include(self, registry: CollectorRegistry) -> None:
+        """Serve another registry's series here too (`nexus serve`: the worker loops' metrics)."""
+        self._included.append(registry)
+
     def render(self) -> bytes:
         for refresh in self._refreshers:
             refresh(self)
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + b"".join(generate_latest(r) for r in self._included)

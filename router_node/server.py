@@ -197,6 +197,9 @@ def serve(settings: NexusSettings, *, demo: bool = False) -> None:
         shutdown = [*shutdown, stop_embedded]
     try:
         app = build_gateway(settings, url, startup=startup, shutdown=shutdown, admin_token=token)
+        from worker.metrics import REGISTRY as WORKER_METRICS
+
+        app.node.metrics.include(WORKER_METRICS)  # the in-process worker loops' series on the same /metrics
         host, port = settings.server.host, settings.server.port
         target = settings.redis.target(url).describe()
         where = f"embedded Redis at {target} (data in {settings.redis.data_dir})" if embedded else f"Redis {target}"

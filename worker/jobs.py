@@ -24,6 +24,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from controlplane import keys
+from controlplane.aggregates import inconsistencies
 from controlplane.config import GLOBAL_SCOPE, DesiredConfig, NexusSettings
 from controlplane.model import HealthState
 from controlplane.reservations import read_unreconciled, settle_node
@@ -38,6 +39,7 @@ from controlplane.rollup import (
 from controlplane.spend_report import write_budget_observations
 from controlplane.state import read_desired
 from worker.health import HealthPolicy, next_health, warming_up
+from worker.metrics import AGGREGATE_INCONSISTENCIES, QUARANTINED, UNRECONCILED_USD
 from worker.probe import probe_all, target_for
 from worker.reconcilers import observe_budgets, plan_liveness, quality_stats
 from worker.schedule import tick_of
@@ -133,10 +135,16 @@ async def run_budget(
     # reset days are desired state like the limits: one source for workers, router nodes and admin
     calendar = routing.calendar(settings.testing)
     rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size, on_batch=on_batch)
-    if rolled.malformed:
-        log.warning("dropped %d malformed telemetry records", rolled.malformed)
+    if rolled.quarantined:
+        QUARANTINED.inc(rolled.quarantined)
+        log.warning("quarantined %d telemetry records that cannot be counted (GET /admin/v1/telemetry/quarantine)",
+                    rolled.quarantined)
     periods = calendar.periods(list(routing.budgets()), now)
     aggregates = {p: await read_aggregate(redis, p) for p in sorted(set(periods.values()))}
+    inconsistent = {p: problems for p, agg in aggregates.items() if (problems := inconsistencies(agg))}
+    for period, problems in inconsistent.items():
+        AGGREGATE_INCONSISTENCIES.labels(period).inc()
+        log.error("spend aggregate of %s is inconsistent: %s", period, "; ".join(problems))
     unreconciled = {p: await read_unreconciled(redis, p) for p in aggregates}
     observations = observe_budgets(routing, aggregates, periods, now, unreconciled)
     await write_budget_observations(redis, observations)
@@ -154,6 +162,8 @@ async def run_budget(
         "days": list(rolled.days),
         "budgets": {scope: obs.status.value for scope, obs in observations.items()},
         "repaired": repaired,
+        "quarantined": rolled.quarantined,
+        "inconsistent": inconsistent,
     }
 
 
@@ -196,6 +206,8 @@ async def run_nodes(redis: Redis, now: float, settings: NexusSettings | None = N
                             ", ".join(f"{s} {p} ${usd:.6f}" for (s, p), usd in sorted(settled.items())))
             for (scope, period), usd in settled.items():
                 charged[f"{scope}|{period}"] = charged.get(f"{scope}|{period}", 0.0) + usd
+                if scope == GLOBAL_SCOPE:
+                    UNRECONCILED_USD.inc(usd)
     return {"nodes": len(beats), "marked_gone": marked, "removed": removed, "unreconciled_charged": charged}
 
 

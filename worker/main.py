@@ -262,8 +262,15 @@ class ThreadedWorker:
         self._thread = None
 
 
-def run_worker(settings: NexusSettings, redis_url: str | None = None) -> None:
-    """`nexus worker`: run the loops until SIGINT or SIGTERM, then stop gracefully."""
+def run_worker(settings: NexusSettings, redis_url: str | None = None, metrics_port: int | None = None) -> None:
+    """`nexus worker`: run the loops until SIGINT or SIGTERM, then stop gracefully; with `metrics_port`,
+    Prometheus metrics (`worker.metrics`) are served on it."""
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from worker.metrics import REGISTRY
+
+        start_http_server(metrics_port, addr=settings.server.host, registry=REGISTRY)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

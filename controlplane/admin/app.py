@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from controlplane.admin.limits import BodyLimit
-from controlplane.admin.routers import backends, budgets, config_io, explain, observe, routing, spend
+from controlplane.admin.routers import backends, budgets, config_io, explain, observe, routing, spend, telemetry
 from controlplane.config import LIMITS, NexusSettings, format_errors, format_validation_error
 from controlplane.errors import ConfigError, StateError, StateUnavailable
 from controlplane.redis_conn import connect
@@ -139,6 +139,7 @@ def create_admin_app(
         observe.nodes_router,
         explain.router,
         config_io.router,
+        telemetry.router,
     ):
         app.include_router(router, prefix=PREFIX)
     app.add_middleware(BodyLimit, max_bytes=LIMITS.admin_body_bytes)

@@ -17,7 +17,14 @@ from controlplane import keys
 from controlplane.aggregates import parse_aggregate, sum_increments, to_nano
 from controlplane.model import BudgetStatus
 from controlplane.periods import BudgetCalendar, PeriodRule, day_of, period_of
-from controlplane.rollup import read_aggregate, read_quality_minutes, repair_live_spend, rollup_day, rollup_pending
+from controlplane.rollup import (
+    read_aggregate,
+    read_quality_minutes,
+    read_quarantine,
+    repair_live_spend,
+    rollup_day,
+    rollup_pending,
+)
 from controlplane.spend_report import BudgetObservation, read_spend_report, write_budget_observations
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
 from tests.clock import next_day_start
@@ -69,7 +76,7 @@ async def test_rollup_folds_every_record_exactly_once(redis: Redis) -> None:
     records = mixed_records(50)
     assert await write_records(redis, records) == 50
     result = await rollup_pending(redis, NOW, batch_size=7)
-    assert (result.seen, result.applied, result.malformed, result.days) == (50, 50, 0, (DAY,))
+    assert (result.seen, result.applied, result.quarantined, result.days) == (50, 50, 0, (DAY,))
     assert result.batches >= 8
     assert await agg_fields(redis) == sum_increments(records)
     assert await redis.hlen(keys.telemetry_records(DAY)) == 0
@@ -120,13 +127,16 @@ async def test_old_days_are_swept_into_their_own_period(redis: Redis) -> None:
     assert await agg_fields(redis, current) == sum_increments(fresh)
 
 
-async def test_malformed_records_are_dropped_uncounted(redis: Redis) -> None:
+async def test_malformed_records_are_quarantined_uncounted(redis: Redis) -> None:
     await write_records(redis, mixed_records(3))
     await redis.hset(keys.telemetry_records(DAY), "junk", b"{not json")
     result = await rollup_day(redis, DAY, now=NOW)
-    assert (result.applied, result.malformed) == (4, 1)
+    assert (result.applied, result.quarantined) == (3, 1)
     assert (await read_aggregate(redis, PERIOD)).total.requests == 3
     assert not await redis.exists(keys.telemetry_records(DAY))
+    count, [entry] = await read_quarantine(redis)
+    assert count == 1 and entry["id"] == "junk" and entry["record"] == "{not json"
+    assert "not a telemetry record" in entry["reason"]
 
 
 async def test_quality_minutes_and_expiries(redis: Redis) -> None:
