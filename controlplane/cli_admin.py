@@ -198,7 +198,10 @@ def _nodes(ns: argparse.Namespace) -> None:
     for r in rows:
         # what an operator must look at: a desired state the node could not build (it routes on an older one)
         failing = r.get("failing_version")
-        r["problem"] = f"cannot build v{failing}: {r.get('snapshot_error')}" if failing else ""
+        problems = [f"cannot build v{failing}: {r.get('snapshot_error')}"] if failing else []
+        if r.get("state_lost"):
+            problems.append(f"STATE LOST: {r['state_lost']}")
+        r["problem"] = "; ".join(problems)
     columns = ["node", "status", "last_seen_seconds", "snapshot_version", "snapshot_age_seconds", "inflight",
                "queue_depth", "redis_ok", "problem"]
     _out(ns, rows, columns)

@@ -30,6 +30,7 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  admitted:<period> hash "<node>|<scope>" -> float USD admitted against leases and not yet
                                  recorded, as each node last reported (charged when the node dies)
                  unreconciled:<period> hash scope -> float USD charged for dead nodes' admitted requests
+                 restored:<period> hash scope -> float USD put back after a data loss; `_at`: when
                  agg:<period>   hash  aggregate field -> int (rolled-up records; see controlplane.aggregates)
                  quarantine     hash  record id -> {reason, record, at}: records the rollup could not count
                  quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
@@ -76,6 +77,7 @@ __all__ = [
     "telemetry_quality",
     "telemetry_records",
     "telemetry_reserved",
+    "telemetry_restored",
     "telemetry_rolled",
     "telemetry_spend",
     "telemetry_unreconciled",
@@ -132,6 +134,12 @@ def telemetry_admitted(period: str) -> str:
     """Hash of "<node id>|<budget scope>" -> USD its requests took from leases and it has not recorded yet,
     as the node last reported it (every telemetry flush): what a crash of that node leaves uncounted."""
     return _key("telemetry", f"admitted:{_part('period', period)}")
+
+
+def telemetry_restored(period: str) -> str:
+    """Hash of budget scope -> USD put back into `period`'s live spend after a Redis data loss (`_at`: when);
+    its existence marks the period's figures as incomplete."""
+    return _key("telemetry", f"restored:{_part('period', period)}")
 
 
 def telemetry_unreconciled(period: str) -> str:

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from controlplane import keys
 from controlplane.model import BudgetStatus
 from controlplane.observed import decode_hash, guard, replace_hash
+from controlplane.recovery import read_restored
 from controlplane.rollup import read_aggregate
 
 __all__ = ["BudgetObservation", "read_budget_observations", "read_spend_report", "write_budget_observations"]
@@ -96,6 +97,7 @@ async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
             pipe.hgetall(keys.telemetry_unreconciled(period))
             live_raw, observed_raw, unreconciled_raw = await pipe.execute()
     live, unreconciled = _floats(live_raw), _floats(unreconciled_raw)
+    restored_at, restored = await read_restored(redis, period)
     budgets = {scope: asdict(obs) for scope, obs in sorted(_decode(observed_raw).items()) if obs.period == period}
     total = agg.total
     return {
@@ -113,5 +115,10 @@ async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
         # charged for requests dead router nodes admitted and never recorded: counted in the budgets' spend
         # (and in live_spend), never in total_usd, which only sums the records
         "unreconciled_usd": dict(sorted(unreconciled.items())),
+        # Redis lost this period's data once: the live spend was put back from the router nodes' counters
+        # (restored_usd), but records and aggregates of before the loss are gone, so breakdowns are incomplete
+        "incomplete": restored_at is not None,
+        "restored_at": restored_at,
+        "restored_usd": dict(sorted(restored.items())),
         "budgets": {scope: {**b, "status": str(b["status"])} for scope, b in budgets.items()},
     }

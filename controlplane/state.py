@@ -164,6 +164,14 @@ async def _update(
                 if isinstance(plan, int):
                     return plan, False
                 version = plan.version
+                if version == 0 and kind != "seed":
+                    # never seeded, or Redis lost it: router nodes holding a snapshot restore it (a write landing
+                    # in between would be overwritten by that restore), a router or worker seeds nexus.toml
+                    raise StateUnavailable(
+                        f"desired config ({kind}): Redis holds no desired state (never seeded, or its data was "
+                        "lost); router nodes restore it from their snapshots within seconds, or a starting node "
+                        "seeds it from nexus.toml: retry then"
+                    )
                 # An unseeded store is always written, so that seeding an empty config still marks it seeded.
                 if version > 0 and plan.empty:
                     return version, False
@@ -176,7 +184,7 @@ async def _update(
                 if plan.routing is not None:
                     pipe.set(keys.CONFIG_ROUTING, plan.routing)
                 pipe.incr(keys.CONFIG_VERSION)
-                pipe.set(keys.CONFIG_EPOCH, new_epoch(), nx=True)  # the first write (a seed) names the epoch
+                pipe.set(keys.CONFIG_EPOCH, uuid.uuid4().hex, nx=True)  # the first write (a seed) names the epoch
                 pipe.publish(keys.EVENTS_CHANNEL, event)
                 try:
                     await pipe.execute()
@@ -184,10 +192,6 @@ async def _update(
                     continue  # another writer committed first: re-read and re-apply on its result
                 return version + 1, True
     raise StateError(f"desired config ({kind}): gave up after {MAX_WRITE_ATTEMPTS} conflicting attempts")
-
-
-def new_epoch() -> str:
-    return uuid.uuid4().hex
 
 
 async def seed_desired(redis: Redis, desired: DesiredConfig) -> bool:

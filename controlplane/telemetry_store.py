@@ -90,6 +90,7 @@ class NodeHeartbeat(BaseModel):
     # the newest desired state could not be built: the node routes on `snapshot_version`, not this one
     snapshot_error: str | None = None
     failing_version: int | None = None
+    state_lost: str | None = None  # Redis lost the shared state; the node routes on its snapshot, restoring
     # Set by the liveness worker when the node stopped heart-beating; a live node never writes it, so
     # its next heartbeat clears it.
     gone: bool = False

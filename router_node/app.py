@@ -137,6 +137,8 @@ class GatewayApp:
             "redis_ok": node.telemetry.redis_ok,
         }
         refresher = node.refresher
+        if refresher.lost is not None:
+            body["state_lost"] = refresher.lost  # still ready: routing on the last good snapshot
         if refresher.failing_version is not None or (snap is None and refresher.last_error):
             # the node serves (or waits) on its last good snapshot; say which state it could not use and why
             body["snapshot_error"] = refresher.last_error

@@ -52,6 +52,13 @@ class Metrics:
         self.budget_status = Gauge("nexus_budget_status", "0 normal, 1 soft limit, 2 hard limit", ["scope"], registry=r)
         self.snapshot_age = Gauge("nexus_snapshot_age_seconds", "Age of the routing snapshot", registry=r)
         self.snapshot_version = Gauge("nexus_snapshot_version", "Config version of the routing snapshot", registry=r)
+        self.state_lost = Gauge(
+            "nexus_state_lost", "1 while Redis has lost the shared state and this node routes on its snapshot",
+            registry=r,
+        )
+        self.state_restores = Gauge(
+            "nexus_state_restores", "Desired-config restores this node wrote after a Redis data loss", registry=r
+        )
         self.snapshot_build_failures = Counter(
             "nexus_snapshot_build_failures",
             "Desired states that could not be decoded or built (the node kept its last good snapshot)",

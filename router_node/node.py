@@ -81,7 +81,10 @@ class RouterNode:
         self._sequence = itertools.count()
         self.api_key_digests = self._key_digests()
         self.refresher = SnapshotRefresher(
-            redis, settings, self._on_snapshot, on_build_failure=self.metrics.snapshot_build_failures.inc
+            redis,
+            settings,
+            self._on_snapshot,
+            on_build_failure=self.metrics.snapshot_build_failures.inc,
         )
         self.telemetry = Telemetry(
             redis,
@@ -100,6 +103,7 @@ class RouterNode:
         )
         self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
         self.admitted = self.telemetry.admitted
+        self.telemetry.on_spend_drop = self.refresher.poke
         self._base: Snapshot | None = None
         self._fail_streak: dict[str, int] = {}
         self._ejected: dict[str, float] = {}
@@ -390,6 +394,7 @@ class RouterNode:
                 draining=self.draining,
                 snapshot_error=self.refresher.failing_version and self.refresher.last_error,
                 failing_version=self.refresher.failing_version,
+                state_lost=self.refresher.lost,
             ),
         )
 
@@ -401,6 +406,8 @@ class RouterNode:
 
     def _scrape(self, m: Metrics) -> None:
         m.queue_depth.set(self.queue.depth)
+        m.state_lost.set(1 if self.refresher.lost else 0)
+        m.state_restores.set(self.refresher.restores)
         m.telemetry_buffered.set(self.telemetry.buffered)
         m.inflight.clear()
         for name, n in self.load.local.items():

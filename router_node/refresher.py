@@ -14,6 +14,11 @@ Nothing Redis holds can take the node down:
   keeps its last good snapshot, logs the error with the failing config version (once per version, then
   once a minute), counts `nexus_snapshot_build_failures_total`, reports the error in `/ready` and in its
   heartbeat (admin nodes view, `nexus nodes`), and retries on every poll and change event.
+- A Redis that lost its data (empty, or a config version lower than the one held: `controlplane.recovery`):
+  the node keeps routing on its snapshot, says so (`lost`: metric, `/ready`, heartbeat, a log line a
+  minute) and restores the desired config it holds (the freshest node wins); the telemetry loop puts back
+  the live spend it last read (`router_node.telemetry`). Once Redis holds the held version or a later one
+  again, it goes on as usual.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from redis.asyncio import Redis
 from controlplane.config import DesiredConfig, NexusSettings
 from controlplane.errors import StateError, StateUnavailable
 from controlplane.fetch import StoreState, build_state, fetch_state
+from controlplane.recovery import Verdict, judge, restore_desired
 from controlplane.snapshot import Snapshot, SnapshotCache
 from controlplane.state import ChangeSubscription, subscribe_changes
 
@@ -50,6 +56,9 @@ class SnapshotRefresher:
         self._settings = settings
         self._on_snapshot = on_snapshot
         self._on_build_failure = on_build_failure
+        self.lost: str | None = None  # why the state in Redis was judged lost, while it is
+        self.restores = 0  # desired-config restores this node wrote
+        self._lost_logged = 0.0
         self._wake = asyncio.Event()
         self.snapshot: Snapshot | None = None
         self.cache: SnapshotCache | None = None  # what the next build can reuse; `.desired` built `snapshot`
@@ -66,6 +75,35 @@ class SnapshotRefresher:
     def desired(self) -> DesiredConfig | None:
         """The desired config the current snapshot was built from."""
         return self.cache.desired if self.cache is not None else None
+
+    async def _judge(self, state: StoreState) -> bool:
+        """False when Redis lost the state: the snapshot is kept and the held config restored."""
+        held = self.snapshot.version if self.snapshot is not None else None
+        verdict = judge(state.version, state.epoch, held, self.epoch)
+        if verdict is Verdict.ADOPT:
+            log.warning("desired state at version %d has a new epoch (restored or re-seeded); adopting it",
+                        state.version)
+
+        if verdict is not Verdict.LOST:
+            if self.lost is not None:
+                log.warning("shared state is back at config version %d; the loss is over", state.version)
+            self.lost = None
+            return True
+        assert self.snapshot is not None and self.cache is not None
+        first = self.lost is None
+        self.lost = (
+            f"Redis holds config version {state.version} but this node routes on version {held}: its data was "
+            "lost; routing on the last good snapshot and restoring it"
+        )
+        now = time.monotonic()
+        if first or now - self._lost_logged >= REPEAT_LOG_SECONDS:
+            self._lost_logged = now
+            log.error("shared state lost: %s", self.lost)
+        if await restore_desired(self._redis, self.cache.desired, held):
+            self.restores += 1
+            log.warning("restored desired config version %d into Redis from this node's snapshot", held)
+            self.poke()
+        return False
 
     async def build(self, state: StoreState) -> Snapshot:
         """Decode and build `state` off the event loop, and make it the node's snapshot."""
@@ -118,6 +156,12 @@ class SnapshotRefresher:
             return
         except StateError as exc:  # Redis answered, but with something unusable (a malformed version, say)
             self._build_failed(None, exc)
+            return
+        try:
+            if not await self._judge(state):
+                return
+        except StateError as exc:
+            self.last_error = str(exc)
             return
         with contextlib.suppress(StateError):  # recorded by build()
             await self.build(state)

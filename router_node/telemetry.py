@@ -28,6 +28,7 @@ from controlplane.config import GLOBAL_SCOPE
 from controlplane.errors import StateError
 from controlplane.observed import read_inflight, write_inflight
 from controlplane.periods import BudgetCalendar
+from controlplane.recovery import restore_spend
 from controlplane.reservations import read_reserved, report_admitted
 from controlplane.telemetry_store import (
     TelemetryRecord,
@@ -77,6 +78,12 @@ class Telemetry:
         self._acks = (replica_acks, ack_timeout_ms)
         self._on_unreplicated = on_unreplicated
         self._short_since: float | None = None
+        # the highest live spend read per (scope, period): live spend only grows within a period, so this is what
+        # the node still knows when Redis loses it (restored from here, and budgets route by it meanwhile)
+        self.peaks: dict[tuple[str, str], float] = {}
+        # the peaks as they were when a read found less (Redis lost the spend): put back by the next flush
+        self.floors: dict[tuple[str, str], float] = {}
+        self.on_spend_drop: Callable[[], None] | None = None
         self.admitted = AdmittedBook()  # requests' lease amounts not recorded in Redis yet (see router_node.leases)
         self._buffer: deque[TelemetryRecord] = deque()
         self._pending: dict[str, float] = {}
@@ -121,7 +128,9 @@ class Telemetry:
     def spend(self, scope: str) -> float:
         """This period's spend of `scope` as far as this node knows, reservations included: what the
         cluster spent (as last read), what this node spent since, and what in-flight requests reserved."""
-        return self.live_spend.get(scope, 0.0) + self._pending.get(scope, 0.0) + self.reserved.get(scope, 0.0)
+        period = self.live_periods.get(scope)
+        live = max(self.live_spend.get(scope, 0.0), self.peaks.get((scope, period), 0.0) if period else 0.0)
+        return live + self._pending.get(scope, 0.0) + self.reserved.get(scope, 0.0)
 
     def note_lease(self, scopes: Sequence[str], amount: float) -> None:
         """Count a lease this node just took (or gave back: negative) until the next read brings the total."""
@@ -154,6 +163,14 @@ class Telemetry:
             self._gauge_sent, self._gauge_at = local, now
         self._load.update_cluster(await read_inflight(self._redis))
         await self._read_spend()
+        if self.floors:
+            floors = self.floors
+            raised = await restore_spend(self._redis, floors)
+            self.floors = {}
+            if raised:
+                log.warning("restored the live spend Redis lost: %s",
+                            ", ".join(f"{s} {p}: ${floors[(s, p)]:.6f} put back" for s, p in raised))
+                await self._read_spend()
         for rec in self._unseen:
             self._adjust_pending(rec, -1)
         self._unseen.clear()
@@ -174,6 +191,20 @@ class Telemetry:
             spend[period] = await read_live_spend(self._redis, period)
             leased[period] = await read_reserved(self._redis, period)
         self.live_spend = {s: spend[p][s] for s, p in periods.items() if s in spend[p]}
+        dropped = False
+        peaks = {}
+        for scope, period in periods.items():
+            held = self.peaks.get((scope, period), 0.0)
+            now = self.live_spend.get(scope, 0.0)
+            if now + 1e-6 < held:
+                # live spend never falls within a period: Redis lost it. What this node read before is the
+                # floor to put back (controlplane.recovery.restore_spend adds it once, on top of what came since)
+                dropped = True
+                self.floors[(scope, period)] = max(held, self.floors.get((scope, period), 0.0))
+            peaks[(scope, period)] = max(held, now)
+        self.peaks = peaks  # past periods drop out
+        if dropped and self.on_spend_drop is not None:
+            self.on_spend_drop()  # the refresher checks the rest of the state now
         self.reserved = {s: leased[p][s] for s, p in periods.items() if s in leased[p]}
         self.live_periods = periods
 

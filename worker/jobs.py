@@ -27,6 +27,7 @@ from controlplane import keys
 from controlplane.aggregates import inconsistencies
 from controlplane.config import GLOBAL_SCOPE, DesiredConfig, NexusSettings
 from controlplane.model import HealthState
+from controlplane.recovery import read_restored
 from controlplane.reservations import read_unreconciled, settle_node
 from controlplane.rollup import (
     DEFAULT_BATCH_SIZE,
@@ -145,8 +146,13 @@ async def run_budget(
     for period, problems in inconsistent.items():
         AGGREGATE_INCONSISTENCIES.labels(period).inc()
         log.error("spend aggregate of %s is inconsistent: %s", period, "; ".join(problems))
-    unreconciled = {p: await read_unreconciled(redis, p) for p in aggregates}
-    observations = observe_budgets(routing, aggregates, periods, now, unreconciled)
+    # spend no record carries: dead nodes' unrecorded admissions, and what nodes put back after a data loss
+    extra: dict[str, dict[str, float]] = {}
+    for p in aggregates:
+        lost = (await read_restored(redis, p))[1]
+        unrec = await read_unreconciled(redis, p)
+        extra[p] = {s: unrec.get(s, 0.0) + lost.get(s, 0.0) for s in {*unrec, *lost}}
+    observations = observe_budgets(routing, aggregates, periods, now, extra)
     await write_budget_observations(redis, observations)
     repaired: list[str] = []
     for period in aggregates:

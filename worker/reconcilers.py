@@ -87,8 +87,8 @@ def observe_budgets(
     unreconciled: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, BudgetObservation]:
     """`periods[scope]` names each budget's current period, `aggregates[period]` that period's rollup and
-    `unreconciled[period][scope]` what dead nodes admitted and never recorded (counted too: budgets never
-    under-count a crash)."""
+    `unreconciled[period][scope]` spend no record carries (what dead nodes admitted and never recorded, what
+    nodes put back after a Redis data loss): counted too, so budgets never under-count."""
     out = {}
     for scope, cfg in routing.budgets().items():
         period = periods[scope]

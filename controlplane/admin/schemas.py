@@ -118,6 +118,9 @@ class NodePublic(BaseModel):
         default=None, description="why the newest desired state could not be built (the node keeps its last good one)"
     )
     failing_version: int | None = None
+    state_lost: str | None = Field(
+        default=None, description="Redis lost the shared state: the node routes on its snapshot and restores it"
+    )
 
 
 class ExplainRequest(BaseModel):

@@ -68,6 +68,7 @@ async def nodes(redis: RedisDep) -> list[NodePublic]:
                 draining=beat.draining,
                 snapshot_error=beat.snapshot_error,
                 failing_version=beat.failing_version,
+                state_lost=beat.state_lost,
             )
         )
     return out

@@ -12,10 +12,13 @@ import requests
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
+from redis.asyncio import Redis
 from schemathesis.checks import not_a_server_error
 
 from controlplane.admin import create_admin_app
+from controlplane.config import DesiredConfig
 from controlplane.embedded_redis import EmbeddedRedis
+from controlplane.state import seed_desired
 from tests.controlplane.admin.conftest import SECRETS, SEED, TOKEN
 from tests.harness import settings_for
 
@@ -49,12 +52,22 @@ def admin_url(redis_server: EmbeddedRedis) -> Iterator[str]:
 
 @pytest.fixture
 def seeded(admin_url: str, redis_server: EmbeddedRedis) -> str:
-    """Flush, then seed through the API itself, so every operation's examples start from one config."""
+    """Flush, seed an empty config (the admin API refuses writes to an unseeded store), then add the backends
+    through the API itself, so every operation's examples start from one config."""
     client = sync_redis.Redis.from_url(redis_server.url)
     try:
         client.flushall()
     finally:
         client.close()
+
+    async def seed() -> None:
+        aclient = Redis.from_url(redis_server.url)
+        try:
+            await seed_desired(aclient, DesiredConfig())
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(seed())
     for b in SEED:
         requests.put(f"{admin_url}/admin/v1/backends/{b['name']}", json=b, headers=AUTH, timeout=10).raise_for_status()
     return admin_url
