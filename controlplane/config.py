@@ -357,8 +357,8 @@ class ServerConfig(BaseModel):
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     max_concurrent_requests: int = Field(default=1000, ge=1, le=10_000_000)
-    # on SIGTERM: not-ready (still serving) for at least this long so balancers polling /ready stop sending;
-    # in-flight requests then get up to the gateway's drain time (10 s) before uvicorn's own shutdown
+    # on SIGTERM: not-ready (still serving) for this long so balancers polling /ready stop sending; after it new
+    # requests get a fast 503 and the process exits once nothing is in flight (at most the 10 s drain time)
     drain_delay_seconds: float = Field(default=1.0, ge=0, le=300)
 
     @field_validator("api_keys")
