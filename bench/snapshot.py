@@ -31,7 +31,7 @@ from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.fetch import build_state, fetch_state
 from controlplane.model import HealthState
 from controlplane.snapshot import HealthObservation
-from controlplane.state import put_backend, write_desired, write_health
+from controlplane.state import put_backend, seed_desired, write_health
 
 TYPES = ("vllm", "ollama", "llamacpp", "generic")
 
@@ -82,7 +82,7 @@ async def measure(redis: Redis, n: int, repeat: int) -> dict[str, float]:
     settings = load_settings(overrides={"health_check": {"interval_seconds": 3600}})
     await redis.flushall()
     desired = desired_of(n)
-    await write_desired(redis, desired, "bench")
+    await seed_desired(redis, desired)
     now = time.time()
     for b in desired.backends:
         await write_health(redis, b.name, HealthObservation(HealthState.HEALTHY, now, (), 20.0))
