@@ -356,7 +356,19 @@ class ServerConfig(BaseModel):
     api_keys_env: str | None = Field(default=None, description="env var with comma-separated plain keys")
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # inference requests in progress on this replica (queued ones included) before new ones get a fast 503
     max_concurrent_requests: int = Field(default=1000, ge=1, le=10_000_000)
+    # what one client may make a replica hold (router_node/protocol.py): open connections, the size and
+    # arrival time of a request head, the arrival time of a body, and idle time between requests
+    max_connections: int = Field(default=4096, ge=1, le=10_000_000)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    keepalive_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # with client keys set: whether GET /v1/models and GET /metrics need one too
+    models_require_key: bool = True
+    metrics_require_key: bool = False
     # on SIGTERM: not-ready (still serving) for this long so balancers polling /ready stop sending; after it new
     # requests get a fast 503 and the process exits once nothing is in flight (at most the 10 s drain time)
     drain_delay_seconds: float = Field(default=1.0, ge=0, le=300)

@@ -19,8 +19,8 @@ import orjson
 
 from controlplane.model import HealthState
 from router_node.asgi import send_error, send_json
-from router_node.errors import MethodNotAllowed, NotFound, Unavailable
-from router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, handle_inference
+from router_node.errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
+from router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, authenticate, handle_inference
 from router_node.metrics import CONTENT_TYPE_LATEST
 from router_node.node import RouterNode
 
@@ -45,6 +45,8 @@ class GatewayApp:
         self._startup = extra_startup or []
         self._shutdown = extra_shutdown or []
         self._drain = drain_seconds
+        self._server = node.settings.server
+        self._max_active = self._server.max_concurrent_requests
 
     @property
     def drain_seconds(self) -> float:
@@ -99,18 +101,26 @@ class GatewayApp:
                     headers={"Retry-After": "1", "Connection": "close"},
                 ))
                 return
+            if node.active >= self._max_active:
+                await send_error(send, Overloaded(
+                    f"this replica is serving server.max_concurrent_requests ({self._max_active}) requests; "
+                    "retry shortly", headers={"Retry-After": "1"}))
+                return
             node.active += 1
             try:
                 await handle_inference(node, scope, receive, send, path)
             finally:
                 node.active -= 1
         elif path == "/v1/models" and method == "GET":
-            await send_json(send, 200, self._models())
+            if await self._keyed(self._server.models_require_key, scope, send):
+                await send_json(send, 200, self._models())
         elif path == "/health":
             await send_json(send, 200, b'{"status":"ok"}')
         elif path == "/ready":
             await self._ready(send)
         elif path == "/metrics":
+            if not await self._keyed(self._server.metrics_require_key, scope, send):
+                return
             body = self.node.metrics.render()
             await send(
                 {
@@ -124,6 +134,16 @@ class GatewayApp:
             await self.admin(scope, receive, send)
         else:
             await send_error(send, NotFound(f"no route for {method} {path}"))
+
+    async def _keyed(self, required: bool, scope: dict[str, Any], send: Any) -> bool:
+        """False (a 401 sent) when client keys are set, this endpoint requires one, and it is missing or bad."""
+        if required:
+            try:
+                authenticate(self.node, scope)
+            except Unauthorized as err:
+                await send_error(send, err)
+                return False
+        return True
 
     async def _ready(self, send: Any) -> None:
         node = self.node

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from router_node.errors import GatewayError, PayloadTooLarge
+from router_node.errors import ClientDisconnected, GatewayError, PayloadTooLarge
 
 __all__ = ["Headers", "read_body", "send_error", "send_json", "start_response"]
 
@@ -31,8 +31,8 @@ async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] == "http.disconnect":  # gone, or its body timed out (router_node/protocol.py)
+            raise ClientDisconnected("the client went away before its request body arrived")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

@@ -7,9 +7,11 @@
     ├── ModelNotFound     404    unknown model, or its fallbacks exhausted
     ├── MethodNotAllowed  405    wrong method for the path
     ├── PayloadTooLarge   413    body over server.max_body_bytes
+    ├── ClientDisconnected 499   the client left before its body arrived (nothing can be sent)
     ├── UpstreamFailed    502    every candidate failed before the first byte
     ├── UpstreamTimeout   504    the last candidate timed out
-    └── Unavailable       503    a Reject or a queue timeout; carries the rejection context
+    ├── Unavailable       503    a Reject or a queue timeout; carries the rejection context
+    └── Overloaded        503    this replica is at server.max_concurrent_requests (Retry-After: 1)
 
     UpstreamError                one attempt against one backend failed (retried on the next candidate)
 
@@ -26,10 +28,12 @@ import orjson
 
 __all__ = [
     "BadRequest",
+    "ClientDisconnected",
     "GatewayError",
     "MethodNotAllowed",
     "ModelNotFound",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
@@ -108,6 +112,12 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class ClientDisconnected(GatewayError):
+    status = 499  # nginx's "client closed request"; never reaches the client
+    type_ = "invalid_request_error"
+    code = "client_disconnected"
+
+
 class UpstreamFailed(GatewayError):
     status = 502
     type_ = "upstream_error"
@@ -124,6 +134,12 @@ class Unavailable(GatewayError):
     status = 503
     type_ = "service_unavailable"
     code = "no_viable_backend"
+
+
+class Overloaded(GatewayError):
+    status = 503
+    type_ = "service_unavailable"
+    code = "replica_overloaded"
 
 
 class UpstreamError(Exception):

@@ -46,7 +46,7 @@ from router_node.upstream import Exchange, MidStreamError, Usage
 if TYPE_CHECKING:
     from router_node.node import Reserved, RouterNode
 
-__all__ = ["CHAT_PATH", "EMBEDDINGS_PATH", "handle_inference", "key_id_of"]
+__all__ = ["CHAT_PATH", "EMBEDDINGS_PATH", "authenticate", "handle_inference", "key_id_of"]
 
 CHAT_PATH = "/v1/chat/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -88,7 +88,8 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     return None
 
 
-def _authenticate(node: RouterNode, scope: dict[str, Any]) -> str | None:
+def authenticate(node: RouterNode, scope: dict[str, Any]) -> str | None:
+    """The key id of the request's bearer key; None when no client keys are configured."""
     if not node.api_key_digests:
         return None
     auth = _header(scope, b"authorization")
@@ -110,7 +111,7 @@ def _embedding_requirements(body: dict[str, Any]) -> Requirements:
 
 
 async def _parse(node: RouterNode, scope: dict[str, Any], receive: Any, path: str) -> _Request:
-    key_id = _authenticate(node, scope)
+    key_id = authenticate(node, scope)
     raw = await read_body(scope, receive, node.settings.server.max_body_bytes)
     body = parse_json_object(raw)
     if path == CHAT_PATH:

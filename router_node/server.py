@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import urlparse
 
 import uvicorn
@@ -23,32 +24,39 @@ from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.redis_conn import connect
 from router_node.app import GatewayApp
 from router_node.node import RouterNode, default_node_id
+from router_node.protocol import protocol_for
 
-__all__ = ["DEMO_CONFIG", "build_gateway", "run_gateway", "serve"]
+__all__ = ["DEMO_CONFIG", "build_gateway", "run_gateway", "serve", "uvicorn_config"]
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "controlplane" / "demo" / "nexus.toml"
 log = logging.getLogger("nexus")
 Hook = Callable[[], Awaitable[None]]
 
 
-def _uvicorn_config(app: GatewayApp, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: GatewayApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+    """How every gateway is served (processes and tests alike): uvloop, httptools with the connection limits
+    of `server` (router_node/protocol.py), no WebSocket, no access log."""
     try:
         import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:  # uvicorn[standard] brings it; keep working without it
         loop = "asyncio"
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="on",
-        loop=loop,
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+    server = app.node.settings.server
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "lifespan": "on",
+        "loop": loop,
+        "http": protocol_for(server),
+        "ws": "none",
+        "timeout_keep_alive": server.keepalive_timeout_seconds,
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 30,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
 
 
 def build_gateway(
@@ -125,7 +133,7 @@ def run_gateway(app: GatewayApp, host: str, port: int, banner: str | None = None
             print(banner, flush=True)
 
         app.add_startup(announce)
-    server = _GatewayServer(_uvicorn_config(app, host, port), app)
+    server = _GatewayServer(uvicorn_config(app, host, port), app)
     server.run()
     if not server.started:
         sys.exit(1)

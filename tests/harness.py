@@ -19,6 +19,7 @@ from controlplane.config import NexusSettings, load_settings
 from router_node.app import GatewayApp
 from router_node.fake_backend import FakeBackend, FakeBackendOptions
 from router_node.node import RouterNode
+from router_node.server import uvicorn_config
 
 __all__ = ["AppServer", "GatewayHarness", "eventually", "fake_backend", "settings_for"]
 
@@ -61,10 +62,11 @@ def settings_for(backends: list[Mapping[str, Any]], **sections: Any) -> NexusSet
 class AppServer:
     """Any ASGI app served by uvicorn in the current event loop on a free loopback port."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, config: uvicorn.Config | None = None) -> None:
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False,
-                           http="httptools", timeout_graceful_shutdown=5)
+            config
+            or uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False,
+                              http="httptools", timeout_graceful_shutdown=5)
         )
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._task: asyncio.Task | None = None
@@ -95,7 +97,8 @@ class GatewayHarness:
         self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=1)
         self.node = RouterNode(settings, self.redis, node_id=node_id, rng_seed=0)
         self.app = GatewayApp(self.node, drain_seconds=2.0)
-        self.server = AppServer(self.app)
+        # served exactly as `nexus router` serves it (connection limits included), on a free port
+        self.server = AppServer(self.app, uvicorn_config(self.app, "127.0.0.1", 0, timeout_graceful_shutdown=5))
 
     @property
     def url(self) -> str:
