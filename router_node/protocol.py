@@ -131,14 +131,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[HttpLimits]
     refusals: ClassVar[_Refusals]
+    _max_head: ClassVar[int]  # limits.max_header_bytes and max_headers, one attribute lookup away
+    _max_headers: ClassVar[int]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # between requests, or reading a head
         self._in_body = False  # head parsed, body not complete
         self._head_bytes = 0  # raw bytes received while this head is unfinished
-        self._head_size = 0  # parsed request line and header bytes
-        self._header_count = 0
         self._refusal: bytes | None = None  # set by a parser callback that refused the request
         self._timer: asyncio.TimerHandle | None = None
         self._over_cap = False
@@ -181,45 +181,40 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.send_400_response("Invalid HTTP request received.")
             return
         if self._in_head:
-            if self._head_bytes > self.limits.max_header_bytes:
+            if self._head_bytes > self._max_head:
                 self._refuse(self.refusals.head_too_large)
             elif self._head_bytes and self._timer is None:
                 self._arm(self.limits.header_timeout, self._head_timed_out)
         elif self._in_body and self._timer is None:
             self._arm(self.limits.body_timeout, self._body_timed_out)
 
-    # -- parser callbacks ---------------------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_size = self._header_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        if self._head_size > self.limits.max_header_bytes:
-            self._stop(self.refusals.head_too_large)
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        self._head_size += len(name) + len(value) + 4
-        if self._header_count > self.limits.max_headers:
-            self._stop(self.refusals.too_many_headers)
-        if self._head_size > self.limits.max_header_bytes:
-            self._stop(self.refusals.head_too_large)
-        super().on_header(name, value)
-
+    # -- parser callbacks -----------------------------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        # the head is checked once, here: per-header bookkeeping in on_header cost more than the rest together.
+        # `_head_bytes` (this head's reads, maybe with some body) bounds its size; only past the limit is the
+        # exact size summed. Between reads the same counter stops an unfinished head (data_received).
+        if len(self.headers) > self._max_headers:
+            self._stop(self.refusals.too_many_headers)
+        if self._head_bytes > self._max_head and self._head_size() > self._max_head:
+            self._stop(self.refusals.head_too_large)
         self._in_head = False
         self._in_body = True
         self._head_bytes = 0
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
         self._in_head = True
         if self._in_body:
             self._in_body = False
-            self._disarm()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         super().on_message_complete()
 
     # -- refusals and timers ------------------------------------------------------------------------------
@@ -276,5 +271,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 def protocol_for(server: ServerConfig) -> type[LimitedHttpToolsProtocol]:
     """A protocol class bound to these limits, for `uvicorn.Config(http=...)`."""
     limits = HttpLimits.of(server)
-    attrs = {"limits": limits, "refusals": _Refusals.of(limits)}
+    attrs = {"limits": limits, "refusals": _Refusals.of(limits), "_max_head": limits.max_header_bytes,
+             "_max_headers": limits.max_headers}
     return type("NexusHttpProtocol", (LimitedHttpToolsProtocol,), attrs)
