@@ -447,6 +447,12 @@ class QualityConfig(BaseModel):
     # back of every decision's order for eject_seconds, before the health worker's probes catch up
     eject_after_failures: int = Field(default=3, ge=1, le=1000)
     eject_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # circuit breaker, per router node (router_node/breaker.py): after this many consecutive failures a
+    # backend is excluded (fast 503 + Retry-After when nothing else serves); one trial request every
+    # breaker_retry_seconds probes recovery; an upstream 429 cools a backend down for its Retry-After, capped
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    breaker_retry_seconds: float = Field(default=1.0, gt=0, le=300)
+    max_cooldown_seconds: float = Field(default=300.0, gt=0, le=3600)
 
 
 class QueueConfig(BaseModel):

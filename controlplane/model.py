@@ -159,6 +159,7 @@ class Backend:
     max_concurrency: int = 8
     models: dict[str, ModelSpec] = field(default_factory=dict)
     health: HealthState = HealthState.UNKNOWN
+    health_at: float | None = None  # unix time of the observation an UNHEALTHY `health` comes from
     latency_ema_ms: float | None = None
     quality: QualityStats | None = None
     secret: str | None = None  # name of a secret in nexus.toml [secrets]; sent only to its hosts

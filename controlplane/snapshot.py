@@ -223,8 +223,11 @@ def _backend(
     cfg, local, zone, configured = entry
     state = obs.state if obs is not None and fresh else HealthState.UNKNOWN
     latency = obs.latency_ema_ms if obs is not None and fresh else None
+    # when an unhealthy verdict was observed (router nodes weigh it against their own evidence); only then, so
+    # a healthy backend's cached object survives every health tick
+    health_at = obs.checked_at if obs is not None and state is HealthState.UNHEALTHY else None
     discovered = obs.models if obs is not None else ()
-    key = (cfg, state, latency, discovered, quality)
+    key = (cfg, state, latency, discovered, quality, health_at)
     hit = cache.backends.get(cfg.name)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -246,6 +249,7 @@ def _backend(
         max_concurrency=cfg.max_concurrency,
         models=models,
         health=state,
+        health_at=health_at,
         latency_ema_ms=latency,
         quality=quality,
         secret=cfg.secret,

@@ -8,6 +8,7 @@
     ├── MethodNotAllowed  405    wrong method for the path
     ├── PayloadTooLarge   413    body over server.max_body_bytes
     ├── ClientDisconnected 499   the client left before its body arrived (nothing can be sent)
+    ├── UpstreamRateLimited 429  every candidate answered 429 (Retry-After: the soonest cooldown's end)
     ├── UpstreamFailed    502    every candidate failed before the first byte
     ├── UpstreamTimeout   504    the last candidate timed out
     ├── Unavailable       503    a Reject or a queue timeout; carries the rejection context
@@ -39,6 +40,7 @@ __all__ = [
     "Unavailable",
     "UpstreamError",
     "UpstreamFailed",
+    "UpstreamRateLimited",
     "UpstreamTimeout",
     "error_body",
 ]
@@ -124,6 +126,12 @@ class UpstreamFailed(GatewayError):
     code = "upstream_failed"
 
 
+class UpstreamRateLimited(GatewayError):
+    status = 429
+    type_ = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     type_ = "upstream_error"
@@ -145,8 +153,18 @@ class Overloaded(GatewayError):
 class UpstreamError(Exception):
     """One attempt against one backend failed before the first byte reached the client."""
 
-    def __init__(self, backend: str, message: str, *, status: int | None = None, timeout: bool = False) -> None:
+    def __init__(
+        self,
+        backend: str,
+        message: str,
+        *,
+        status: int | None = None,
+        timeout: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{backend}: {message}")
         self.backend = backend
+        self.reason = message
         self.status = status
         self.timeout = timeout
+        self.retry_after = retry_after  # seconds, from the backend's Retry-After header

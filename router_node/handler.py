@@ -34,6 +34,7 @@ from router_node.errors import (
     Unavailable,
     UpstreamError,
     UpstreamFailed,
+    UpstreamRateLimited,
     UpstreamTimeout,
 )
 from router_node.pipeline import Decision, Queue, Reject, Requirements, Route, RoutingIntent, decide, explain
@@ -159,6 +160,7 @@ def _decide(
         raise Unavailable(
             "this router node has not loaded its routing snapshot yet; retry shortly", headers={"Retry-After": "1"}
         )
+    circuits = node.breakers.view()
     intent = RoutingIntent(
         model,
         r.requirements,
@@ -171,7 +173,9 @@ def _decide(
         sequence=node.next_sequence(),
         privacy_required=privacy,
         budget_exhausted=exhausted,
-        failing_here=node.failing_here(),
+        failing_here=circuits.demoted,
+        circuits_open=circuits.open,
+        usable_unhealthy=circuits.usable_unhealthy,
     )
     t0 = time.perf_counter()
     decision = decide(intent, snap, trace=r.explain)
@@ -317,9 +321,19 @@ def _fail(
     if upstream:
         last = upstream[-1]
         tried = ", ".join(f"{e.backend} ({e})" for e in upstream)
+        retry = node.breakers.retry_after(e.backend for e in upstream)
+        headers = {"Retry-After": str(retry)} if retry is not None else {}
+        if all(e.status == 429 for e in upstream):
+            raise UpstreamRateLimited(f"every candidate is rate-limiting this gateway: {tried}", headers=headers)
         cls = UpstreamTimeout if last.timeout else UpstreamFailed
-        raise cls(f"every candidate failed before answering: {tried}")
-    assert isinstance(first, Reject)
+        raise cls(f"every candidate failed before answering: {tried}", headers=headers)
+    if not isinstance(first, Reject):  # routed, but every candidate's circuit refused it (trials in progress)
+        names = [b.name for b in first.ordered] if isinstance(first, Route) else []
+        retry = node.breakers.retry_after(names) or 1
+        raise Unavailable(
+            f"every candidate for '{r.model}' is being probed after failures on this replica; retry shortly",
+            headers={"Retry-After": str(retry)},
+        )
     if first.not_found and not first.error:
         snap = node.snapshot
         available = sorted({*snap.models, *snap.aliases}) if snap else []
@@ -329,7 +343,8 @@ def _fail(
             param="model",
             context={"available_models": available},
         )
-    retry = node.settings.health_check.interval_seconds
+    opened = node.breakers.retry_after(x.agent_id for x in first.reasons)
+    retry = opened if opened is not None else node.settings.health_check.interval_seconds
     ctx = rejection_context(first, retry_after_seconds=retry)
     if r.explain:
         ctx["explain"] = explain(first)
@@ -381,6 +396,8 @@ async def _attempts(
     budget = 1 + snap.max_retries
     last_failure: tuple | None = None
     for n, backend in enumerate(decision.ordered[:budget]):
+        if not node.breakers.begin(backend.name):
+            continue  # its circuit's trial is taken by another request
         node.load.acquire(backend.name)
         t_attempt = time.perf_counter()
         try:
@@ -389,7 +406,8 @@ async def _attempts(
             )
         except UpstreamError as err:
             node.load.release(backend.name)
-            node.note_upstream(backend.name, ok=False)
+            node.note_upstream(backend.name, ok=False, why=err.reason, retry_after=err.retry_after,
+                               rate_limited=err.status == 429)
             failures.append(err)
             node.metrics.failovers.labels(backend.name).inc()
             if last_failure is not None:

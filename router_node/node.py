@@ -28,12 +28,13 @@ from redis.asyncio import Redis
 
 from controlplane.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from controlplane.errors import StateError
-from controlplane.model import Backend, BudgetStatus, HardLimitAction
+from controlplane.model import Backend, BudgetStatus, HardLimitAction, HealthState
 from controlplane.periods import BudgetCalendar
 from controlplane.reservations import settle_node
 from controlplane.snapshot import Snapshot
 from controlplane.state import seed_desired
 from controlplane.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
+from router_node.breaker import Breakers, BreakerSettings
 from router_node.leases import LeaseBook
 from router_node.load import LoadTracker
 from router_node.metrics import Metrics
@@ -105,8 +106,12 @@ class RouterNode:
         self.admitted = self.telemetry.admitted
         self.telemetry.on_spend_drop = self.refresher.poke
         self._base: Snapshot | None = None
-        self._fail_streak: dict[str, int] = {}
-        self._ejected: dict[str, float] = {}
+        q = settings.quality
+        self.breakers = Breakers(
+            BreakerSettings(q.breaker_failures, q.breaker_retry_seconds, q.max_cooldown_seconds,
+                            q.eject_after_failures, q.eject_seconds),
+            time.time,
+        )
         self._effective: Snapshot | None = None
         self._spend_seen: tuple = ()
         self._tasks: list[asyncio.Task] = []
@@ -151,6 +156,9 @@ class RouterNode:
 
     def _on_snapshot(self, snap: Snapshot) -> None:
         self._base = snap
+        self.breakers.set_unhealthy({
+            b.name: b.health_at or 0.0 for b in snap.backends.values() if b.health is HealthState.UNHEALTHY
+        })
         self._spend_seen = ()
         self._apply_spend()
         self.queue.notify()
@@ -185,26 +193,15 @@ class RouterNode:
             budgets[scope] = replace(state, spend_usd=max(observed, live), period=period)
         self._effective = replace(base, budgets=MappingProxyType(budgets))
 
-    # -- passive health: consecutive upstream failures seen by this node --------------------------------
-    def note_upstream(self, backend: str, ok: bool) -> None:
+    # -- passive health and circuit breakers: what this node saw of each backend (router_node/breaker.py) --
+    def note_upstream(self, backend: str, ok: bool, why: str = "", retry_after: float | None = None,
+                      rate_limited: bool = False) -> None:
         if ok:
-            if self._fail_streak.pop(backend, None) is not None:
-                self._ejected.pop(backend, None)
-            return
-        streak = self._fail_streak.get(backend, 0) + 1
-        self._fail_streak[backend] = streak
-        q = self.settings.quality
-        if streak >= q.eject_after_failures and q.eject_seconds > 0:
-            self._ejected[backend] = time.monotonic() + q.eject_seconds
-
-    def failing_here(self) -> frozenset[str]:
-        """Backends to try last right now (their cool-down not over); empty almost always, and cheap then."""
-        if not self._ejected:
-            return frozenset()
-        now = time.monotonic()
-        for name in [n for n, until in self._ejected.items() if until <= now]:
-            del self._ejected[name]  # the next failure ejects again at once: the streak is kept
-        return frozenset(self._ejected)
+            self.breakers.succeeded(backend)
+        elif rate_limited:
+            self.breakers.rate_limited(backend, retry_after)
+        else:
+            self.breakers.failed(backend, why)
 
     # -- budget leases for blocking hard limits (controlplane.reservations) ------------------------------
     def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float, str]]:

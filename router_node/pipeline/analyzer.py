@@ -2,7 +2,8 @@
 
 Aliases resolve for at most `MAX_ALIAS_HOPS` hops (a->b->c->d resolves; a fourth hop is an error).
 Config loading refuses cycles and longer chains already; the check here guards snapshots built from
-anything else. Exclusions, one reason per backend, first that applies: unhealthy, missing vision,
+anything else. Exclusions, one reason per backend, first that applies: unhealthy (unless this router
+node's breakers saw it answer since, or its trial is due: `intent.usable_unhealthy`), missing vision,
 tools or JSON mode, context length too small for the estimated input plus `max_tokens`.
 """
 
@@ -64,10 +65,17 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     bad: list[tuple[Backend, str, str]] = []
     for b in checked:
         spec = b.models[model]
-        if b.health is HealthState.UNHEALTHY:
+        unhealthy = b.health is HealthState.UNHEALTHY
+        if unhealthy and b.name not in intent.usable_unhealthy:
             bad.append((b, "backend is unhealthy (failing health checks)",
                         f"check backend {b.name}; it is re-admitted after its health checks recover"))
-        elif req.vision and not spec.vision:
+            continue
+        if unhealthy:
+            intent.warnings.append(
+                f"{b.name} fails its health checks, but this router node saw it answer since or is trying it "
+                "again (circuit breaker); it stays a candidate"
+            )
+        if req.vision and not spec.vision:
             bad.append((b, f"model {model} on this backend does not accept images",
                         f"send the request without image parts, or declare vision = true for {model} "
                         "on a backend that supports it"))

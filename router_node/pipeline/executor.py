@@ -14,7 +14,7 @@ from typing import Protocol
 
 from controlplane.model import HealthState
 from controlplane.snapshot import Snapshot
-from router_node.pipeline import analyzer, budget, privacy, quality, scheduler, tier
+from router_node.pipeline import analyzer, budget, circuit, privacy, quality, scheduler, tier
 from router_node.pipeline.intent import Decision, Queue, Reject, Route, RoutingIntent, TraceStep
 
 __all__ = ["DEFAULT_RECONCILERS", "FILTER_RECONCILERS", "Reconciler", "decide"]
@@ -26,7 +26,7 @@ class Reconciler(Protocol):
     def reconcile(self, intent: RoutingIntent, snapshot: Snapshot) -> None: ...
 
 
-FILTER_RECONCILERS: tuple[Reconciler, ...] = (privacy, budget, tier, quality)  # type: ignore[assignment]
+FILTER_RECONCILERS: tuple[Reconciler, ...] = (privacy, budget, tier, quality, circuit)  # type: ignore[assignment]
 DEFAULT_RECONCILERS: tuple[Reconciler, ...] = (analyzer, *FILTER_RECONCILERS, scheduler)  # type: ignore[assignment]
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from router_node.pipeline import analyzer, budget, privacy, quality, scheduler, tier
+from router_node.pipeline import analyzer, budget, circuit, privacy, quality, scheduler, tier
 from router_node.pipeline.intent import Decision, Queue, Reject, RejectionReason, Route
 
 __all__ = ["ACTIONABILITY", "explain", "rejection_context", "waiting_helps"]
 
 # Which exclusion a client or operator can most readily lift: a request header first, then waiting
 # for a backend to recover, then changing the request, then an operator's budget or policy change.
-ACTIONABILITY = (tier.NAME, scheduler.NAME, quality.NAME, analyzer.NAME, budget.NAME, privacy.NAME)
+ACTIONABILITY = (tier.NAME, scheduler.NAME, circuit.NAME, quality.NAME, analyzer.NAME, budget.NAME, privacy.NAME)
 _RANK = {name: i for i, name in enumerate(ACTIONABILITY)}
 
 
@@ -42,7 +42,7 @@ def _grouped(reasons: Iterable[RejectionReason]) -> dict[str, list[dict[str, str
 
 def waiting_helps(reasons: Iterable[RejectionReason]) -> bool:
     """True when some exclusion lifts by itself: a failing or unhealthy backend may recover."""
-    return any(r.reconciler == quality.NAME or "unhealthy" in r.reason for r in reasons)
+    return any(r.reconciler in (quality.NAME, circuit.NAME) or "unhealthy" in r.reason for r in reasons)
 
 
 def rejection_context(decision: Reject, *, retry_after_seconds: float | None = None) -> dict[str, Any]:

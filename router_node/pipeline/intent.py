@@ -75,6 +75,7 @@ class RoutingIntent:
         "budget_scope",
         "budget_status",
         "candidates",
+        "circuits_open",
         "cost_estimates",
         "demoted",
         "error",
@@ -100,6 +101,7 @@ class RoutingIntent:
         "slow",
         "tier_mode",
         "tier_mode_explicit",
+        "usable_unhealthy",
         "warnings",
     )
 
@@ -118,6 +120,8 @@ class RoutingIntent:
         privacy_required: Zone | None = None,
         budget_exhausted: bool = False,
         failing_here: frozenset[str] = frozenset(),
+        circuits_open: Mapping[str, tuple[str, float]] | None = None,
+        usable_unhealthy: frozenset[str] = frozenset(),
     ) -> None:
         self.request_id = request_id
         self.requested_model = model
@@ -150,6 +154,11 @@ class RoutingIntent:
         # the caller; the QualityReconciler turns it into `demoted` (tried last, never excluded)
         self.failing_here = failing_here
         self.demoted: frozenset[str] = frozenset()
+        # this node's circuit breakers (router_node/breaker.py): backends it must not try now (reason, seconds
+        # to the next trial), and backends the health worker calls unhealthy that it may use (answered since,
+        # or a trial is due); the CircuitReconciler and the RequestAnalyzer read them
+        self.circuits_open: Mapping[str, tuple[str, float]] = circuits_open or {}
+        self.usable_unhealthy = usable_unhealthy
         self.scores: dict[str, float] = {}
         self.warnings: list[str] = []
         # set by the scheduler, the last reconciler

@@ -8,7 +8,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-__all__ = ["RawResponse", "RawServer", "closed", "connect", "read_response", "request_head"]
+import orjson
+
+__all__ = ["RawRequest", "RawResponse", "RawServer", "chat_completion", "closed", "connect", "read_request",
+           "read_response", "request_head", "response"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +19,43 @@ class RawResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_request(reader: asyncio.StreamReader) -> RawRequest:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    method, path, _ = head[0].split(" ", 2)
+    headers = {}
+    for line in head[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return RawRequest(method, path, headers, body)
+
+
+def response(status: int, body: bytes = b"", content_type: str = "application/json",
+             headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chat_completion(text: str = "ok", model: str = "m", usage: object = None) -> bytes:
+    """A minimal, valid OpenAI chat completion; `usage` as given (None: omitted)."""
+    body: dict = {"id": "chatcmpl-raw", "object": "chat.completion", "created": 1, "model": model,
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                               "finish_reason": "stop"}]}
+    if usage is not None:
+        body["usage"] = usage
+    return orjson.dumps(body)
 
 
 def request_head(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:

@@ -436,7 +436,9 @@ async def test_inflight_returns_to_zero_after_disconnects_and_upstream_failures(
     flaky = await fakes("flaky", ("f",), error_rate=0.3, seed=7)
     broken = await fakes("broken", ("mid",), fail_mode="midstream", stream_chunks=6, chunk_delay_ms=5)
     cap = {"max_concurrency": 1000}
-    gw = await gateways([backend_for(f, **cap) for f in (streamy, slow, flaky, broken)])
+    # the breaker would (rightly) open on the broken and flaky backends; this test is about accounting
+    gw = await gateways([backend_for(f, **cap) for f in (streamy, slow, flaky, broken)],
+                        quality={"breaker_failures": 1000})
     url = gw.url + CHAT
     outcomes: Counter[str] = Counter()
     peak = {"local": 0, "cluster": 0}

@@ -40,6 +40,7 @@ ALL_RECONCILERS = [
     "BudgetReconciler",
     "TierReconciler",
     "QualityReconciler",
+    "CircuitReconciler",
     "SchedulerReconciler",
 ]
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=15)

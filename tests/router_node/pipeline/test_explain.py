@@ -52,7 +52,7 @@ def test_explain_route_has_steps_policy_scores_and_choice():
     assert out["matched_policy"]["model_pattern"] == "m*"
     assert [s["reconciler"] for s in out["steps"]] == [
         "RequestAnalyzer", "PrivacyReconciler", "BudgetReconciler", "TierReconciler", "QualityReconciler",
-        "SchedulerReconciler"]
+        "CircuitReconciler", "SchedulerReconciler"]
     assert out["steps"][1]["excluded"][0]["agent_id"] == "c"
     assert out["scores"]["a"] > out["scores"]["b"]
     assert all(s["duration_us"] >= 0 for s in out["steps"])

@@ -59,6 +59,9 @@ requests = st.fixed_dictionaries({
     "vision": st.booleans(),
     "max_tokens": st.sampled_from([None, 10, 5000]),
     "flexible": st.booleans(),
+    # this router node's circuit breakers: open circuits, and worker-unhealthy backends it may use
+    "open": st.sets(st.integers(0, 9), max_size=3),
+    "usable": st.sets(st.integers(0, 9), max_size=3),
 })
 
 
@@ -87,7 +90,11 @@ def intent_for(req, seed=0):
         content.append({"type": "image_url", "image_url": {"url": "data:,"}})
     body = chat(messages=[{"role": "user", "content": content}], max_tokens=req["max_tokens"])
     mode = TierMode.FLEXIBLE if req["flexible"] else None
-    return RoutingIntent(req["model"], extract_requirements(body), tier_mode=mode, rng=random.Random(seed))
+    return RoutingIntent(
+        req["model"], extract_requirements(body), tier_mode=mode, rng=random.Random(seed),
+        circuits_open={f"b{i}": ("circuit open: test", 1.0) for i in req["open"]},
+        usable_unhealthy=frozenset(f"b{i}" for i in req["usable"]),
+    )
 
 
 @settings(max_examples=300, deadline=None)
