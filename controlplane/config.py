@@ -358,6 +358,8 @@ class ServerConfig(BaseModel):
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # inference requests in progress on this replica (queued ones included) before new ones get a fast 503
     max_concurrent_requests: int = Field(default=1000, ge=1, le=10_000_000)
+    # the largest non-streamed body a backend may answer (more: an upstream failure, failed over)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**40)
     # what one client may make a replica hold (router_node/protocol.py): open connections, the size and
     # arrival time of a request head, the arrival time of a body, and idle time between requests
     max_connections: int = Field(default=4096, ge=1, le=10_000_000)

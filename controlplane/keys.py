@@ -22,6 +22,9 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  quality   hash  backend name -> QualityStats
                  spend     hash  budget scope -> {spend_usd, period} plus, from the budget worker,
                                  {status, limit_usd, soft_limit_fraction, utilization, checked_at}
+                 wire      hash  backend name -> {fact: learned at (unix s)}, facts router nodes learned
+                                 about a backend's wire format (`no_stream_options`); stale after
+                                 WIRE_FACT_TTL_SECONDS, then learned again
     {telemetry}  records:<day>  hash  request id -> record (HSETNX makes replays idempotent)
                  spend:<period> hash  budget scope -> float (HINCRBYFLOAT, live spend of the period)
                  rolled:<day>   set   ids of records the workers rolled up and deleted (replay guard)
@@ -61,6 +64,7 @@ __all__ = [
     "OBSERVED_HEALTH",
     "OBSERVED_QUALITY",
     "OBSERVED_SPEND",
+    "OBSERVED_WIRE",
     "PREFIX",
     "TELEMETRY_AGG_TTL_SECONDS",
     "TELEMETRY_QUALITY_TTL_SECONDS",
@@ -69,6 +73,7 @@ __all__ = [
     "TELEMETRY_ROLLED_GRACE_SECONDS",
     "TELEMETRY_SPEND_TTL_SECONDS",
     "VERSION",
+    "WIRE_FACT_TTL_SECONDS",
     "WORKER_QUEUE",
     "WORKER_TICKS_TTL_SECONDS",
     "inflight",
@@ -111,6 +116,9 @@ EVENTS_CHANNEL = f"{PREFIX}:events"
 OBSERVED_HEALTH = _key("observed", "health")
 OBSERVED_QUALITY = _key("observed", "quality")
 OBSERVED_SPEND = _key("observed", "spend")
+OBSERVED_WIRE = _key("observed", "wire")
+# a learned wire fact is trusted this long: a backend upgraded meanwhile gets the field offered again
+WIRE_FACT_TTL_SECONDS = 24 * 3600
 
 # -- telemetry (written by router nodes after each request) ---------------------------------------------
 # Records are bucketed by UTC day so old ones expire as whole keys instead of needing a sweeper; a

@@ -37,10 +37,12 @@ __all__ = [
     "read_health",
     "read_inflight",
     "read_observed",
+    "read_wire_facts",
     "write_health",
     "write_inflight",
     "write_quality",
     "write_spend",
+    "write_wire_fact",
 ]
 
 _QUALITY = TypeAdapter(QualityStats)
@@ -141,6 +143,30 @@ async def read_health(redis: Redis) -> dict[str, HealthRecord]:
 def _decode_health(reply: Any) -> dict[str, HealthRecord]:
     where = keys.OBSERVED_HEALTH
     return {n: load_json(raw, f"{where}[{n}]", HealthRecord.model_validate) for n, raw in decode_hash(reply).items()}
+
+
+_WIRE = TypeAdapter(dict[str, float])
+
+
+async def write_wire_fact(redis: Redis, backend: str, fact: str, now: float | None = None) -> None:
+    """Record that router nodes learned `fact` about `backend`'s wire format (e.g. `no_stream_options`)."""
+    with guard("writing wire facts"):
+        raw = await redis.hget(keys.OBSERVED_WIRE, backend)
+        facts = load_json(raw, f"{keys.OBSERVED_WIRE}[{backend}]", _WIRE.validate_python) if raw else {}
+        facts[fact] = time.time() if now is None else now
+        await redis.hset(keys.OBSERVED_WIRE, backend, orjson.dumps(facts))
+
+
+async def read_wire_facts(redis: Redis, now: float | None = None) -> dict[str, frozenset[str]]:
+    """backend -> the wire facts learned within WIRE_FACT_TTL_SECONDS."""
+    with guard("reading wire facts"):
+        reply = await redis.hgetall(keys.OBSERVED_WIRE)
+    oldest = (time.time() if now is None else now) - keys.WIRE_FACT_TTL_SECONDS
+    out = {}
+    for backend, raw in decode_hash(reply).items():
+        facts = load_json(raw, f"{keys.OBSERVED_WIRE}[{backend}]", _WIRE.validate_python)
+        out[backend] = frozenset(f for f, at in facts.items() if at >= oldest)
+    return out
 
 
 async def write_quality(redis: Redis, name: str, stats: QualityStats) -> None:

@@ -7,6 +7,7 @@
     ├── ModelNotFound     404    unknown model, or its fallbacks exhausted
     ├── MethodNotAllowed  405    wrong method for the path
     ├── PayloadTooLarge   413    body over server.max_body_bytes
+    ├── UnsupportedMediaType 415 a body that is not declared application/json (stops cross-site form posts)
     ├── ClientDisconnected 499   the client left before its body arrived (nothing can be sent)
     ├── UpstreamRateLimited 429  every candidate answered 429 (Retry-After: the soonest cooldown's end)
     ├── UpstreamFailed    502    every candidate failed before the first byte
@@ -38,6 +39,7 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamFailed",
     "UpstreamRateLimited",
@@ -112,6 +114,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type_ = "invalid_request_error"
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type_ = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class ClientDisconnected(GatewayError):

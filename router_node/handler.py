@@ -15,9 +15,11 @@ Flow for `POST /v1/chat/completions` and `POST /v1/embeddings`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +30,12 @@ from controlplane.snapshot import Snapshot
 from router_node.asgi import Headers, read_body, send_error, start_response
 from router_node.errors import (
     BadRequest,
+    ClientDisconnected,
     GatewayError,
     ModelNotFound,
     Unauthorized,
     Unavailable,
+    UnsupportedMediaType,
     UpstreamError,
     UpstreamFailed,
     UpstreamRateLimited,
@@ -39,7 +43,8 @@ from router_node.errors import (
 )
 from router_node.pipeline import Decision, Queue, Reject, Requirements, Route, RoutingIntent, decide, explain
 from router_node.pipeline.explain import rejection_context, waiting_helps
-from router_node.pipeline.requirements import estimate_text_tokens, extract_requirements
+from router_node.pipeline.requirements import CHARS_PER_TOKEN, estimate_text_tokens, extract_requirements
+from router_node.protocol import ClientWatch
 from router_node.queue import QueueFull
 from router_node.schemas import parse_chat, parse_embeddings, parse_json_object
 from router_node.upstream import Exchange, MidStreamError, Usage
@@ -57,6 +62,26 @@ _SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+@contextlib.contextmanager
+def _until_client_leaves(watch: ClientWatch | None) -> Iterator[None]:
+    """Run the block as this request's cancellable work: if the client's connection is lost meanwhile, the
+    block is cancelled (an upstream call stops, a queue wait ends) and ClientDisconnected raised instead."""
+    if watch is None:  # served by something other than router_node/protocol.py: nothing to hook
+        yield
+        return
+    task = asyncio.current_task()
+    watch.task = task
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not watch.gone or task is None:
+            raise
+        task.uncancel()
+        raise ClientDisconnected("the client went away before the answer was ready") from None
+    finally:
+        watch.task = None
 
 
 def key_id_of(key: str) -> str:
@@ -79,6 +104,7 @@ class _Request:
     tier_mode: TierMode | None
     priority: str
     explain: bool
+    watch: ClientWatch | None = None
     attempts: list[str] = field(default_factory=list)
 
 
@@ -111,8 +137,20 @@ def _embedding_requirements(body: dict[str, Any]) -> Requirements:
     return Requirements(input_tokens=tokens, max_output_tokens=0)
 
 
+def _require_json(scope: dict[str, Any]) -> None:
+    """Only a body declared as JSON is read: a browser's cross-site form or text/plain post (which needs no
+    CORS preflight) must not be able to spend the budget."""
+    ctype = _header(scope, b"content-type")
+    if ctype is None or ctype.split(b";", 1)[0].strip().lower() != b"application/json":
+        shown = ctype.decode("latin-1")[:60] if ctype else "none"
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json (got {shown}); send the request as JSON", param="Content-Type"
+        )
+
+
 async def _parse(node: RouterNode, scope: dict[str, Any], receive: Any, path: str) -> _Request:
     key_id = authenticate(node, scope)
+    _require_json(scope)
     raw = await read_body(scope, receive, node.settings.server.max_body_bytes)
     body = parse_json_object(raw)
     if path == CHAT_PATH:
@@ -149,6 +187,7 @@ async def _parse(node: RouterNode, scope: dict[str, Any], receive: Any, path: st
         tier_mode=tier_mode,
         priority=prio.decode(),
         explain=exp is not None and exp.lower() in _TRUE,
+        watch=scope.get("nexus.client"),
     )
 
 
@@ -196,7 +235,8 @@ async def _decide_or_wait(
     while isinstance(decision, Queue):
         left = deadline - time.monotonic()
         try:
-            woke = left > 0 and await node.queue.wait(r.priority, left)
+            with _until_client_leaves(r.watch):
+                woke = left > 0 and await node.queue.wait(r.priority, left)
         except QueueFull:
             raise Unavailable(
                 f"{decision.reason}, and this replica's queue is full",
@@ -401,9 +441,11 @@ async def _attempts(
         node.load.acquire(backend.name)
         t_attempt = time.perf_counter()
         try:
-            ex = await node.upstream.open(
-                backend, r.path, r.body, r.raw, model=decision.model, stream=r.stream, timeout=backend.timeout_seconds
-            )
+            with _until_client_leaves(r.watch):
+                ex = await node.upstream.open(
+                    backend, r.path, r.body, r.raw, model=decision.model, stream=r.stream,
+                    timeout=backend.timeout_seconds,
+                )
         except UpstreamError as err:
             node.load.release(backend.name)
             node.note_upstream(backend.name, ok=False, why=err.reason, retry_after=err.retry_after,
@@ -446,8 +488,7 @@ async def _attempts(
             # one per content event), not the whole max_tokens estimate
             usage = Usage(r.requirements.input_tokens, delivered[0])
         elif usage is None:
-            out = r.requirements.max_output_tokens if r.requirements.max_output_tokens is not None else 512
-            usage = Usage(r.requirements.input_tokens, out if ex.status == 200 else 0)
+            usage = _estimate(node, r, backend, ex)
         cost = (
             _cost(snap, backend, decision.model, usage.prompt_tokens, usage.completion_tokens)
             if ex.status == 200
@@ -479,6 +520,22 @@ async def _attempts(
         node.record_attempt_failure(*last_failure, reserved=reserved)
         held[0] = (0.0, {})
     return False
+
+
+def _estimate(node: RouterNode, r: _Request, backend: Backend, ex: Exchange) -> Usage:
+    """What to bill when the backend reported no valid usage: the prompt estimate, and the answer's text length
+    (else max_tokens, else 512) for the completion. A metric says why; invalid usage is logged too."""
+    if ex.status != 200:
+        return Usage(r.requirements.input_tokens, 0)
+    node.metrics.usage_estimated.labels(backend.name, "invalid" if ex.usage_problem else "missing").inc()
+    if ex.usage_problem:
+        node.warn_once(f"usage:{backend.name}", "backend %s sent usage that cannot be billed (%s); billing the "
+                       "estimate", backend.name, ex.usage_problem)
+    if ex.completion_chars:
+        out = -(-ex.completion_chars // CHARS_PER_TOKEN)
+    else:
+        out = r.requirements.max_output_tokens if r.requirements.max_output_tokens is not None else 512
+    return Usage(r.requirements.input_tokens, out)
 
 
 async def _answer(node: RouterNode, r: _Request, decision: Route, ex: Exchange, headers: Headers, send: Any) -> str:

@@ -76,6 +76,21 @@ class Metrics:
             "Telemetry records written while fewer replicas than redis.replica_acks confirmed them",
             registry=r,
         )
+        self.usage_estimated = Counter(
+            "nexus_usage_estimated",
+            "Requests billed from the gateway's estimate instead of the backend's usage, by reason",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.upstream_invalid = Counter(
+            "nexus_upstream_invalid_responses",
+            "Backend answers refused as malformed (failed over like any upstream failure)",
+            ["backend"],
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "nexus_circuit_open", "1 while this replica's circuit for the backend is open", ["backend"], registry=r
+        )
         self._refreshers: list[Callable[[Metrics], None]] = []
         self._included: list[CollectorRegistry] = []
 

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from controlplane.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from controlplane.errors import StateError
 from controlplane.model import Backend, BudgetStatus, HardLimitAction, HealthState
+from controlplane.observed import read_wire_facts, write_wire_fact
 from controlplane.periods import BudgetCalendar
 from controlplane.reservations import settle_node
 from controlplane.snapshot import Snapshot
@@ -49,6 +50,7 @@ Reserved = Mapping[str, str]  # budget scope -> the period a request's lease was
 
 log = logging.getLogger("nexus.router")
 HEARTBEAT_SECONDS = 1.0
+WARN_EVERY_SECONDS = 60.0
 _STATUS_VALUE = {BudgetStatus.NORMAL: 0, BudgetStatus.SOFT_LIMIT: 1, BudgetStatus.HARD_LIMIT: 2}
 
 
@@ -77,7 +79,9 @@ class RouterNode:
         self.metrics = Metrics()
         self.load = LoadTracker()
         self.queue = RequestQueue(settings.queue.max_size, settings.queue.enabled)
-        self.upstream = Upstream(settings.server, settings.secrets)
+        self.upstream = Upstream(settings.server, settings.secrets, on_learned=self._learned_no_stream_options)
+        self._warned: dict[str, float] = {}
+        self._pending_facts: set[str] = set()
         self.rng = random.Random(rng_seed)
         self._sequence = itertools.count()
         self.api_key_digests = self._key_digests()
@@ -202,6 +206,29 @@ class RouterNode:
             self.breakers.rate_limited(backend, retry_after)
         else:
             self.breakers.failed(backend, why)
+
+    def warn_once(self, topic: str, message: str, *args: object) -> None:
+        """A warning at most once a minute per topic: a misbehaving backend must not flood the log."""
+        now = time.monotonic()
+        if now - self._warned.get(topic, -WARN_EVERY_SECONDS) >= WARN_EVERY_SECONDS:
+            self._warned[topic] = now
+            log.warning(message, *args)
+
+    # -- wire facts learned from backends, shared with the other replicas through Redis ------------------
+    def _learned_no_stream_options(self, backend: str) -> None:
+        log.info("backend %s refuses stream_options: streams to it are billed from the estimate", backend)
+        self._pending_facts.add(backend)
+
+    async def _sync_wire_facts(self) -> None:
+        """Publish what this node learned, and learn what the others did (every heartbeat)."""
+        pending, self._pending_facts = self._pending_facts, set()
+        try:
+            for backend in pending:
+                await write_wire_fact(self.redis, backend, "no_stream_options")
+            facts = await read_wire_facts(self.redis)
+            self.upstream.no_stream_options = {b for b, f in facts.items() if "no_stream_options" in f}
+        except StateError:
+            self._pending_facts |= pending  # Redis away: publish next time
 
     # -- budget leases for blocking hard limits (controlplane.reservations) ------------------------------
     def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float, str]]:
@@ -399,6 +426,7 @@ class RouterNode:
         while True:
             with contextlib.suppress(StateError):
                 await self._beat()
+            await self._sync_wire_facts()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     def _scrape(self, m: Metrics) -> None:

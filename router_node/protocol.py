@@ -14,7 +14,10 @@ that adds, per connection:
 - a body timeout: the body must arrive within `body_timeout_seconds` of its head: 408 and close, and the
   application's `receive()` returns `http.disconnect` so nothing waits for ever;
 - a connection cap: a connection beyond `max_connections` open ones gets a fast 503 with Retry-After and
-  is closed, so the replica never runs out of file descriptors for the clients it does serve.
+  is closed, so the replica never runs out of file descriptors for the clients it does serve;
+- a `ClientWatch` in every request's scope (`scope["nexus.client"]`): the application registers the task
+  doing a request's work, and a lost connection cancels it at once (ASGI alone would only tell it at its next
+  `receive()`), so a client that leaves stops its upstream call and frees its in-flight slot.
 
 Idle keep-alive connections are closed by uvicorn's own `timeout_keep_alive` (server.keepalive_timeout_seconds).
 The hot path gains an integer add and two compares per read, and a counter per header; timers are armed
@@ -35,7 +38,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from controlplane.config import ServerConfig
 from router_node.errors import error_body
 
-__all__ = ["HttpLimits", "LimitedHttpToolsProtocol", "protocol_for"]
+__all__ = ["ClientWatch", "HttpLimits", "LimitedHttpToolsProtocol", "protocol_for"]
 
 log = logging.getLogger("nexus.router")
 OVER_CAP_GRACE_SECONDS = 1.0  # how long a connection beyond the cap may take to send its request
@@ -118,6 +121,21 @@ class _Refusals:
         )
 
 
+class ClientWatch:
+    """Per connection: `task` is the work to cancel if the client goes away; `gone` says it went."""
+
+    __slots__ = ("gone", "task")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.task: asyncio.Task | None = None
+
+    def lost(self) -> None:
+        self.gone = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is refused."""
 
@@ -143,6 +161,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._over_cap = False
         self._discarding = False  # refused: what still arrives is read and dropped until the close
+        self._watch = ClientWatch()
 
     # -- connection ---------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -156,6 +175,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        self._watch.lost()
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -203,6 +223,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.scope["nexus.client"] = self._watch  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
 
     def _head_size(self) -> int:

@@ -8,13 +8,14 @@ vendor extensions and newer OpenAI fields that Nexus need not know. A failure be
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, ValidationError
 
 from controlplane.globs import MAX_MODEL_NAME_LENGTH
 from router_node.errors import BadRequest
+from router_node.usage import MAX_TOKENS
 
 __all__ = ["ChatCompletionCreate", "EmbeddingCreate", "parse_chat", "parse_embeddings", "parse_json_object"]
 
@@ -37,16 +38,25 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool | None = None
 
 
+# JSON numbers only (a string "0.5" is refused, never forwarded raw); ints are numbers too
+Number = Annotated[float, Strict()] | StrictInt
+MAX_OUTPUT_TOKENS = MAX_TOKENS  # far above any model's output limit, far below 2**64
+
+
 class ChatCompletionCreate(BaseModel):
     model_config = _Open
     model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     n: StrictInt | None = Field(default=None, ge=1, le=128)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, ge=0, le=1)
+    presence_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Number | None = Field(default=None, ge=-2, le=2)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     tools: list[dict[str, Any]] | None = None
 
 
@@ -61,7 +71,8 @@ def _param(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[ContentPart]", "list[str]", "list[int]", "list[list[int]]", "none"):
+        elif part in ("str", "list[ContentPart]", "list[str]", "list[int]", "list[list[int]]", "none", "float",
+                      "int"):
             continue  # union branch names, not fields
         else:
             out += f".{part}" if out else str(part)

@@ -25,11 +25,13 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DEFAULT_MAX_TOKENS", "MAX_SSE_LINE", "StreamTranslator", "TranslationError", "Usage", "from_anthropic",
-           "from_anthropic_error", "to_anthropic"]
+from router_node.sse import MAX_SSE_LINE, SSEError, SSEParser
+from router_node.usage import count
+
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_SSE_LINE", "StreamTranslator", "TranslationError", "Usage", "check_message",
+           "from_anthropic", "from_anthropic_error", "to_anthropic", "usage_problem"]
 
 DEFAULT_MAX_TOKENS = 4096
-MAX_SSE_LINE = 8 * 1024 * 1024  # an upstream line longer than this ends the stream with an error
 _EMPTY: Mapping[str, Any] = {}
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
            "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -74,13 +76,36 @@ def _need(ok: bool, message: str, param: str) -> None:
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return count(value) or 0
+
+
+def usage_problem(raw: Any) -> str | None:
+    """Why an Anthropic usage object cannot be billed (a count that is not one), or None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        return f"usage is {type(raw).__name__}, not an object"
+    for key in _USAGE_KEYS:
+        if raw.get(key) is not None and count(raw[key]) is None:
+            return f"usage.{key} is {str(raw[key])[:40]!r}, not a token count"
+    return None
 
 
 def _usage(raw: Mapping[str, Any]) -> Usage:
     cached = _count(raw.get("cache_read_input_tokens"))
     prompt = _count(raw.get("input_tokens")) + _count(raw.get("cache_creation_input_tokens")) + cached
     return Usage(prompt, _count(raw.get("output_tokens")), cached)
+
+
+def check_message(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(the parsed message, None) when `payload` is an Anthropic message, else (None, what is wrong)."""
+    obj = _loads(payload)
+    if not isinstance(obj, dict):
+        head = payload[:40].decode("utf-8", "replace")
+        return None, f"answered 200 with a body that is not a JSON object (starts {head!r})"
+    if obj.get("type") != "message" or not isinstance(obj.get("content"), list):
+        return None, "answered 200 with an object that is not a message"
+    return obj, None
 
 
 def _obj(value: Any) -> Mapping[str, Any]:
@@ -258,8 +283,8 @@ def from_anthropic(resp: Mapping[str, Any], model: str, created: int) -> dict[st
     finish = _FINISH.get(str(resp.get("stop_reason")), "stop")
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     out = {"id": resp.get("id"), "object": "chat.completion", "created": created, "model": model, "choices": [choice]}
-    if isinstance(usage := resp.get("usage"), Mapping):
-        out["usage"] = _usage(usage).to_openai()
+    if isinstance(usage := resp.get("usage"), Mapping) and usage_problem(usage) is None:
+        out["usage"] = _usage(usage).to_openai()  # invalid usage is left out: billed from the estimate
     return out
 
 
@@ -293,18 +318,19 @@ class StreamTranslator:
     not. SSE lines may end in \\n, \\r\\n or \\r; comments, `id:` and `retry:` are ignored; a line
     longer than `MAX_SSE_LINE` is an upstream error."""
 
-    __slots__ = ("_created", "_data", "_done", "_error", "_event", "_finish", "_id", "_include_usage", "_model",
-                 "_pending", "_raw_usage", "_started", "_tools")
+    __slots__ = ("_created", "_done", "_error", "_finish", "_id", "_include_usage", "_model", "_raw_usage", "_sse",
+                 "_started", "_tools", "usage_problem")
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
         self._model, self._created, self._include_usage = model, created, include_usage
-        self._pending, self._event, self._data = bytearray(), "", []  # SSE parser state
+        self._sse = SSEParser(MAX_SSE_LINE)
         self._id = ""
         self._started = self._done = False
         self._tools: dict[int | None, int] = {}  # Anthropic content block index -> OpenAI tool_calls index
         self._raw_usage: dict[str, int] | None = None
         self._finish: str | None = None
         self._error: dict[str, Any] | None = None
+        self.usage_problem: str | None = None  # the upstream sent usage counts that are not counts
 
     @property
     def done(self) -> bool:
@@ -326,33 +352,23 @@ class StreamTranslator:
     def feed(self, chunk: bytes) -> bytes:
         if self._done or not chunk:
             return b""
-        out, held_cr = bytearray(), self._pending.endswith(b"\r")
-        self._pending += chunk
-        if held_cr or b"\n" in chunk or b"\r" in chunk:  # else mid-line: no need to rescan the pending bytes
-            lines = self._pending.splitlines(keepends=True)
-            # an unterminated line, or one ending in \r that may be half of \r\n, waits for more bytes
-            self._pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else bytearray()
-            for line in lines:
-                if not (line := line.rstrip(b"\r\n")):  # a blank line dispatches the event
-                    event, data, self._event, self._data = self._event, self._data, "", []
-                    out += self._translate(event or "message", b"\n".join(data)) if data else b""
-                    if self._done:
-                        return bytes(out)
-                    continue
-                name, _, value = line.partition(b":")
-                value = value[1:] if value[:1] == b" " else value
-                if name == b"data":
-                    self._data.append(bytes(value))
-                elif name == b"event":
-                    self._event = value.decode("utf-8", "replace")
-        if len(self._pending) > MAX_SSE_LINE:
-            out += self._fail(f"upstream SSE line exceeds {MAX_SSE_LINE} bytes", "upstream_invalid_stream")
-        return bytes(out)
+        try:
+            return self._events(self._sse.feed(chunk))
+        except SSEError:
+            return self._fail(f"upstream SSE line exceeds {MAX_SSE_LINE} bytes", "upstream_invalid_stream")
 
     def flush(self) -> bytes:
         """The upstream body ended: the output still held back. Adds no error event: if `done` is still
         False the stream was cut short, and the caller ends it with its own error event."""
-        return self.feed(b"\n") if self._pending.endswith(b"\r") else b""  # a final \r is a line end after all
+        return b"" if self._done else self._events(self._sse.flush())
+
+    def _events(self, events: list[Any]) -> bytes:
+        out = bytearray()
+        for ev in events:
+            out += self._translate(ev.event, ev.data)
+            if self._done:
+                break
+        return bytes(out)
 
     def _translate(self, name: str, raw: bytes) -> bytes:
         if not isinstance(data := _loads(raw), Mapping):
@@ -397,7 +413,9 @@ class StreamTranslator:
         return b""  # ping, content_block_stop, and event types this version does not know
 
     def _add_usage(self, usage: Any) -> None:
-        counts = {k: v for k, v in _obj(usage).items() if k in _USAGE_KEYS and _count(v) == v}
+        if (problem := usage_problem(usage)) is not None:
+            self.usage_problem = problem  # the bad counts are left out; billed from what is valid, or estimated
+        counts = {k: v for k, v in _obj(usage).items() if k in _USAGE_KEYS and count(v) is not None}
         if counts:  # message_delta counts are cumulative: the newest value of each key wins
             self._raw_usage = {**(self._raw_usage or {}), **counts}
 
