@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import statistics
 import time
 
@@ -280,3 +281,56 @@ async def test_max_concurrent_requests_is_enforced(gateways, http):
     finally:
         release.set()
         await upstream.stop()
+
+
+# ------------------------------------------------------------------------------------------------------
+# 7. bounded numbers, JSON bodies only, keys for /v1/models (and /metrics when asked)
+# ------------------------------------------------------------------------------------------------------
+
+
+async def test_numbers_are_bounded_and_typed_and_bodies_must_be_json(fakes, gateways, http):
+    local = await fakes("local", ("m",))
+    gw = await gateways([backend_for(local)])
+    cases = [
+        (chat(max_tokens=2**64 - 1), JSON, 400, "max_tokens"),
+        (chat(max_completion_tokens=10**9), JSON, 400, "max_completion_tokens"),
+        (chat(temperature="0.5"), JSON, 400, "temperature"),
+        (chat(top_p="1"), JSON, 400, "top_p"),
+        (chat(), {"Content-Type": "text/plain"}, 415, "Content-Type"),  # a cross-site form post needs no preflight
+        (chat(), {"Content-Type": "application/x-www-form-urlencoded"}, 415, "Content-Type"),
+        (chat(), {}, 415, "Content-Type"),
+    ]
+    for body, headers, status, param in cases:
+        async with http.post(gw.url + CHAT, data=body, headers=headers,
+                             skip_auto_headers=["Content-Type"]) as resp:
+            err = orjson.loads(await resp.read())["error"]
+            assert resp.status == status and err["param"] == param, (body, headers, err)
+    assert local.requests == []  # none of them reached the backend
+    async with http.post(gw.url + CHAT, data=chat(temperature=0.5, max_tokens=100),
+                         headers={"Content-Type": "Application/JSON; charset=utf-8"}) as resp:
+        assert resp.status == 200
+
+
+async def test_models_need_a_key_when_keys_are_set_and_metrics_when_configured(fakes, gateways, http):
+    local = await fakes("local", ("m",))
+    digest = hashlib.sha256(b"sk-good").hexdigest()
+    gw = await gateways([backend_for(local)], server={"api_keys": [f"sha256:{digest}"]})
+    good = {"Authorization": "Bearer sk-good"}
+    async with http.get(gw.url + "/v1/models") as resp:
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_api_key"
+    async with http.get(gw.url + "/v1/models", headers={"Authorization": "Bearer sk-bad"}) as resp:
+        assert resp.status == 401
+    async with http.get(gw.url + "/v1/models", headers=good) as resp:
+        assert resp.status == 200 and [m["id"] for m in (await resp.json())["data"]] == ["m"]
+    async with http.get(gw.url + "/metrics") as resp:
+        assert resp.status == 200  # default: scrapers need no key
+
+    keyed = await gateways([backend_for(local)], node_id="keyed",
+                           server={"api_keys": [f"sha256:{digest}"], "metrics_require_key": True,
+                                   "models_require_key": False})
+    async with http.get(keyed.url + "/metrics") as resp:
+        assert resp.status == 401
+    async with http.get(keyed.url + "/metrics", headers=good) as resp:
+        assert resp.status == 200 and "nexus_requests" in await resp.text()
+    async with http.get(keyed.url + "/v1/models") as resp:
+        assert resp.status == 200
