@@ -100,6 +100,13 @@ BAD = [
     pytest.param(
         '[[routing.policies]]\nmodel_pattern = ""\n', ["routing.policies[0].model_pattern", "empty"], id="empty-glob"
     ),
+    pytest.param("[server]\nmax_header_bytes = 100\n", ["server.max_header_bytes", "greater than or equal to 1024"],
+                 id="header-limit-too-small"),
+    pytest.param("[server]\nheader_timeout_seconds = 0\n", ["server.header_timeout_seconds", "greater than 0"],
+                 id="header-timeout-zero"),
+    pytest.param("[server]\nmax_connections = 0\n", ["server.max_connections"], id="no-connections"),
+    pytest.param("[quality]\nbreaker_retry_seconds = -1\n", ["quality.breaker_retry_seconds"],
+                 id="breaker-retry-negative"),
     pytest.param(
         '[[routing.policies]]\nmodel_pattern = "llama[z-a]*"\n',
         ["routing.policies[0].model_pattern", "bad range 'z-a'", "low to high"],
