@@ -42,7 +42,7 @@ __all__ = ["ClientWatch", "HttpLimits", "LimitedHttpToolsProtocol", "protocol_fo
 
 log = logging.getLogger("nexus.router")
 OVER_CAP_GRACE_SECONDS = 1.0  # how long a connection beyond the cap may take to send its request
-LINGER_SECONDS = 1.0  # after a refusal, how long what the client still sends is read and dropped
+LINGER_SECONDS = 1.0  # after a refusal, how long the connection stays half-closed before it is closed
 _FD_RESERVE = 128  # descriptors kept for Redis, logs and the like beyond client and upstream connections
 
 
@@ -160,7 +160,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: bytes | None = None  # set by a parser callback that refused the request
         self._timer: asyncio.TimerHandle | None = None
         self._over_cap = False
-        self._discarding = False  # refused: what still arrives is read and dropped until the close
+        self._discarding = False  # refused: nothing more is parsed until the close
         self._watch = ClientWatch()
 
     # -- connection ---------------------------------------------------------------------------------------
@@ -244,8 +244,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused  # stops the parser; data_received sends the refusal
 
     def _refuse(self, response: bytes) -> None:
-        """Send `response` and close after a lingering half-close: the client may still be sending, and
-        closing a socket with unread data resets it, which can destroy the response before it is read."""
+        """Send `response`, half-close, stop reading, and close after LINGER_SECONDS. Closing at once with the
+        client's unread bytes still arriving would reset the connection and could destroy the response before
+        it left; reading and dropping them instead would let a client that keeps sending (a header bomb)
+        make the replica read megabytes per refusal. Paused, the client's own send buffer fills and it stops."""
         self._disarm()
         transport = self.transport
         if transport.is_closing():
@@ -254,6 +256,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = True
         if transport.can_write_eof():
             transport.write_eof()
+        transport.pause_reading()
         self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def _arm(self, delay: float, callback: Any) -> None:
