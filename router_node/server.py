@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import uvicorn
 
-from controlplane.config import NexusSettings
+from controlplane.config import NexusSettings, ServerConfig
 from controlplane.embedded_redis import EmbeddedRedis
 from controlplane.redis_conn import connect
 from router_node.app import GatewayApp
@@ -33,16 +33,18 @@ log = logging.getLogger("nexus")
 Hook = Callable[[], Awaitable[None]]
 
 
-def uvicorn_config(app: GatewayApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: GatewayApp, host: str, port: int, server: ServerConfig | None = None, **overrides: Any
+) -> uvicorn.Config:
     """How every gateway is served (processes and tests alike): uvloop, httptools with the connection limits
-    of `server` (router_node/protocol.py), no WebSocket, no access log."""
+    of `server` (default: the app's node's; router_node/protocol.py), no WebSocket, no access log."""
     try:
         import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:  # uvicorn[standard] brings it; keep working without it
         loop = "asyncio"
-    server = app.node.settings.server
+    server = server or app.node.settings.server
     options: dict[str, Any] = {
         "host": host,
         "port": port,

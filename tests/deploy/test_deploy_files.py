@@ -46,7 +46,7 @@ from controlplane.admin.app import PREFIX as ADMIN_PREFIX
 from controlplane.config import NexusSettings, load_settings
 from controlplane.nginx_conf import UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS, main, render, render_deploy
 from router_node.app import GatewayApp
-from router_node.server import _uvicorn_config, build_gateway
+from router_node.server import build_gateway, uvicorn_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -61,7 +61,8 @@ NEXUS_COMMANDS = {"router", "worker", "admin", "serve", "fake-backend"}
 
 
 def _uvicorn_graceful_seconds() -> float:
-    return float(_uvicorn_config(None, "127.0.0.1", 0).timeout_graceful_shutdown)  # type: ignore[arg-type]
+    server = _compose_settings().server
+    return float(uvicorn_config(None, "127.0.0.1", 0, server).timeout_graceful_shutdown)  # type: ignore[arg-type]
 
 
 def _drain_seconds() -> float:
@@ -261,7 +262,8 @@ def test_nginx_accepts_the_compose_config(tmp_path: Path, compose: dict[str, Any
 
 
 def test_upstream_keepalive_ends_before_uvicorns() -> None:
-    keep_alive = _uvicorn_config(None, "127.0.0.1", 0).timeout_keep_alive  # type: ignore[arg-type]
+    # what the deployed replicas run with (deploy/nexus.compose.toml), against nginx's upstream keep-alive
+    keep_alive = uvicorn_config(None, "127.0.0.1", 0, _compose_settings().server).timeout_keep_alive  # type: ignore[arg-type]
     assert keep_alive > UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS
     assert f"keepalive_timeout {UPSTREAM_KEEPALIVE_TIMEOUT_SECONDS}s;" in NGINX_DEPLOY.read_text(encoding="utf-8")
 
