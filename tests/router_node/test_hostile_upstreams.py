@@ -354,7 +354,7 @@ async def test_invalid_usage_is_billed_from_the_estimate(gateways, http, redis, 
         assert record.prompt_tokens >= 0 and record.completion_tokens == 100  # from the answer's length
         assert 0 < record.cost_usd < 1.0
         assert await metric(http, gw, "nexus_usage_estimated_total", backend="cheap", reason="invalid") == 1
-        spend = await redis.hget(keys.telemetry_spend(gw.node.telemetry.live_period), "global")
+        spend = await redis.hget(keys.telemetry_spend(gw.node.telemetry.periods()["global"]), "global")
         assert float(spend) == pytest.approx(record.cost_usd)  # the live spend the budget sees
 
 
