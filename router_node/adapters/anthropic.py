@@ -364,8 +364,8 @@ class StreamTranslator:
 
     def _events(self, events: list[Any]) -> bytes:
         out = bytearray()
-        for ev in events:
-            out += self._translate(ev.event, ev.data)
+        for data, name in events:
+            out += self._translate(name, data)
             if self._done:
                 break
         return bytes(out)

@@ -19,12 +19,30 @@ from typing import Any
 
 import orjson
 
-from router_node.sse import ServerEvent, SSEError, SSEParser
+from router_node.sse import COMMENT, ServerEvent, SSEError, SSEParser
 from router_node.usage import Usage, openai_usage
 
 __all__ = ["OpenAIStream", "check_body", "completion_chars", "error_envelope"]
 
 _DONE = b"data: [DONE]\n\n"
+
+
+def _plain(chunk: bytes) -> bool:
+    """`chunk` is whole events in canonical framing (router_node/sse.py `canonical`), every one a JSON object
+    with no error and no usage object in it: nothing to check or change. All byte scans, no parsing."""
+    if chunk[:7] != b"data: {" or chunk[-2:] != b"\n\n":
+        return False
+    lines = chunk.count(b"\n")
+    if lines != 2 and lines != 2 * (chunk.count(b"\n\ndata: {") + 1):
+        return False
+    return b"\r" not in chunk and b'"error"' not in chunk and _no_usage(chunk)
+
+
+def _no_usage(data: bytes) -> bool:
+    """No usage in these bytes beyond `"usage":null` (OpenAI sends that in every chunk when usage is asked):
+    the count of usage keys equals the count of null ones."""
+    n = data.count(b'"usage"')
+    return n == 0 or n == data.count(b'"usage":null') + data.count(b'"usage": null')
 
 
 def check_body(payload: bytes, embeddings: bool = False) -> tuple[dict[str, Any] | None, str | None]:
@@ -106,6 +124,8 @@ class OpenAIStream:
     def feed(self, chunk: bytes) -> bytes:
         if self.done:
             return b""
+        if self._started and not self._count and self._sse.idle and _plain(chunk):
+            return chunk  # mid-stream events in canonical framing with nothing to check: sent on as they are
         try:
             events = self._sse.feed(chunk)
         except SSEError as exc:
@@ -116,32 +136,33 @@ class OpenAIStream:
         return b"" if self.done else self._emit(self._sse.flush())
 
     def _emit(self, events: list[ServerEvent]) -> bytes:
-        out = b"".join(self._event(ev) for ev in events if not self.done)
-        comments = self._sse.comments
-        if comments:
-            if self._started and not self.done:  # keep-alives pass, once the stream has started
-                out += b"".join(c + b"\n\n" for c in comments)
-            comments.clear()
-        return out
+        parts = []
+        for data, name in events:
+            if self.done:
+                break
+            if name == COMMENT:
+                if self._started:  # keep-alives pass once the stream has started
+                    parts.append(data + b"\n\n")
+            elif (self._started and not self._count and name == "message" and data[:1] == b"{"
+                    and b'"error"' not in data and _no_usage(data)):
+                parts.append(b"data: " + data + b"\n\n")  # the usual event ("usage":null at most): as it is
+            else:
+                parts.append(self._event(data, name))
+        return b"".join(parts)
 
-    def _event(self, ev: ServerEvent) -> bytes:
-        data = ev.data
+    def _event(self, data: bytes, name: str) -> bytes:
         if data == b"[DONE]":
             if not self._started:
                 return self._fail("the stream ended before its first event")
             self.done = True
             return _DONE
-        fast = self._started and not self._count and ev.event == "message"
-        if fast and data[:1] == b"{" and b'"error"' not in data and b'"usage":{' not in data \
-                and b'"usage": {' not in data:
-            return b"data: " + data + b"\n\n"  # the usual event ("usage":null at most): nothing to check
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             obj = None
         if not isinstance(obj, dict):
             return self._fail("upstream sent an SSE event that is not a JSON object")
-        if ("error" in obj and "choices" not in obj) or ev.event == "error":
+        if ("error" in obj and "choices" not in obj) or name == "error":
             err = obj.get("error")
             return self._fail(err.get("message") if isinstance(err, dict) else None, err)
         choices = obj.get("choices")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router_node.sse import ServerEvent, SSEError, SSEParser
+from router_node.sse import ServerEvent, SSEError, SSEParser, canonical
 
 
 def parse(*chunks: bytes, **kw: object) -> list[ServerEvent]:
@@ -18,20 +18,20 @@ def parse(*chunks: bytes, **kw: object) -> list[ServerEvent]:
 @pytest.mark.parametrize(
     ("stream", "events"),
     [
-        pytest.param(b"data: a\n\ndata: b\n\n", [ServerEvent(b"a"), ServerEvent(b"b")], id="lf"),
-        pytest.param(b"data: a\r\n\r\ndata: b\r\n\r\n", [ServerEvent(b"a"), ServerEvent(b"b")], id="crlf"),
-        pytest.param(b"data: a\r\rdata: b\r\r", [ServerEvent(b"a"), ServerEvent(b"b")], id="cr"),
-        pytest.param(b"data: a\r\n\ndata: b\r\r\n", [ServerEvent(b"a"), ServerEvent(b"b")], id="mixed"),
-        pytest.param(b"data: 1\ndata: 2\n\n", [ServerEvent(b"1\n2")], id="multi-line-data"),
-        pytest.param(b": ping\n\ndata: x\n: mid\n\n", [ServerEvent(b"x")], id="comments"),
-        pytest.param(b"event: delta\ndata: x\n\n", [ServerEvent(b"x", "delta")], id="event-name"),
-        pytest.param(b"data:x\ndata:  y\n\n", [ServerEvent(b"x\n y")], id="one-space-dropped"),
-        pytest.param(b"data\n\n", [ServerEvent(b"")], id="field-without-colon"),
+        pytest.param(b"data: a\n\ndata: b\n\n", [(b"a", "message"), (b"b", "message")], id="lf"),
+        pytest.param(b"data: a\r\n\r\ndata: b\r\n\r\n", [(b"a", "message"), (b"b", "message")], id="crlf"),
+        pytest.param(b"data: a\r\rdata: b\r\r", [(b"a", "message"), (b"b", "message")], id="cr"),
+        pytest.param(b"data: a\r\n\ndata: b\r\r\n", [(b"a", "message"), (b"b", "message")], id="mixed"),
+        pytest.param(b"data: 1\ndata: 2\n\n", [(b"1\n2", "message")], id="multi-line-data"),
+        pytest.param(b": ping\n\ndata: x\n: mid\n\n", [(b"x", "message")], id="comments"),
+        pytest.param(b"event: delta\ndata: x\n\n", [(b"x", "delta")], id="event-name"),
+        pytest.param(b"data:x\ndata:  y\n\n", [(b"x\n y", "message")], id="one-space-dropped"),
+        pytest.param(b"data\n\n", [(b"", "message")], id="field-without-colon"),
         pytest.param(b"id: 7\nretry: 10\n\n", [], id="no-data-no-event"),
-        pytest.param(b"\xef\xbb\xbfdata: x\n\n", [ServerEvent(b"x")], id="bom"),
-        pytest.param(b"data: x\n\n\n\ndata: y\n\n", [ServerEvent(b"x"), ServerEvent(b"y")], id="extra-blank-lines"),
+        pytest.param(b"\xef\xbb\xbfdata: x\n\n", [(b"x", "message")], id="bom"),
+        pytest.param(b"data: x\n\n\n\ndata: y\n\n", [(b"x", "message"), (b"y", "message")], id="extra-blank-lines"),
         pytest.param(b"data: cut", [], id="unterminated-event-dropped"),
-        pytest.param(b"data: x\n\r", [ServerEvent(b"x")], id="final-cr-is-a-line-end"),
+        pytest.param(b"data: x\n\r", [(b"x", "message")], id="final-cr-is-a-line-end"),
         pytest.param(b"<html><body>oops</body></html>\n\n", [], id="html-is-no-event"),
     ],
 )
@@ -57,7 +57,7 @@ def test_output_does_not_depend_on_chunking(events: list[tuple[bytes, bytes, byt
     assert parse(*chunks) == whole
     # after a bare "data:" one leading space of the value is the separator the spec drops
     expect = [v[1:] if not f.endswith(b" ") and v[:1] == b" " else v for f, v, _ in events]
-    assert [e.data for e in whole] == expect
+    assert [data for data, _ in whole] == expect
 
 
 def test_a_line_past_the_bound_is_an_error() -> None:
@@ -65,3 +65,21 @@ def test_a_line_past_the_bound_is_an_error() -> None:
     with pytest.raises(SSEError, match="exceeds 64 bytes"):
         for _ in range(10):
             p.feed(b"data: " + b"x" * 20)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "expected"),
+    [
+        pytest.param(b"data: a\n\ndata: b\n\n", True, id="canonical"),
+        pytest.param(b"data: a\r\n\r\n", False, id="crlf"),
+        pytest.param(b"data: a\n\n\n\ndata: b\n\n", False, id="extra-blank-line"),
+        pytest.param(b"data: a\ndata: b\n\n", False, id="multi-line"),
+        pytest.param(b"data: a\n: c\n\n", False, id="comment"),
+        pytest.param(b"data: a\n\ndata: b", False, id="unfinished"),
+        pytest.param(b"event: x\ndata: a\n\n", False, id="event-field"),
+    ],
+)
+def test_canonical_framing_is_recognised_exactly(chunk: bytes, expected: bool) -> None:
+    assert canonical(chunk) is expected
+    if expected:  # the fast path's claim: parsing gives the payloads, re-framing gives the same bytes
+        assert b"".join(b"data: " + d + b"\n\n" for d, _ in parse(chunk)) == chunk
