@@ -169,8 +169,10 @@ class UpstreamError(Exception):
         status: int | None = None,
         timeout: bool = False,
         retry_after: float | None = None,
+        invalid: bool = False,
     ) -> None:
         super().__init__(f"{backend}: {message}")
+        self.invalid = invalid  # the backend answered, but not with what the API says (HTML, bad JSON, ...)
         self.backend = backend
         self.reason = message
         self.status = status

@@ -450,6 +450,8 @@ async def _attempts(
             node.load.release(backend.name)
             node.note_upstream(backend.name, ok=False, why=err.reason, retry_after=err.retry_after,
                                rate_limited=err.status == 429)
+            if err.invalid:
+                node.metrics.upstream_invalid.labels(backend.name).inc()
             failures.append(err)
             node.metrics.failovers.labels(backend.name).inc()
             if last_failure is not None:

@@ -440,6 +440,9 @@ class RouterNode:
         snap = self._effective
         if snap is None:
             return
+        opened = self.breakers.view().open
+        for name in snap.backends:
+            m.circuit_open.labels(name).set(1 if name in opened else 0)
         now = time.time()
         m.snapshot_age.set(now - snap.built_at)
         m.snapshot_version.set(snap.version)

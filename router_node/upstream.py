@@ -235,7 +235,8 @@ class Upstream:
             return _whole(backend, await self._read(backend, response), embeddings=path.endswith("/embeddings"))
         if not response.content_type.startswith(_EVENT_STREAM):
             await self._read(backend, response)
-            raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}")
+            raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}",
+                                invalid=True)
         translate = OpenAIStream(drop_usage_event=ask_usage, count_content=not (ask_usage or client_wants_usage))
         return await self.first_events(backend, response, translate)
 
@@ -258,12 +259,14 @@ class Upstream:
         if not stream:
             obj, problem = adapter.check_message(await self._read(backend, response))
             if obj is None:
-                raise UpstreamError(backend.name, problem or "answered 200 with something that is not a message")
+                raise UpstreamError(backend.name, problem or "answered 200 with something that is not a message",
+                                    invalid=True)
             return _whole(backend, orjson.dumps(adapter.from_anthropic(obj, model, created)),
                           usage_problem=adapter.usage_problem(obj.get("usage")))
         if not response.content_type.startswith(_EVENT_STREAM):
             await self._read(backend, response)
-            raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}")
+            raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}",
+                                invalid=True)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return await self.first_events(backend, response, adapter.StreamTranslator(model, created, include_usage))
 
@@ -332,7 +335,8 @@ class Upstream:
                 first = translate.feed(chunk)
             if translate.error is not None:
                 # the error came with the first bytes, none of which reached the client yet: retry elsewhere
-                raise UpstreamError(backend.name, f"stream error before the first token: {translate.error['message']}")
+                raise UpstreamError(backend.name, f"stream error before the first token: {translate.error['message']}",
+                                    invalid=translate.error.get("code") == "upstream_invalid_stream")
         except TimeoutError as exc:
             response.close()
             raise UpstreamError(backend.name, "timed out before the first token", timeout=True) from exc
@@ -364,7 +368,7 @@ def _whole(backend: Backend, payload: bytes, *, embeddings: bool = False, usage_
     """A 200 JSON answer, checked: the API's object, or an UpstreamError (fail over)."""
     obj, problem = check_body(payload, embeddings)
     if obj is None:
-        raise UpstreamError(backend.name, problem or "answered 200 with an unexpected body")
+        raise UpstreamError(backend.name, problem or "answered 200 with an unexpected body", invalid=True)
     usage, invalid = openai_usage(obj.get("usage"))
     return Exchange(200, "application/json", payload, False, usage, None, usage_problem=usage_problem or invalid,
                     completion_chars=0 if embeddings else completion_chars(obj))

@@ -188,6 +188,8 @@ class OpenAIStream:
             "message": message if isinstance(message, str) and message else "upstream stream error",
             "type": str(src.get("type") or "upstream_error"),
             "param": None,
-            "code": src.get("code") if isinstance(src.get("code"), str) else "upstream_invalid_stream",
+            # an error the upstream reported keeps its code; one found here says the stream was malformed
+            "code": src.get("code") if isinstance(src.get("code"), str)
+            else "upstream_error" if upstream is not None else "upstream_invalid_stream",
         }
         return b"data: " + orjson.dumps({"error": self.error}) + b"\n\n"
