@@ -128,6 +128,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         nginx: bool = False,
         sentinel: bool = False,
+        router_env: Sequence[Mapping[str, str]] = (),
     ) -> None:
         self.base = Path(base_dir)
         self.base.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,8 @@ class LocalCluster:
         self._config = dict(config or {})
         self.config_path = self.base / "nexus.toml"
         self.routers = [self._proc(f"router-{i}", []) for i in range(routers)]
+        # extra environment of router i (e.g. NEXUS_TESTING_CLOCK_OFFSET_SECONDS: replicas whose clocks differ)
+        self._router_env = {self.routers[i].name: dict(e) for i, e in enumerate(router_env)}
         self.workers = [self._proc(f"worker-{i}", [], port=0) for i in range(workers)]
         self.admin = self._proc("admin", []) if admin else None
         self.nginx_binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
@@ -163,13 +166,13 @@ class LocalCluster:
             args += [flag] if value is True else [flag, str(value)]
         return args
 
-    def _spawn(self, p: Proc, args: list[str]) -> None:
+    def _spawn(self, p: Proc, args: list[str], env: Mapping[str, str] | None = None) -> None:
         with open(p.log, "ab") as log:
             p.popen = subprocess.Popen(
                 [*NEXUS, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -284,12 +287,20 @@ class LocalCluster:
         return self
 
     def start_router(self, p: Proc, *, wait: bool = True) -> None:
-        self._spawn(p, ["router", "--config", str(self.config_path), "--port", str(p.port), "--node-id", p.name])
+        args = ["router", "--config", str(self.config_path), "--port", str(p.port), "--node-id", p.name]
+        self._spawn(p, args, self._router_env.get(p.name))
         if wait:
             self._wait_http(p, "/ready")
 
     def start_worker(self, p: Proc) -> None:
         self._spawn(p, ["worker", "--config", str(self.config_path)])
+
+    def add_worker(self) -> Proc:
+        """Start one more worker process (a cluster may start with none)."""
+        p = self._proc(f"worker-{len(self.workers)}", [], port=0)
+        self.workers.append(p)
+        self.start_worker(p)
+        return p
 
     def kill(self, p: Proc, sig: int = signal.SIGKILL) -> None:
         self._terminate(p, sig)

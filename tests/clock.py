@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-__all__ = ["next_day_start"]
+from controlplane.periods import PeriodRule
+
+__all__ = ["STEADY_SECONDS", "knobs_for", "next_day_start", "steady_period"]
 
 
 def next_day_start(day: int, after: float | None = None) -> float:
@@ -23,3 +25,19 @@ def next_day_start(day: int, after: float | None = None) -> float:
         if start > moment:
             return start.timestamp()
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+STEADY_SECONDS = 31 * 86400  # the longest [testing] budget period
+
+
+def steady_period(now: float | None = None) -> PeriodRule:
+    """A [testing] budget period that began an hour before `now` (default: the real now) and lasts 31 days:
+    no rollover can fall inside a test that uses it, whatever the date. Tests of budgets *within* a period
+    use it, so a real month end passing during the run cannot reset their spend half-way."""
+    start = int(time.time() if now is None else now) - 3600
+    return PeriodRule(seconds=STEADY_SECONDS, anchor=start)
+
+
+def knobs_for(rule: PeriodRule, **extra: float) -> dict[str, float]:
+    """The `[testing]` section that makes every process cut budget time by `rule`."""
+    return {"budget_period_seconds": rule.seconds, "budget_period_anchor": rule.anchor, **extra}

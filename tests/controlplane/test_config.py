@@ -208,7 +208,7 @@ def test_key_budgets_follow_the_global_reset_day_unless_they_set_their_own(tmp_p
     }
 
 
-def test_testing_knobs_replace_every_period_rule_and_skew_the_clock(tmp_path):
+def test_knobs_for_replace_every_period_rule_and_skew_the_clock(tmp_path):
     settings = load_settings(
         write(tmp_path, '[routing.key_budgets."team-a"]\nreset_day = 20\n'),
         environ={"NEXUS_TESTING_BUDGET_PERIOD_SECONDS": "30", "NEXUS_TESTING_CLOCK_OFFSET_SECONDS": "-2"},

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 
 from controlplane.devcluster import FakeSpec
+from tests.clock import knobs_for, steady_period
 from tests.e2e.conftest import chat
 
 PRICE_OUT = 5000.0  # USD per 1M output tokens: 2 tokens = $0.01
@@ -36,6 +37,8 @@ async def test_hard_limit_holds_across_replicas_under_concurrency(cluster, http)
         config={
             "routing": {"budget": {"monthly_limit_usd": LIMIT, "hard_limit_action": "block_cloud"}},
             "telemetry": {"flush_interval_ms": 50},
+            # one budget period for the whole run: a real month end passing mid-test would reset the budget
+            "testing": knobs_for(steady_period()),
         },
     )
     urls = itertools.cycle([r.url for r in c.routers])

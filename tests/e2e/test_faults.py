@@ -43,9 +43,10 @@ from redis.asyncio import Redis
 from controlplane import keys
 from controlplane.devcluster import FakeSpec, LocalCluster
 from controlplane.observed import read_inflight
-from controlplane.periods import day_of, period_of
+from controlplane.periods import day_of
 from controlplane.telemetry_store import read_live_spend
 from router_node.pipeline.requirements import extract_requirements
+from tests.clock import knobs_for, steady_period
 from tests.harness import eventually
 
 PIN, POUT = 3000.0, 15000.0  # USD per 1M tokens: a request costs a few cents, so "to the cent" means something
@@ -68,8 +69,14 @@ def cloud(name: str, priority: int = 0, **options: Any) -> FakeSpec:
     )
 
 
+# One budget period for the whole module: spend is compared with what clients paid, so a real month end
+# passing mid-test must not split it over two periods.
+BUDGET_PERIOD = steady_period()
+
+
 def config(**routing: Any) -> dict[str, Any]:
     return {
+        "testing": knobs_for(BUDGET_PERIOD),
         "redis": {"snapshot_poll_seconds": POLL},
         "telemetry": {"flush_interval_ms": FLUSH_MS},
         "health_check": HEALTH,
@@ -226,7 +233,7 @@ async def telemetry_ids(redis: Redis) -> set[str]:
 
 
 async def live_spend(redis: Redis) -> float:
-    return (await read_live_spend(redis, period_of(time.time(), 1))).get("global", 0.0)
+    return (await read_live_spend(redis, BUDGET_PERIOD.name(time.time()))).get("global", 0.0)
 
 
 def client_cost(outcomes: Sequence[Outcome]) -> float:

@@ -43,6 +43,7 @@ from controlplane.snapshot import GLOBAL_SCOPE
 from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
 from router_node.load import LoadTracker
 from router_node.telemetry import Telemetry
+from tests.clock import knobs_for, steady_period
 from tests.harness import GatewayHarness, eventually, fake_backend, settings_for
 from tests.router_node.conftest import backend_for
 
@@ -431,6 +432,7 @@ def _seen_by(fake: Any, marker: str) -> bool:
 
 
 async def test_inflight_returns_to_zero_after_disconnects_and_upstream_failures(fakes, gateways, http, redis):
+    t0 = time.time()
     # Streams last ~0.5 s and slow answers 1.5 s: long enough that a client on a loaded machine still
     # leaves before the backend finishes.
     streamy = await fakes("streamy", ("s",), stream_chunks=20, chunk_delay_ms=25)
@@ -536,8 +538,8 @@ async def test_inflight_returns_to_zero_after_disconnects_and_upstream_failures(
     assert gw.node.queue.depth == 0
     # The gateway noticed the streaming clients leave (it did not just stream into the void).
     await eventually(lambda: gw.node.telemetry.buffered == 0, timeout=15)
-    stored = await redis.hgetall(keys.telemetry_records(day_of(time.time())))
-    kinds_seen = Counter(TelemetryRecord.model_validate_json(raw).outcome for raw in stored.values())
+    stored = await _records_since(redis, t0)
+    kinds_seen = Counter(rec.outcome for rec in stored.values())
     assert kinds_seen["client_disconnected"] > 0 and kinds_seen["midstream_error"] > 0, kinds_seen
     async with http.post(url, json=chat("s", "after", stream=True)) as resp:
         assert resp.status == 200
@@ -561,18 +563,26 @@ def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
+async def _records_since(redis: Redis, t0: float) -> dict[str, TelemetryRecord]:
+    """Every telemetry record written since `t0`, from each UTC day bucket since (a run may cross 00:00 UTC)."""
+    records: dict[str, TelemetryRecord] = {}
+    for day in sorted({day_of(t0), day_of(time.time())}):
+        for rid, raw in (await redis.hgetall(keys.telemetry_records(day))).items():
+            records[rid.decode()] = TelemetryRecord.model_validate_json(raw)
+    return records
+
+
+# Tests comparing the node's view of the period's spend with the stored total: one budget period for the
+# whole module, so a real month end passing mid-test cannot split the spend over two periods.
+STEADY = steady_period()
+
+
 async def _stored(redis_url: str, t0: float) -> tuple[dict[str, TelemetryRecord], float]:
-    """Every telemetry record and the global live spend written since `t0` (day/period from the keys module)."""
-    now = time.time()
+    """Every telemetry record written since `t0`, and the global live spend of the (steady) period."""
     client = Redis.from_url(redis_url)
     try:
-        records: dict[str, TelemetryRecord] = {}
-        for day in sorted({day_of(t0), day_of(now)}):
-            for rid, raw in (await client.hgetall(keys.telemetry_records(day))).items():
-                records[rid.decode()] = TelemetryRecord.model_validate_json(raw)
-        spend = 0.0
-        for period in sorted({period_of(t0), period_of(now)}):
-            spend += (await read_live_spend(client, period)).get(GLOBAL_SCOPE, 0.0)
+        records = await _records_since(client, t0)
+        spend = (await read_live_spend(client, STEADY.name(time.time()))).get(GLOBAL_SCOPE, 0.0)
     finally:
         await client.aclose()
     return records, spend
@@ -586,7 +596,9 @@ async def test_redis_outage_mid_load_keeps_serving_and_replays_spend_exactly_onc
     cloud = await fakes("cloud", ("gpt-x",))
     model = {"name": "gpt-x", "input_usd_per_1m": PRICE_IN, "output_usd_per_1m": PRICE_OUT}
     gw = await gateways(
-        [backend_for(cloud, type="generic", models=[model], max_concurrency=1000)], redis_url=own_redis.url
+        [backend_for(cloud, type="generic", models=[model], max_concurrency=1000)],
+        redis_url=own_redis.url,
+        testing=knobs_for(STEADY),
     )
     costs: dict[str, float] = {}  # request id -> cost from the response's usage and the configured prices
     after_outage: set[str] = set()  # requests whose record was made after Redis was gone
@@ -725,7 +737,9 @@ async def test_replay_after_a_lost_reply_never_counts_twice(redis):
 
     # The flush loop: the script ran, the reply was lost -> the records stay buffered and are replayed.
     flaky = _LostReply(redis)
-    tel = Telemetry(flaky, "n1", LoadTracker(), interval_ms=20, max_records=100, calendar=BudgetCalendar)  # type: ignore[arg-type]
+    tel = Telemetry(  # its clock is the records' own instant: no period boundary can fall between them
+        flaky, "n1", LoadTracker(), interval_ms=20, max_records=100, calendar=BudgetCalendar, clock=lambda: now  # type: ignore[arg-type]
+    )
     for rec in records:
         tel.record(rec)
     assert tel.spend(GLOBAL_SCOPE) == pytest.approx(total)
@@ -765,6 +779,7 @@ async def _asgi_get(app: Any, path: str) -> tuple[int, bytes]:
 
 
 async def test_graceful_shutdown_lets_inflight_streams_finish(fakes, gateways, http, redis):
+    t0 = time.time()
     fake = await fakes("local", ("m",), stream_chunks=30, chunk_delay_ms=40)  # ~1.2 s per stream
     gw = await gateways([backend_for(fake)])
     node = gw.node
@@ -809,10 +824,7 @@ async def test_graceful_shutdown_lets_inflight_streams_finish(fakes, gateways, h
 
     assert not node.load.local
     ids = {resp.headers["x-nexus-request-id"] for resp in streams}
-    stored = {
-        rid.decode(): TelemetryRecord.model_validate_json(raw)
-        for rid, raw in (await redis.hgetall(keys.telemetry_records(day_of(time.time())))).items()
-    }
+    stored = await _records_since(redis, t0)
     # The final flush on stop wrote every stream's record.
     assert ids <= set(stored), ids - set(stored)
     assert all(stored[rid].outcome == "ok" and stored[rid].stream for rid in ids)
@@ -922,6 +934,7 @@ async def test_metrics_expose_requests_pipeline_exclusions_snapshot_and_budget(f
             "budget": {"monthly_limit_usd": 100.0},
             "policies": [{"model_pattern": "secret-*", "privacy": "restricted"}],
         },
+        testing=knobs_for(STEADY),  # utilization is of one period: no real month end may pass mid-test
     )
     spent = 0.0
     for model, n in (("m", 3), ("c", 2)):

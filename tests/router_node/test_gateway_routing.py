@@ -29,6 +29,7 @@ from controlplane.observed import write_health, write_quality
 from controlplane.snapshot import GLOBAL_SCOPE, HealthObservation
 from controlplane.state import put_backend, put_routing
 from controlplane.telemetry_store import TelemetryRecord, write_records
+from tests.clock import knobs_for, steady_period
 from tests.harness import GatewayHarness, eventually
 from tests.router_node.conftest import backend_for
 
@@ -83,13 +84,20 @@ async def post(
         return resp.status, resp.headers, payload
 
 
-async def add_spend(redis: Redis, usd: float) -> None:
-    """Spend as production records it: a router node's telemetry record with a cost (HSETNX + HINCRBYFLOAT)."""
+# Budget tests run in one [testing] budget period that began an hour ago and lasts 31 days, so a real month
+# end passing mid-test cannot reset the spend they build up (tests/clock.py).
+STEADY = {"testing": knobs_for(steady_period())}
+
+
+async def add_spend(redis: Redis, usd: float, gw: GatewayHarness) -> None:
+    """Spend as production records it: a router node's telemetry record with a cost (HSETNX + HINCRBYFLOAT),
+    in the budget period `gw` counts in."""
     record = TelemetryRecord(
         id=uuid.uuid4().hex, ts=time.time(), node="test-seeder", backend="cloud", backend_type="cloud",
         model="m", requested_model="m", cost_usd=usd,
     )
-    assert await write_records(redis, [record]) == 1
+    settings = gw.node.settings
+    assert await write_records(redis, [record], settings.routing.calendar(settings.testing)) == 1
 
 
 def budget_status(gw: GatewayHarness) -> BudgetStatus | None:
@@ -220,8 +228,9 @@ async def test_budget_only_rejection(fakes, gateways, http, redis):
     gw = await gateways(
         [backend_for(local), cloud_backend(cloud)],
         routing={"budget": {"monthly_limit_usd": 10.0, "hard_limit_action": "block_all"}},
+        **STEADY,
     )
-    await add_spend(redis, 12.5)
+    await add_spend(redis, 12.5, gw)
     await eventually(lambda: budget_status(gw) is BudgetStatus.HARD_LIMIT)
     status, headers, body = await post(http, gw)
     ctx = assert_rejection(status, body, {"BudgetReconciler"}, {"local", "cloud"})
@@ -396,7 +405,7 @@ BUDGET = {"budget": {"monthly_limit_usd": 10.0, "soft_limit_percent": 0.75, "har
 
 async def test_budget_soft_then_hard_limit(fakes, gateways, http, redis, sdk):
     local, cloud = await fakes("local"), await fakes("cloud")
-    gw = await gateways([backend_for(local, priority=5), cloud_backend(cloud, priority=0)], routing=BUDGET)
+    gw = await gateways([backend_for(local, priority=5), cloud_backend(cloud, priority=0)], routing=BUDGET, **STEADY)
     client = sdk(gw)
 
     raw = await client.chat.completions.with_raw_response.create(**CHAT)
@@ -405,7 +414,7 @@ async def test_budget_soft_then_hard_limit(fakes, gateways, http, redis, sdk):
     assert "x-nexus-budget-utilization" not in raw.headers
     assert "x-nexus-budget-remaining" not in raw.headers
 
-    await add_spend(redis, 8.0)  # 80%: over the soft limit (75%), under the hard one
+    await add_spend(redis, 8.0, gw)  # 80%: over the soft limit (75%), under the hard one
     await eventually(lambda: budget_status(gw) is BudgetStatus.SOFT_LIMIT)
     raw = await client.chat.completions.with_raw_response.create(**CHAT)
     assert raw.headers["x-nexus-backend"] == "local"  # local preferred though the cloud scores higher
@@ -421,7 +430,7 @@ async def test_budget_soft_then_hard_limit(fakes, gateways, http, redis, sdk):
     assert headers["X-Nexus-Route-Reason"] == "failover"
     local.configure(fail_mode="none")
 
-    await add_spend(redis, 2.5)  # past the limit
+    await add_spend(redis, 2.5, gw)  # past the limit
     await eventually(lambda: budget_status(gw) is BudgetStatus.HARD_LIMIT)
     cloud_seen = len(cloud.requests)
     status, headers, body = await post(http, gw, headers={"X-Nexus-Explain": "true"})
@@ -441,8 +450,8 @@ async def test_budget_soft_then_hard_limit(fakes, gateways, http, redis, sdk):
 
 async def test_budget_block_cloud_with_only_cloud_is_503(fakes, gateways, http, redis):
     cloud = await fakes("cloud")
-    gw = await gateways([cloud_backend(cloud)], routing=BUDGET)
-    await add_spend(redis, 10.0)  # exactly the limit: hard
+    gw = await gateways([cloud_backend(cloud)], routing=BUDGET, **STEADY)
+    await add_spend(redis, 10.0, gw)  # exactly the limit: hard
     await eventually(lambda: budget_status(gw) is BudgetStatus.HARD_LIMIT)
     status, _, body = await post(http, gw)
     ctx = assert_rejection(status, body, {"BudgetReconciler"}, {"cloud"})

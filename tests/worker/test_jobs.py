@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -152,26 +151,31 @@ async def test_spend_crossing_thresholds_changes_the_status_router_nodes_read(re
 
 
 async def test_a_month_rollover_starts_at_zero_and_keeps_the_old_report(redis: Redis) -> None:
+    """Around the next real month start (ahead of the real now, so every expiry Redis computes from these
+    timestamps is in its future: Redis expires keys by its own clock, never by the tick's `now`)."""
     settings = worker_settings_for(routing={"budget": {"monthly_limit_usd": 5.0}})
     await seed_desired(redis, settings.desired())
-    november = datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp()
-    await write_records(redis, [record("nov1", november - 10, cost_usd=2.0)])
-    await run_budget(redis, settings, november)
-    assert (await load_snapshot(redis, settings, november)).budgets["global"].spend_usd == pytest.approx(2.0)
+    new_month = next_day_start(1)
+    old, new = period_of(new_month - 1), period_of(new_month)
+    last_minute = new_month - 60
+    await write_records(redis, [record("old1", last_minute - 10, cost_usd=2.0)])
+    await run_budget(redis, settings, last_minute)
+    assert (await load_snapshot(redis, settings, last_minute)).budgets["global"].spend_usd == pytest.approx(2.0)
 
-    december = datetime(2026, 12, 1, 0, 0, 30, tzinfo=UTC).timestamp()
-    late = record("nov2", november + 30, cost_usd=1.0)  # a November request that reached Redis late
-    await write_records(redis, [late, record("dec1", december - 5, cost_usd=0.5)])
-    summary = await run_budget(redis, settings, december)
-    assert summary["period"] == "2026-12" and summary["days"] == ["2026-11-30", "2026-12-01"]
-    budget = (await load_snapshot(redis, settings, december)).budgets["global"]
-    assert (budget.period, budget.spend_usd) == ("2026-12", pytest.approx(0.5))
-    assert (await read_spend_report(redis, "2026-11"))["total_usd"] == pytest.approx(3.0)
-    assert (await read_spend_report(redis, "2026-12"))["total_usd"] == pytest.approx(0.5)
+    first_minute = new_month + 30
+    late = record("old2", last_minute + 30, cost_usd=1.0)  # an old-month request that reached Redis late
+    await write_records(redis, [late, record("new1", first_minute - 5, cost_usd=0.5)])
+    summary = await run_budget(redis, settings, first_minute)
+    assert summary["period"] == new and summary["days"] == [day_of(last_minute), day_of(first_minute)]
+    budget = (await load_snapshot(redis, settings, first_minute)).budgets["global"]
+    assert (budget.period, budget.spend_usd) == (new, pytest.approx(0.5))
+    assert (await read_spend_report(redis, old))["total_usd"] == pytest.approx(3.0)
+    assert (await read_spend_report(redis, new))["total_usd"] == pytest.approx(0.5)
 
-    january = datetime(2027, 1, 1, 0, 1, tzinfo=UTC).timestamp()
-    await run_budget(redis, settings, january)  # no traffic yet: the new period starts at zero
-    assert (await load_snapshot(redis, settings, january)).budgets["global"].spend_usd == 0.0
+    following = next_day_start(1, after=first_minute) + 60
+    await run_budget(redis, settings, following)  # no traffic yet: the new period starts at zero
+    assert (await load_snapshot(redis, settings, following)).budgets["global"].spend_usd == 0.0
+    assert (await read_spend_report(redis, old))["total_usd"] == pytest.approx(3.0)  # still kept
 
 
 async def test_a_key_budget_with_its_own_reset_day_rolls_over_on_its_own_day(redis: Redis) -> None:
@@ -225,10 +229,10 @@ from worker.jobs import run_budget
 
 async def main(url: str, now: float) -> None:
     redis = Redis.from_url(url)
-    async def slowly(applied: int) -> None:
+    async def step(applied: int) -> None:
         print("batch", applied, flush=True)
-        await asyncio.sleep(0.05)
-    await run_budget(redis, load_settings(environ={}), now, batch_size=3, on_batch=slowly)
+        sys.stdin.readline()  # the parent says when to go on (or kills this process meanwhile)
+    await run_budget(redis, load_settings(environ={}), now, batch_size=3, on_batch=step)
     print("finished", flush=True)
 
 asyncio.run(main(sys.argv[1], float(sys.argv[2])))
@@ -253,6 +257,20 @@ def scripted(n: int, now: float) -> list[TelemetryRecord]:
     ]
 
 
+async def _counted(redis: Redis, records: list[TelemetryRecord]) -> dict[str, dict[str, int]]:
+    """Period -> its aggregate's fields, over every period the records fall in (the first minute of a month
+    holds records of the month before)."""
+    periods = sorted({period_of(r.ts) for r in records})
+    return {p: {k.decode(): int(v) for k, v in (await redis.hgetall(keys.telemetry_agg(p))).items()} for p in periods}
+
+
+def _expected(records: list[TelemetryRecord]) -> dict[str, dict[str, int]]:
+    by_period: dict[str, list[TelemetryRecord]] = {}
+    for r in records:
+        by_period.setdefault(period_of(r.ts), []).append(r)
+    return {p: sum_increments(rs) for p, rs in sorted(by_period.items())}
+
+
 async def _rolled_state(redis: Redis) -> dict[bytes, dict[bytes, bytes]]:
     out = {}
     async for key in redis.scan_iter(match=f"{keys.PREFIX}:{{telemetry}}:*"):
@@ -270,29 +288,35 @@ async def test_killing_a_worker_mid_tick_then_the_next_tick_gives_the_uninterrup
     await write_records(redis, records)
     await run_budget(redis, settings, now)
     uninterrupted = await _rolled_state(redis)
-    period = (await run_budget(redis, settings, now))["period"]
-    assert {k.decode(): int(v) for k, v in uninterrupted[keys.telemetry_agg(period).encode()].items()} == (
-        sum_increments(records)
-    )
+    await run_budget(redis, settings, now)
+    assert await _counted(redis, records) == _expected(records)
 
     await redis.flushall()
     await write_records(redis, records)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", KILLABLE_TICK, redis_server.url, repr(now), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", KILLABLE_TICK, redis_server.url, repr(now),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     try:
-        assert proc.stdout is not None
-        for _ in range(4):  # four batches of three committed, then kill -9 in the middle of the tick
+        assert proc.stdout is not None and proc.stdin is not None
+        committed = 0
+        for n in range(4):  # four batches committed, then kill -9 in the middle of the tick
             line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
             assert line.startswith(b"batch"), line
+            committed += int(line.split()[1])
+            if n < 3:  # lock step: the child waits for this before its next batch, however slow this side is
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
         proc.send_signal(signal.SIGKILL)
     finally:
         await proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    partial = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.telemetry_agg(period))).items()}
+    partial = await _counted(redis, records)
     left = sum([await redis.hlen(keys.telemetry_records(day)) for day in {day_of(now), day_of(now - 60)}])
-    counted = partial.get("total.requests", 0) + partial.get("total.failed_attempts", 0)
-    assert 0 < counted < 60 and counted + left == 60  # whole batches only: nothing lost, nothing twice
+    counted = sum(f.get("total.requests", 0) + f.get("total.failed_attempts", 0) for f in partial.values())
+    # exactly the four committed batches (three records each, fewer where a day bucket ends): nothing lost,
+    # nothing twice
+    assert 4 <= counted == committed <= 12 and counted + left == 60
 
     await run_budget(redis, settings, now)  # the next tick
     assert await _rolled_state(redis) == uninterrupted

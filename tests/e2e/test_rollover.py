@@ -1,0 +1,233 @@
+"""Budget period rollover on a live cluster of real processes (3 routers, workers, admin, one Redis).
+
+The boundary is a few seconds ahead, never a real month end: every process runs with `[testing]
+budget_period_seconds`, periods of a few seconds counted from an anchor (controlplane/periods.py). The
+code paths are the production ones (the same rule object names periods for telemetry, leases, workers and
+admin; only the rule's arithmetic differs, and the calendar sweep in tests/controlplane/test_periods.py
+covers that). Redis expires keys by its own clock, which these tests never touch: every TTL is relative.
+
+- A cluster blocked at its hard limit unblocks on every replica within 1 s after the new period starts,
+  with the workers down over the boundary (so the last observation in Redis is the old period's
+  hard_limit: routers must not take it for the new period's), and the old period's report is kept.
+- Replicas whose clocks differ by up to 2 s write records around the boundary: each record is counted
+  once, live and rolled up, in the period its own timestamp names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from controlplane import keys
+from controlplane.devcluster import FakeSpec, LocalCluster
+from controlplane.periods import PeriodRule, day_of
+from controlplane.spend_report import read_budget_observations
+from controlplane.telemetry_store import TelemetryRecord, read_live_spend, read_records
+from tests.clock import knobs_for
+from tests.harness import eventually
+
+PRICE_OUT = 5000.0  # USD per 1M output tokens: max_tokens 2 -> exactly $0.01, estimate and cost alike
+COST = 2 * PRICE_OUT / 1e6
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+CLOUD = FakeSpec(
+    "cloud",
+    type="generic",
+    backend={"models": [{"name": "m", "input_usd_per_1m": 0.0, "output_usd_per_1m": PRICE_OUT}],
+             "max_concurrency": 1000},
+)
+
+
+def rule_for(seconds: int) -> PeriodRule:
+    return PeriodRule(seconds=seconds, anchor=int(time.time()))
+
+
+@pytest.fixture
+async def redis_of() -> AsyncIterator[Callable[[LocalCluster], Redis]]:
+    clients: list[Redis] = []
+
+    def make(c: LocalCluster) -> Redis:
+        client = Redis.from_url(c.redis.url)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def post(http: aiohttp.ClientSession, url: str) -> tuple[int, float, str]:
+    """(status, real time the answer arrived, request id)."""
+    async with http.post(f"{url}/v1/chat/completions", json=BODY) as r:
+        await r.read()
+        return r.status, time.time(), r.headers.get("X-Nexus-Request-Id", "")
+
+
+async def admin(http: aiohttp.ClientSession, c: LocalCluster, path: str) -> Any:
+    assert c.admin is not None
+    async with http.get(f"{c.admin.url}/admin/v1{path}", headers=c.admin_headers) as r:
+        assert r.status == 200, (path, r.status, await r.text())
+        return await r.json()
+
+
+async def until(moment: float) -> None:
+    """Wait for a wall-clock instant (the boundary under test, computed from the rule: not a fixed delay)."""
+    while (left := moment - time.time()) > 0:
+        await asyncio.sleep(min(left, 0.05))
+
+
+async def start_of_a_period(rule: PeriodRule, room: float) -> float:
+    """Wait until at least `room` seconds of the current period are left; returns that period's end."""
+    if rule.end(time.time()) - time.time() < room:
+        await until(rule.end(time.time()))
+    return rule.end(time.time())
+
+
+async def test_a_blocked_cluster_unblocks_on_every_replica_within_a_second_of_the_new_period(cluster, http, redis_of):
+    rule = rule_for(14)
+    limit = 5 * COST
+    c = await cluster(
+        routers=3,
+        workers=2,
+        fakes=[CLOUD],
+        config={
+            "routing": {"budget": {"monthly_limit_usd": limit, "hard_limit_action": "block_all",
+                                   "reconciliation_interval_secs": 1}},
+            "telemetry": {"flush_interval_ms": 50},
+            "redis": {"snapshot_poll_seconds": 0.2},
+            "testing": knobs_for(rule),
+        },
+    )
+    redis = redis_of(c)
+    urls = [r.url for r in c.routers]
+    boundary = await start_of_a_period(rule, room=9.0)
+    old = rule.name(boundary - 1)
+
+    # Spend the old period's budget, then see every replica refuse.
+    served = 0
+    for url in itertools.islice(itertools.cycle(urls), 20):
+        status, _, _ = await post(http, url)
+        served += status == 200
+        if served == 5:
+            break
+    assert served == 5
+    for url in urls:
+        assert (await post(http, url))[0] == 503, url
+
+    async def observed_hard() -> bool:
+        obs = (await read_budget_observations(redis)).get("global")
+        return obs is not None and obs.period == old and obs.status.value == "hard_limit"
+
+    await eventually(observed_hard, timeout=5)
+    for w in c.workers:  # down over the rollover: the old period's hard_limit stays the last observation
+        c.kill(w)
+    assert time.time() < boundary - 0.5, "the old period ended before the cluster was blocked"
+
+    async def first_success(url: str) -> tuple[float, list[tuple[int, float]]]:
+        seen: list[tuple[int, float]] = []
+        while True:
+            status, at, _ = await post(http, url)
+            seen.append((status, at))
+            if status == 200:
+                return at, seen
+            assert at < boundary + 5, f"{url} still refuses 5 s into the new period"
+            await asyncio.sleep(0.02)
+
+    results = await asyncio.gather(*(first_success(u) for u in urls))
+    for url, (at, seen) in zip(urls, results, strict=True):
+        assert at >= boundary, f"{url} served before the old period ended (overshoot)"
+        assert at - boundary <= 1.0, f"{url} unblocked {at - boundary:.2f} s after the new period began"
+        assert all(s == 503 for s, t in seen if t < boundary)
+    print(f"\nunblocked after the boundary: {[round(at - boundary, 3) for at, _ in results]} s")
+
+    # The old period's report is kept: its spend, live and (once a worker is back) rolled up.
+    assert (await read_live_spend(redis, old)).get("global") == pytest.approx(limit)
+    c.start_worker(c.workers[0])
+
+    async def old_report() -> dict[str, Any] | None:
+        report = await admin(http, c, f"/spend?period={old}")
+        return report if report["requests"] == 5 else None
+
+    report = await eventually(old_report, timeout=20, interval=0.2)
+    assert report["total_usd"] == pytest.approx(limit)
+    current = await admin(http, c, "/spend")
+    assert current["current_period"] == rule.name(time.time()) != old
+    budgets = {b["scope"]: b for b in await admin(http, c, "/budgets")}
+    assert budgets["global"]["period"] == rule.name(time.time())
+
+
+async def test_records_of_skewed_replicas_count_once_in_the_period_their_own_timestamp_names(
+    cluster, http, redis_of
+):
+    rule = rule_for(10)
+    offsets = (-2.0, 0.0, 2.0)
+    c = await cluster(
+        routers=3,
+        workers=0,
+        fakes=[CLOUD],
+        config={
+            "routing": {"budget": {"reconciliation_interval_secs": 1}},
+            "telemetry": {"flush_interval_ms": 50},
+            "testing": knobs_for(rule),
+        },
+        router_env=[{"NEXUS_TESTING_CLOCK_OFFSET_SECONDS": str(o)} for o in offsets],
+    )
+    redis = redis_of(c)
+    boundary = await start_of_a_period(rule, room=4.5)
+    offset_of = {r.name: o for r, o in zip(c.routers, offsets, strict=True)}
+
+    sent: dict[str, tuple[str, float]] = {}  # request id -> (router, real time sent)
+
+    async def stream(router: Any) -> None:
+        while time.time() < boundary + 3.5:
+            t = time.time()
+            status, _, rid = await post(http, router.url)
+            assert status == 200
+            sent[rid] = (router.name, t)
+            await asyncio.sleep(0.05)
+
+    await until(boundary - 3.5)
+    await asyncio.gather(*(stream(r) for r in c.routers))
+    days = sorted({day_of(boundary + d) for d in (-86400, 0, 86400)})
+
+    async def all_written() -> dict[str, TelemetryRecord] | None:
+        recs = {r.id: r for day in days for r in await read_records(redis, day)}
+        return recs if len(recs) >= len(sent) else None
+
+    records = await eventually(all_written, timeout=10)
+    assert set(records) == set(sent)  # each request recorded once
+    by_period: dict[str, list[TelemetryRecord]] = {}
+    for rid, rec in records.items():
+        router, t = sent[rid]
+        assert rec.node == router
+        assert abs(rec.ts - (t + offset_of[router])) < 1.0, (rec, t)  # the replica's own, skewed clock
+        by_period.setdefault(rule.name(rec.ts), []).append(rec)
+    old, new = rule.name(boundary - 1), rule.name(boundary)
+    assert set(by_period) == {old, new}
+    # Around the boundary the replicas disagree, and each record follows its own timestamp: the fast
+    # replica's requests sent before the real boundary are in the new period, the slow one's after it in
+    # the old one.
+    fast, slow = c.routers[2].name, c.routers[0].name
+    assert any(sent[r.id][0] == fast and sent[r.id][1] < boundary - 0.5 for r in by_period[new])
+    assert any(sent[r.id][0] == slow and sent[r.id][1] > boundary + 0.5 for r in by_period[old])
+
+    for period, recs in by_period.items():  # live spend: once each, in its own period
+        live = (await read_live_spend(redis, period)).get("global", 0.0)
+        assert live == pytest.approx(COST * len(recs)), period
+
+    c.add_worker()  # now roll up: the aggregates agree with the records' own periods
+
+    async def rolled() -> bool:
+        return all(await redis.hlen(keys.telemetry_records(day)) == 0 for day in days)
+
+    await eventually(rolled, timeout=20, interval=0.2)
+    for period, recs in by_period.items():
+        report = await admin(http, c, f"/spend?period={period}")
+        assert report["requests"] == len(recs), period
+        assert report["total_usd"] == pytest.approx(COST * len(recs)), period
