@@ -190,13 +190,38 @@ bodies = st.fixed_dictionaries({"messages": messages}, optional={
     k: json_values for k in ["max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice", "user", "stream"]})
 
 
+texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20).filter(str.strip)
+# Well-formed conversations: optional system prompts, then user/assistant turns alternating from a user turn.
+valid_bodies = st.builds(
+    lambda system, turns, max_tokens: {
+        "messages": [{"role": "system", "content": t} for t in system]
+        + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)],
+        **({"max_tokens": max_tokens} if max_tokens else {}),
+    },
+    st.lists(texts, max_size=2),
+    st.lists(texts, min_size=1, max_size=5),
+    st.none() | st.integers(1, 4096),
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(bodies)
-def test_to_anthropic_only_ever_raises_translation_error(request_body: dict[str, Any]) -> None:
+@given(st.one_of(valid_bodies.map(lambda b: (True, b)), bodies.map(lambda b: (False, b))))
+def test_to_anthropic_only_ever_raises_translation_error(case: tuple[bool, dict[str, Any]]) -> None:
+    """Half the examples are well-formed and must translate, so the checks on the output always run."""
+    well_formed, request_body = case
     try:
         out = to_anthropic(request_body, MODEL)
     except TranslationError:
+        assert not well_formed, request_body
         return
+    if well_formed:
+        turns = [m for m in request_body["messages"] if m["role"] != "system"]
+        assert [(m["role"], [b["text"] for b in m["content"]]) for m in out["messages"]] == [
+            (m["role"], [m["content"]]) for m in turns
+        ]
+        systems = [m["content"] for m in request_body["messages"] if m["role"] == "system"]
+        assert out.get("system", "") == "\n\n".join(systems) or not systems
+        assert out["max_tokens"] == request_body.get("max_tokens", out["max_tokens"]) > 0
     roles = [m["role"] for m in out["messages"]]
     assert all(a != b for a, b in itertools.pairwise(roles)) and all(m["content"] for m in out["messages"])
     assert set(out) <= {"model", "messages", "max_tokens", "system", "temperature", "top_p", "stop_sequences",
