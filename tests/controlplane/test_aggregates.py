@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from controlplane.aggregates import (
+    MinuteCounts,
     Totals,
     is_attempt,
     is_error,
@@ -39,6 +40,10 @@ def rec(rid: str = "r1", **fields: Any) -> TelemetryRecord:
         pytest.param("http_400", 400, False, id="answered-400-client-fault"),
         pytest.param("http_404", 404, False, id="answered-404"),
         pytest.param("http_error", 502, True, id="legacy-http-error-5xx"),
+        # the outcome decides before the status does: a request that went fine, or a client that left, is
+        # never the backend's error whatever status was recorded
+        pytest.param("ok", 500, False, id="ok-whatever-the-status"),
+        pytest.param("client_disconnected", 502, False, id="disconnected-whatever-the-status"),
     ],
 )
 def test_is_error(outcome: str, status: int, error: bool) -> None:
@@ -140,3 +145,45 @@ def test_parse_quality_hour() -> None:
     start = 1_795_564_800.0  # 2026-11-25 00:00 UTC
     assert set(minutes) == {start, start + 59 * 60}
     assert (minutes[start].requests, minutes[start].errors) == (3, 1)
+
+
+def test_parse_aggregate_keeps_values_with_dots_and_colons_and_sorts_each_breakdown() -> None:
+    raw = {
+        "bogus": "1",  # an unknown field first: the fields after it still count
+        "model.requests:zeta-1.5:8b": "2",
+        "model.requests:alpha.v2": "3",
+        "key.nusd:team.b": "7",
+        "key.nusd:team.a": "5",
+    }
+    agg = parse_aggregate(raw)
+    assert agg.total == Totals()  # no total fields at all: zeros
+    assert list(agg.by_model) == ["alpha.v2", "zeta-1.5:8b"]  # sorted by name, dots and colons kept
+    assert agg.by_model["zeta-1.5:8b"].requests == 2
+    assert list(agg.by_key) == ["team.a", "team.b"] and agg.by_key["team.b"].nusd == 7
+
+
+def test_parse_quality_hour_reads_past_unknown_fields() -> None:
+    start = 1_795_564_800.0  # 2026-11-25 00:00 UTC, pure parsing
+    got = parse_quality_hour("2026112500", {"junk": "9", "05.requests": "3", "99.requests": "1", "07.errors": "1"})
+    assert got == {start + 300: MinuteCounts(requests=3), start + 420: MinuteCounts(errors=1)}
+
+
+def test_totals_as_dict_names_every_figure() -> None:
+    t = Totals(requests=3, failed_attempts=1, errors=2, nusd=1_500_000_000, prompt_tokens=10, completion_tokens=20)
+    assert t.as_dict() == {"usd": 1.5, "requests": 3, "errors": 2, "failed_attempts": 1, "prompt_tokens": 10,
+                           "completion_tokens": 20}
+
+
+def test_quality_window_includes_its_first_second() -> None:
+    from controlplane.aggregates import QUALITY_WINDOW_SECONDS
+
+    assert quality_increments(rec(ts=NOW - QUALITY_WINDOW_SECONDS), NOW) is not None
+    assert quality_increments(rec(ts=NOW - QUALITY_WINDOW_SECONDS - 0.001), NOW) is None
+
+
+def test_only_key_fields_are_key_fields() -> None:
+    from controlplane.aggregates import is_key_field
+
+    fields = record_increments(rec(key="team-a", cost_usd=0.5))
+    assert {f for f in fields if is_key_field(f)} == {"key.requests:team-a", "key.nusd:team-a"}
+    assert not is_key_field("total.nusd") and not is_key_field("model.requests:key.x")

@@ -226,13 +226,15 @@ def test_a_dst_change_in_the_local_zone_changes_nothing(monkeypatch: pytest.Monk
 
     def observe() -> list[tuple[str, ...]]:
         return [
-            (period_of(t), calendar.period("k", t), day_of(t), hour_of(t), str(PeriodRule(8).start(t)))
+            (period_of(t), calendar.period("k", t), day_of(t), hour_of(t), str(PeriodRule(8).start(t)),
+             str(day_start(day_of(t))), str(hour_start(hour_of(t))))
             for t in moments
         ]
 
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     in_utc = observe()
+    assert [x[1] for x in in_utc] == [period_of(t, 8) for t in moments]  # "k" has its own rule
     monkeypatch.setenv("TZ", zone)
     time.tzset()
     try:
@@ -241,3 +243,22 @@ def test_a_dst_change_in_the_local_zone_changes_nothing(monkeypatch: pytest.Monk
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_calendar_gives_each_scope_its_rule_and_the_default_to_the_rest() -> None:
+    t = utc(2027, 1, 10, 12)
+    cal = BudgetCalendar(PeriodRule(1), {"team-a": PeriodRule(15), "team-b": PeriodRule(1)})
+    assert [cal.rule(s) for s in ("team-a", "team-b", "nobody")] == [PeriodRule(15), PeriodRule(1), PeriodRule(1)]
+    assert cal.periods(["global", "team-a", "nobody"], t) == {"global": "2027-01", "team-a": "2026-12",
+                                                               "nobody": "2027-01"}
+    assert cal.period("team-a", t) == "2026-12" and cal.period("global", t) == "2027-01"
+
+
+@pytest.mark.parametrize("bad", [{"reset_day": 0}, {"reset_day": 29}, {"seconds": -1}], ids=str)
+def test_a_rule_refuses_impossible_settings(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=r"reset_day|seconds"):
+        PeriodRule(**bad)
+
+
+def test_rule_edges_are_accepted() -> None:
+    assert PeriodRule(28).name(utc(2027, 2, 28)) == "2027-02" and PeriodRule(1, seconds=0).seconds == 0

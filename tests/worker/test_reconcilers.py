@@ -145,3 +145,35 @@ def test_plan_liveness(beats: list[NodeHeartbeat], mark: list[str], forget: list
     plan = plan_liveness({b.node: b for b in beats}, NOW)
     assert [b.node for b in plan.mark_gone] == mark
     assert [b.node for b in plan.forget] == forget
+
+
+def test_an_observation_carries_the_budget_it_was_computed_from() -> None:
+    routing = RoutingConfig(budget=BudgetConfig(monthly_limit_usd=10.0, soft_limit_percent=0.5))
+    obs = observe_budgets(routing, {PERIOD: _agg(6.0, {})}, {"global": PERIOD}, NOW)["global"]
+    # 60 % is past a 50 % soft limit (the default 75 % would say normal)
+    assert (obs.status, obs.limit_usd, obs.soft_limit_fraction, obs.utilization, obs.period, obs.checked_at) == (
+        BudgetStatus.SOFT_LIMIT, 10.0, 0.5, pytest.approx(0.6), PERIOD, NOW)
+
+
+def test_quality_windows_start_at_the_59th_and_1439th_minute_before_the_current_one() -> None:
+    minutes = {
+        ago(1440): MinuteCounts(requests=100, errors=100),  # just outside 24 h, listed first
+        ago(1439): MinuteCounts(requests=4, errors=1),
+        ago(60): MinuteCounts(requests=8, errors=8),  # just outside the hour
+        ago(59): MinuteCounts(requests=2, errors=1, ttfb_us=300_000, ttfb_count=1),
+        ago(0): MinuteCounts(requests=2, ttfb_us=100_000, ttfb_count=1),
+    }
+    stats = quality_stats(minutes, NOW)
+    assert stats is not None
+    assert (stats.requests_1h, stats.requests_24h) == (4, 16)
+    assert stats.error_rate_1h == pytest.approx(1 / 4)
+    assert stats.avg_ttfb_ms_1h == pytest.approx(200.0)  # (300 + 100) / 2 over both minutes
+    assert stats.success_rate_24h == pytest.approx(1 - 10 / 16)
+
+
+def test_a_gone_node_is_forgotten_only_after_the_whole_retention() -> None:
+    keep, drop = beat("keep", 1000.0, gone=True), beat("drop", 1000.001, gone=True)
+    plan = plan_liveness({"keep": keep, "drop": drop}, NOW, stale_after=10.0, retention=1000.0)
+    assert [b.node for b in plan.forget] == ["drop"] and plan.mark_gone == ()
+    stale = plan_liveness({"s": beat("s", 10.0)}, NOW, stale_after=10.0, retention=1000.0)
+    assert stale.mark_gone == ()  # exactly at the stale horizon: not yet

@@ -44,7 +44,9 @@ def test_hard_limit_actions(action, outcome, excluded):
     assert excluded_by(decision, NAME) == excluded
     if outcome is None:
         assert isinstance(decision, Reject)
-        assert all("monthly_limit_usd" in r.suggested_action for r in decision.reasons)
+        assert {r.suggested_action for r in decision.reasons} == {
+            "raise routing.budget.monthly_limit_usd (PUT /admin/v1/budgets/global), or wait for the next budget "
+            "period"}
     else:
         assert isinstance(decision, Route)
         assert decision.backend.name == outcome
