@@ -108,3 +108,48 @@ def test_known_model_with_every_backend_excluded_is_not_not_found():
     decision = run(snap)
     assert isinstance(decision, Reject)
     assert not decision.not_found
+
+
+def test_exact_fit_on_a_backend_checked_one_by_one():
+    # two context lengths: no shortcut over the whole model, each backend is checked against its own
+    snap = snapshot([backend("big", models=[{"name": "m", "context_length": 14}]),
+                     backend("small", models=[{"name": "m", "context_length": 13}])])
+    decision = run(snap, body=chat("x" * 40))  # 10 + 4 == 14 tokens
+    assert isinstance(decision, Route) and decision.backend.name == "big"
+    [reason] = decision.reasons
+    assert reason.as_dict() == {
+        "agent_id": "small",
+        "reconciler": NAME,
+        "reason": "request needs about 14 tokens; context length is 13",
+        "suggested_action": "shorten the conversation or lower max_tokens, or use a model with a longer context",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "spec", "reason", "action"),
+    [
+        pytest.param(chat(tools=[{"type": "function"}]), {"tools": False},
+                     "model m on this backend does not support tools",
+                     "send the request without tools, or use a backend whose model supports tools", id="tools"),
+        pytest.param(chat(response_format={"type": "json_schema"}), {"json_mode": False},
+                     "model m on this backend does not support JSON mode",
+                     "drop response_format, or use a backend whose model supports json_mode", id="json"),
+        pytest.param(chat(messages=[{"role": "user", "content": [{"type": "image"}]}]), {"vision": False},
+                     "model m on this backend does not accept images",
+                     "send the request without image parts, or declare vision = true for m on a backend that "
+                     "supports it", id="vision"),
+    ],
+)
+def test_capability_reasons_say_what_and_how(body, spec, reason, action):
+    snap = snapshot([backend("lacking", models=[{"name": "m", **spec}]),
+                     backend("capable", models=[{"name": "m", "vision": True}])])
+    [r] = run(snap, body=body).reasons
+    assert (r.agent_id, r.reason, r.suggested_action) == ("lacking", reason, action)
+
+
+def test_an_unhealthy_backend_is_named_with_where_to_look():
+    snap = snapshot([backend("down"), backend("up")], health={"down": HealthState.UNHEALTHY})
+    [r] = run(snap).reasons
+    assert r.reason == "backend is unhealthy (failing health checks)"
+    assert r.suggested_action == f"check the backend at {snap.backends['down'].url}; it is re-admitted after its " \
+                                 "health checks recover"
