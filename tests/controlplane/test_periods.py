@@ -132,7 +132,7 @@ def test_the_rollup_looks_at_every_day_a_live_record_can_be_in(ts: float, age: f
 @SWEEP
 @given(instants)
 def test_the_replay_guard_outlives_the_day_by_its_grace(ts: float) -> None:
-    batch = _Batch(day_of(ts))
+    batch = _Batch(day_of(ts), ts)
     assert batch.rolled_expire_at >= ts + keys.TELEMETRY_ROLLED_GRACE_SECONDS
     assert batch.rolled_expire_at == day_start(day_of(ts)) + DAY + keys.TELEMETRY_ROLLED_GRACE_SECONDS
 

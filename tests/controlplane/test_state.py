@@ -173,7 +173,7 @@ async def test_round_trip_toml_seed_snapshot(redis: Redis, settings: NexusSettin
     assert b["gpu-box"].models["qwen:7b"].context_length == 8192
     assert b["openai"].quality == QualityStats(error_rate_1h=0.1, avg_ttfb_ms_1h=350.0, requests_1h=40,
                                                  requests_24h=900)
-    assert b["claude"].timeout_seconds == 30 and b["claude"].api_key_env == "ANTHROPIC_API_KEY"
+    assert b["claude"].timeout_seconds == 30
     assert snapshot.price("openai", "gpt-4o") == (2.5, 10.0) and snapshot.price("gpu-box", "llama3:70b") == (0, 0)
     assert [x.name for x in snapshot.by_model["mistral:7b"]] == ["laptop"]
     assert [x.name for x in snapshot.by_model["qwen:7b"]] == ["gpu-box"]

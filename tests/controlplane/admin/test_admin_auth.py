@@ -10,10 +10,10 @@ import pytest
 
 from controlplane.admin import create_admin_app
 from controlplane.state import read_desired
-from tests.controlplane.admin.conftest import SEED, TOKEN
+from tests.controlplane.admin.conftest import SECRETS, SEED, TOKEN
 from tests.harness import settings_for
 
-SCHEMA = create_admin_app(settings_for(SEED), token=TOKEN).openapi()
+SCHEMA = create_admin_app(settings_for(SEED, secrets=SECRETS), token=TOKEN).openapi()
 ROUTES = sorted(
     (method.upper(), path)
     for path, operations in SCHEMA["paths"].items()
