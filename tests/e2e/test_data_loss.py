@@ -21,9 +21,8 @@ import time
 from redis.asyncio import Redis
 
 from controlplane import keys
-from controlplane.periods import period_of
 from controlplane.state import read_desired
-from tests.e2e.test_faults import _all_flushed, admin, client_cost, cloud, config, metrics, run_load
+from tests.e2e.test_faults import BUDGET_PERIOD, _all_flushed, admin, client_cost, cloud, config, metrics, run_load
 from tests.harness import eventually
 
 LIMIT = 100_000.0  # a blocking limit far away: leases are large, so no renewal falls into the Redis restart
@@ -82,7 +81,7 @@ async def _lose_everything(c, http, redis: Redis) -> None:
     # spend: what the clients paid, less at most what was recorded after the nodes' last read before the stop
     await eventually(lambda: _all_flushed(http, urls), timeout=15, interval=0.05)
     report = await admin(http, c, "/spend")
-    assert report["period"] == period_of(time.time()) and report["incomplete"] is True
+    assert report["period"] == BUDGET_PERIOD.name(time.time()) and report["incomplete"] is True
     live = report["live_spend"]["global"]
     want = client_cost(results)
     lost = want - live
