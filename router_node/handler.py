@@ -459,6 +459,13 @@ async def _attempts(
             ms = (time.perf_counter() - t_attempt) * 1000.0
             last_failure = (r.request_id, n, backend, decision.model, r.key_id, str(err), ms)
             continue
+        except ClientDisconnected:
+            node.load.release(backend.name)
+            if last_failure is not None:
+                node.record_attempt_failure(*last_failure)
+            _record_abandoned(node, r, decision, snap, backend, time.perf_counter() - t_attempt, n, fallback, reserved)
+            held[0] = (0.0, {})
+            raise
         except BaseException:  # cancelled (server shutdown past its grace period) or an unexpected error
             node.load.release(backend.name)
             raise
@@ -522,6 +529,22 @@ async def _attempts(
         node.record_attempt_failure(*last_failure, reserved=reserved)
         held[0] = (0.0, {})
     return False
+
+
+def _record_abandoned(
+    node: RouterNode, r: _Request, decision: Route, snap: Snapshot, backend: Backend, elapsed: float, retries: int,
+    fallback: str | None, reserved: tuple[float, Reserved],
+) -> None:
+    """A client that left while its upstream call was running still leaves one record: the backend had the
+    prompt (billed on the estimate, never under-counted), no answer was delivered, the reservation goes back."""
+    usage = Usage(r.requirements.input_tokens, 0)
+    node.record_request(
+        request_id=r.request_id, started=r.started, backend=backend, model=decision.model, requested_model=r.model,
+        key_id=r.key_id, usage=usage, estimated=True,
+        cost=_cost(snap, backend, decision.model, usage.prompt_tokens, 0),
+        latency_ms=elapsed * 1000.0, ttfb_ms=None, outcome="client_disconnected", status=499,
+        stream=r.stream, fallback=fallback, retries=retries, reserved=reserved,
+    )
 
 
 def _estimate(node: RouterNode, r: _Request, backend: Backend, ex: Exchange) -> Usage:

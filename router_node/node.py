@@ -277,7 +277,7 @@ class RouterNode:
         estimated: bool,
         cost: float,
         latency_ms: float,
-        ttfb_ms: float,
+        ttfb_ms: float | None,
         outcome: str,
         status: int,
         stream: bool,

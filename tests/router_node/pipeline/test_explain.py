@@ -95,7 +95,7 @@ def test_explain_route_is_exactly_this_document():
     steps = [{"reconciler": name, "excluded": [PRIVACY_REASON] if name == "PrivacyReconciler" else [],
               "remaining": 3 if name == "RequestAnalyzer" else 2}
              for name in ("RequestAnalyzer", "PrivacyReconciler", "BudgetReconciler", "TierReconciler",
-                          "QualityReconciler", "SchedulerReconciler")]
+                          "QualityReconciler", "CircuitReconciler", "SchedulerReconciler")]
     assert out == {
         "requested_model": "m",
         "resolved_model": "m",
