@@ -10,7 +10,7 @@ One run measures, on this machine, with wrk (`-t1 -c C -d S --latency`, a Lua PO
    by the requests wrk completed, plus what the cell left behind: `nexus serve` runs the worker, whose
    telemetry rollup the harness waits out after each cell), its idle CPU and its peak RSS (VmHWM);
 3. pipeline decision time for 10/100/1,000 backends (`bench/pipeline.py`'s `measure`, in this process);
-4. a 3-replica cluster (`controlplane.devcluster.LocalCluster`: Redis, 3 `nexus router`, admin API,
+4. a 3-replica cluster (`nexus.tools.devcluster.LocalCluster`: Redis, 3 `nexus router`, admin API,
    nginx, the same fake): JSON throughput and latency through nginx, and how long an admin change
    (PUT /admin/v1/routing) takes to show on every replica's /ready `snapshot_version`: p50/p99 over N.
 
@@ -59,13 +59,13 @@ import tomli_w  # noqa: E402
 
 from bench.lib import procs, report  # noqa: E402
 from bench.lib import wrk as wrklib  # noqa: E402
-from controlplane.devcluster import free_port  # noqa: E402
-from controlplane.embedded_redis import EmbeddedRedis  # noqa: E402
+from nexus.core.embedded_redis import EmbeddedRedis  # noqa: E402
+from nexus.tools.devcluster import free_port  # noqa: E402
 
 MODEL = "m"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
 BODIES = {"json": CHAT, "stream": {**CHAT, "stream": True}}
-NEXUS = [sys.executable, "-m", "controlplane.cli"]
+NEXUS = [sys.executable, "-m", "nexus.cli"]
 FAKE_CONCURRENCY = 10_000  # the backend's max_concurrency: far above any wrk -c, so nothing queues
 CLUSTER_REPLICAS = 3
 SCHEMA = 1
@@ -151,7 +151,7 @@ def _machine(wrk: str) -> dict[str, Any]:
         mem_kb = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
     commit = _tool_version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     dirty = _tool_version(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    from controlplane.embedded_redis import default_executable
+    from nexus.core.embedded_redis import default_executable
 
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
     return {
@@ -266,8 +266,8 @@ def measure_cell(
 
 def _pending_records(client: Any) -> int:
     """Telemetry records in Redis not rolled up yet (every day bucket the rollup looks at)."""
-    from controlplane import keys
-    from controlplane.rollup import pending_days
+    from nexus.core import keys
+    from nexus.core.rollup import pending_days
 
     with client.pipeline(transaction=False) as pipe:
         for day in pending_days(time.time()):
@@ -419,7 +419,7 @@ def run_single(
         return {
             "fake_url": fake_url,
             "gateway_url": gw_url,
-            "redis": "external embedded redis-server (controlplane.embedded_redis), not inside the gateway",
+            "redis": "external embedded redis-server (nexus.core.embedded_redis), not inside the gateway",
             "gateway_config": config,
             "gateway_command": ["nexus", "serve", "--config", "<generated nexus.toml>"],
             "cells": cells,
@@ -508,7 +508,7 @@ def run_cluster(
     tmp: Path,
     direct: dict[tuple[str, int], dict],
 ) -> dict[str, Any]:
-    from controlplane.devcluster import FakeSpec, LocalCluster
+    from nexus.tools.devcluster import FakeSpec, LocalCluster
 
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
     if nginx and not shutil.which("nginx"):  # LocalCluster runs `nginx` from PATH

@@ -1,8 +1,8 @@
 """One health tick over many backends, some of them slower than the probe timeout.
 
-Starts N backends on loopback in this process: N - S fake backends (`router_node.fake_backend`) and S slow
+Starts N backends on loopback in this process: N - S fake backends (`nexus.tools.fake_backend`) and S slow
 ones whose model list answers only after `--slow-ms` (the fake backend's `latency_ms` applies to inference
-endpoints only, not to the `/v1/models` the probe reads). Runs `worker.jobs.run_health` (concurrent probes,
+endpoints only, not to the `/v1/models` the probe reads). Runs `nexus.worker.jobs.run_health` (concurrent probes,
 state machine, compare-and-set writes) against an embedded Redis, and prints the wall time. Probes run
 concurrently, so the tick should take about one timeout, not one per slow backend (DESIGN.md section 6
 style: measured here, never asserted by a timed test beyond a loose bound).
@@ -24,12 +24,12 @@ import time
 from aiohttp import web
 from redis.asyncio import Redis
 
-from controlplane.config import load_settings
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.state import read_health, seed_desired
-from router_node.fake_backend import FakeBackend, FakeBackendOptions
-from worker.jobs import run_health
-from worker.probe import new_session
+from nexus.core.config import load_settings
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.state import read_health, seed_desired
+from nexus.tools.fake_backend import FakeBackend, FakeBackendOptions
+from nexus.worker.jobs import run_health
+from nexus.worker.probe import new_session
 
 
 async def slow_backend(delay_s: float) -> tuple[web.AppRunner, str]:

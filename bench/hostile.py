@@ -41,10 +41,10 @@ import aiohttp  # noqa: E402
 import tomli_w  # noqa: E402
 
 from bench.lib import procs  # noqa: E402
-from controlplane.devcluster import free_port  # noqa: E402
-from controlplane.embedded_redis import EmbeddedRedis  # noqa: E402
+from nexus.core.embedded_redis import EmbeddedRedis  # noqa: E402
+from nexus.tools.devcluster import free_port  # noqa: E402
 
-NEXUS = [sys.executable, "-m", "controlplane.cli"]
+NEXUS = [sys.executable, "-m", "nexus.cli"]
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say hello."}]}).encode()
 
 

@@ -19,10 +19,10 @@ import statistics
 import sys
 from time import perf_counter_ns
 
-from controlplane.config import BackendConfig, BudgetConfig, DesiredConfig, PolicyConfig, RoutingConfig
-from controlplane.model import HealthState, QualityStats
-from controlplane.snapshot import GLOBAL_SCOPE, HealthObservation, Observed, SpendObservation, build_snapshot
-from router_node.pipeline import Route, RoutingIntent, decide, extract_requirements
+from nexus.core.config import BackendConfig, BudgetConfig, DesiredConfig, PolicyConfig, RoutingConfig
+from nexus.core.model import HealthState, QualityStats
+from nexus.core.pipeline import Route, RoutingIntent, decide, extract_requirements
+from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation, Observed, SpendObservation, build_snapshot
 
 TYPES = ("vllm", "ollama", "openai", "llamacpp", "anthropic", "generic")
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "Summarise the quarterly report in three lines."}],

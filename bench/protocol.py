@@ -2,7 +2,7 @@
 
 Feeds the same kept-alive POST (head and a small JSON body in one read) to each protocol over an in-memory
 transport, with an ASGI app that answers at once, and reports the time per request (best of --rounds). It
-isolates what router_node/protocol.py adds to every request, which the whole-gateway benchmark
+isolates what nexus/router_node/protocol.py adds to every request, which the whole-gateway benchmark
 (bench/gateway.py) cannot resolve on a shared machine.
 
     python bench/protocol.py [--requests 20000] [--rounds 5]
@@ -25,8 +25,8 @@ from uvicorn.config import Config  # noqa: E402
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 
-from controlplane.config import ServerConfig  # noqa: E402
-from router_node.protocol import protocol_for  # noqa: E402
+from nexus.core.config import ServerConfig  # noqa: E402
+from nexus.router_node.protocol import protocol_for  # noqa: E402
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 REQUEST = (

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from controlplane.config import BackendConfig, DesiredConfig, RoutingConfig, load_settings
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.fetch import build_state, fetch_state
-from controlplane.model import HealthState
-from controlplane.snapshot import HealthObservation
-from controlplane.state import put_backend, seed_desired, write_health
+from nexus.core.config import BackendConfig, DesiredConfig, RoutingConfig, load_settings
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.fetch import build_state, fetch_state
+from nexus.core.model import HealthState
+from nexus.core.snapshot import HealthObservation
+from nexus.core.state import put_backend, seed_desired, write_health
 
 TYPES = ("vllm", "ollama", "llamacpp", "generic")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from controlplane.periods import PeriodRule
+from nexus.core.periods import PeriodRule
 
 __all__ = ["STEADY_SECONDS", "knobs_for", "next_day_start", "steady_period"]
 

@@ -5,7 +5,7 @@
 - `fakes` (function): `await fakes(name, models, **options)` starts a fake backend, stopped after the test.
 - `redis` (function): a `redis.asyncio.Redis` on that server, flushed before the test and closed after.
   It uses `decode_responses=False`: replies are bytes, as production clients get them (orjson decodes
-  bytes directly); `controlplane.state` accepts either kind of client.
+  bytes directly); `nexus.core.state` accepts either kind of client.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from controlplane.embedded_redis import EmbeddedRedis
-from router_node.fake_backend import FakeBackend
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.tools.fake_backend import FakeBackend
 from tests.harness import fake_backend
 
 FakeFactory = Callable[..., Awaitable[FakeBackend]]

@@ -15,11 +15,11 @@ from typing import Any
 import uvicorn
 from redis.asyncio import Redis
 
-from controlplane.config import NexusSettings, load_settings
-from router_node.app import GatewayApp
-from router_node.fake_backend import FakeBackend, FakeBackendOptions
-from router_node.node import RouterNode
-from router_node.server import uvicorn_config
+from nexus.core.config import NexusSettings, load_settings
+from nexus.router_node.app import GatewayApp
+from nexus.router_node.node import RouterNode
+from nexus.router_node.server import uvicorn_config
+from nexus.tools.fake_backend import FakeBackend, FakeBackendOptions
 
 __all__ = ["AppServer", "GatewayHarness", "eventually", "fake_backend", "settings_for"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controlplane.devcluster import LocalCluster
+from nexus.tools.devcluster import LocalCluster
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 

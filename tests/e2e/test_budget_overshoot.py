@@ -3,7 +3,7 @@
 Each request costs exactly its estimate (input is free, the fake returns `max_tokens` completion
 tokens), so with budget leases the guarantee is exact: spend never passes the limit. The bound Nexus
 states in general: spend passes a blocking hard limit only by how much requests cost more than their
-estimate (controlplane/reservations.py). Before leases, the same load overshot by $0.19 to $0.43.
+estimate (nexus/core/reservations.py). Before leases, the same load overshot by $0.19 to $0.43.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from controlplane.devcluster import FakeSpec
+from nexus.tools.devcluster import FakeSpec
 from tests.clock import knobs_for, steady_period
 from tests.e2e.conftest import chat
 

@@ -4,7 +4,7 @@ nodes, 2 workers, the admin API and a fake backend.
 Before: the running routers loaded config version 0 and answered 404 "available models: " to every request
 while /ready said 200, the global budget became unlimited and `warn` (enforcement silently off), and spend
 dropped to almost 0. Now (numbers printed with `-s`):
-- every request keeps succeeding: nodes judge the empty store lost (`controlplane.recovery`) and route on
+- every request keeps succeeding: nodes judge the empty store lost (`nexus.core.recovery`) and route on
   their snapshots, saying so (log line, `nexus_state_lost`, /ready `state_lost`);
 - the desired config is restored from the freshest node at its own version (never lower than before), with
   the budget and policies intact, by itself;
@@ -20,8 +20,8 @@ import time
 
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.state import read_desired
+from nexus.core import keys
+from nexus.core.state import read_desired
 from tests.e2e.test_faults import BUDGET_PERIOD, _all_flushed, admin, client_cost, cloud, config, metrics, run_load
 from tests.harness import eventually
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from controlplane import keys
-from controlplane.redis_conn import connect, parse_target
-from controlplane.telemetry_store import read_heartbeats
+from nexus.core import keys
+from nexus.core.redis_conn import connect, parse_target
+from nexus.core.telemetry_store import read_heartbeats
 from tests.e2e.test_faults import assert_spend_matches, client_cost, cloud, config, run_load
 from tests.harness import eventually
 

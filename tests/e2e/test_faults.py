@@ -40,12 +40,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.devcluster import FakeSpec, LocalCluster
-from controlplane.observed import read_inflight
-from controlplane.periods import day_of
-from controlplane.telemetry_store import read_live_spend
-from router_node.pipeline.requirements import extract_requirements
+from nexus.core import keys
+from nexus.core.observed import read_inflight
+from nexus.core.periods import day_of
+from nexus.core.pipeline.requirements import extract_requirements
+from nexus.core.telemetry_store import read_live_spend
+from nexus.tools.devcluster import FakeSpec, LocalCluster
 from tests.clock import knobs_for, steady_period
 from tests.harness import eventually
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from controlplane.devcluster import FakeSpec
+from nexus.tools.devcluster import FakeSpec
 from tests.e2e.conftest import CHAT, chat
 from tests.harness import eventually
 

@@ -21,9 +21,9 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.devcluster import LocalCluster
-from controlplane.telemetry_store import read_live_spend
+from nexus.core import keys
+from nexus.core.telemetry_store import read_live_spend
+from nexus.tools.devcluster import LocalCluster
 from tests.e2e.test_faults import BUDGET_PERIOD, cloud, config, run_load
 from tests.harness import eventually
 
@@ -51,7 +51,7 @@ async def test_a_restart_under_the_same_id_never_leaks_its_lease(cluster, http):
 
 
 async def _restarts(c: LocalCluster, redis: Redis) -> None:
-    from controlplane.reservations import read_unreconciled  # here: the module collects on older releases too
+    from nexus.core.reservations import read_unreconciled  # here: the module collects on older releases too
 
     router = c.routers[0]
     period = BUDGET_PERIOD.name(time.time())  # the steady testing period of test_faults' config

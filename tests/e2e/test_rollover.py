@@ -1,9 +1,9 @@
 """Budget period rollover on a live cluster of real processes (3 routers, workers, admin, one Redis).
 
 The boundary is a few seconds ahead, never a real month end: every process runs with `[testing]
-budget_period_seconds`, periods of a few seconds counted from an anchor (controlplane/periods.py). The
+budget_period_seconds`, periods of a few seconds counted from an anchor (nexus/core/periods.py). The
 code paths are the production ones (the same rule object names periods for telemetry, leases, workers and
-admin; only the rule's arithmetic differs, and the calendar sweep in tests/controlplane/test_periods.py
+admin; only the rule's arithmetic differs, and the calendar sweep in tests/core/test_periods.py
 covers that). Redis expires keys by its own clock, which these tests never touch: every TTL is relative.
 
 - A cluster blocked at its hard limit unblocks on every replica within 1 s after the new period starts,
@@ -25,11 +25,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.devcluster import FakeSpec, LocalCluster
-from controlplane.periods import PeriodRule, day_of
-from controlplane.spend_report import read_budget_observations
-from controlplane.telemetry_store import TelemetryRecord, read_live_spend, read_records
+from nexus.core import keys
+from nexus.core.periods import PeriodRule, day_of
+from nexus.core.spend_report import read_budget_observations
+from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, read_records
+from nexus.tools.devcluster import FakeSpec, LocalCluster
 from tests.clock import knobs_for
 from tests.harness import eventually
 

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from controlplane.embedded_redis import EmbeddedRedis
-from router_node.fake_backend import FakeBackend
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.tools.fake_backend import FakeBackend
 from tests.harness import GatewayHarness, settings_for
 
 GatewayFactory = Callable[..., Awaitable[GatewayHarness]]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from router_node.breaker import EMPTY_VIEW, Breakers, BreakerSettings, State
+from nexus.router_node.breaker import EMPTY_VIEW, Breakers, BreakerSettings, State
 
 SETTINGS = BreakerSettings(open_after=5, retry_seconds=1.0, max_cooldown_seconds=300.0, demote_after=3,
                            demote_seconds=10.0)

@@ -34,15 +34,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.errors import StateUnavailable
-from controlplane.observed import read_inflight
-from controlplane.periods import BudgetCalendar, day_of, period_of
-from controlplane.snapshot import GLOBAL_SCOPE
-from controlplane.telemetry_store import TelemetryRecord, read_live_spend, write_records
-from router_node.load import LoadTracker
-from router_node.telemetry import Telemetry
+from nexus.core import keys
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.errors import StateUnavailable
+from nexus.core.observed import read_inflight
+from nexus.core.periods import BudgetCalendar, day_of, period_of
+from nexus.core.snapshot import GLOBAL_SCOPE
+from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from nexus.router_node.load import LoadTracker
+from nexus.router_node.telemetry import Telemetry
 from tests.clock import knobs_for, steady_period
 from tests.harness import GatewayHarness, eventually, fake_backend, settings_for
 from tests.router_node.conftest import backend_for

@@ -23,12 +23,12 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from controlplane.config import BackendConfig, RoutingConfig
-from controlplane.model import BudgetStatus, HealthState, QualityStats
-from controlplane.observed import write_health, write_quality
-from controlplane.snapshot import GLOBAL_SCOPE, HealthObservation
-from controlplane.state import put_backend, put_routing
-from controlplane.telemetry_store import TelemetryRecord, write_records
+from nexus.core.config import BackendConfig, RoutingConfig
+from nexus.core.model import BudgetStatus, HealthState, QualityStats
+from nexus.core.observed import write_health, write_quality
+from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation
+from nexus.core.state import put_backend, put_routing
+from nexus.core.telemetry_store import TelemetryRecord, write_records
 from tests.clock import knobs_for, steady_period
 from tests.harness import GatewayHarness, eventually
 from tests.router_node.conftest import backend_for

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from controlplane.config import BackendConfig
-from controlplane.state import put_backend, read_health
+from nexus.core.config import BackendConfig
+from nexus.core.state import put_backend, read_health
+from nexus.worker.jobs import run_health
+from nexus.worker.probe import new_session
 from tests.harness import eventually
 from tests.router_node.conftest import backend_for
-from worker.jobs import run_health
-from worker.probe import new_session
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 SECRETS = {"TEST_KEY": {"env": "TEST_KEY", "hosts": ["127.0.0.1"]}}

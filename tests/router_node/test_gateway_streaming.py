@@ -148,8 +148,8 @@ async def test_the_usage_only_chunk_reaches_only_clients_that_asked_for_it(fakes
 
 
 async def _records(redis: Any) -> list[Any]:
-    from controlplane.periods import day_of
-    from controlplane.telemetry_store import read_records
+    from nexus.core.periods import day_of
+    from nexus.core.telemetry_store import read_records
 
     now = time.time()
     out = []

@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from controlplane.globs import MAX_MODEL_NAME_LENGTH
+from nexus.core.globs import MAX_MODEL_NAME_LENGTH
 from tests.harness import eventually
 from tests.router_node.conftest import backend_for
 from tests.router_node.rawhttp import RawResponse, RawServer, closed, connect, read_response, request_head

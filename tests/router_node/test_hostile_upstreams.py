@@ -14,17 +14,17 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import keys
-from controlplane.config import ServerConfig
-from controlplane.model import Backend, BackendType, HealthState, Zone
-from controlplane.observed import write_health
-from controlplane.periods import day_of
-from controlplane.secrets import SecretConfig
-from controlplane.snapshot import HealthObservation
-from controlplane.telemetry_store import TelemetryRecord
-from router_node.breaker import Breakers
-from router_node.errors import UpstreamError
-from router_node.upstream import Upstream
+from nexus.core import keys
+from nexus.core.config import ServerConfig
+from nexus.core.gateway_errors import UpstreamError
+from nexus.core.model import Backend, BackendType, HealthState, Zone
+from nexus.core.observed import write_health
+from nexus.core.periods import day_of
+from nexus.core.secrets import SecretConfig
+from nexus.core.snapshot import HealthObservation
+from nexus.core.telemetry_store import TelemetryRecord
+from nexus.router_node.breaker import Breakers
+from nexus.router_node.upstream import Upstream
 from tests.harness import eventually
 from tests.router_node.rawhttp import RawServer, chat_completion, connect, read_request, request_head, response
 

@@ -20,12 +20,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.admin import create_admin_app
-from controlplane.cli import main as nexus
-from controlplane.config import PolicyConfig
-from controlplane.state import put_routing, read_desired
-from controlplane.telemetry_store import read_heartbeats
+from nexus.cli import main as nexus
+from nexus.controlplane.admin import create_admin_app
+from nexus.core import keys
+from nexus.core.config import PolicyConfig
+from nexus.core.state import put_routing, read_desired
+from nexus.core.telemetry_store import read_heartbeats
 from tests.harness import AppServer, eventually
 from tests.router_node.conftest import backend_for
 
@@ -60,7 +60,7 @@ async def ready(http, url: str) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("pattern", ["gpt-[z-a]", "*" * 1000], ids=["reversed-range", "1000-stars"])
 async def test_the_admin_api_refuses_a_pattern_that_cannot_compile(redis_server, redis, http, pattern):
-    from controlplane.state import seed_desired
+    from nexus.core.state import seed_desired
     from tests.harness import settings_for
 
     settings = settings_for([], redis={"url": redis_server.url})
@@ -138,7 +138,7 @@ async def test_a_node_starting_on_a_poisoned_store_starts_unready_and_recovers(f
 
 async def read_desired_unchecked(redis: Redis):
     """The stored routing without the poisoned policy (the store itself cannot be read validated)."""
-    from controlplane.config import RoutingConfig
+    from nexus.core.config import RoutingConfig
 
     raw = orjson.loads(await redis.get(keys.CONFIG_ROUTING))
     raw["policies"] = [p for p in raw.get("policies", []) if p["model_pattern"] != "gpt-[z-a]"]

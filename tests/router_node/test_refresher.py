@@ -7,10 +7,10 @@ import threading
 
 from redis.asyncio import Redis
 
-import controlplane.fetch as fetch
-from controlplane.config import BackendConfig
-from controlplane.state import put_backend, seed_desired
-from router_node.refresher import SnapshotRefresher
+import nexus.core.fetch as fetch
+from nexus.core.config import BackendConfig
+from nexus.core.state import put_backend, seed_desired
+from nexus.router_node.refresher import SnapshotRefresher
 from tests.harness import settings_for
 
 BACKENDS = [{"name": "gpu", "url": "http://127.0.0.1:9", "type": "vllm", "models": ["m"]}]

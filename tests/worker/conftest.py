@@ -17,13 +17,13 @@ from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.config import NexusSettings
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.telemetry_store import TelemetryRecord
-from router_node.fake_backend import FakeBackend
+from nexus.core import keys
+from nexus.core.config import NexusSettings
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.telemetry_store import TelemetryRecord
+from nexus.tools.fake_backend import FakeBackend
+from nexus.worker.main import WorkerHandle, build_worker, start_in_process
 from tests.harness import eventually, settings_for
-from worker.main import WorkerHandle, build_worker, start_in_process
 
 FakeFactory = Callable[..., Awaitable[FakeBackend]]
 WorkerFactory = Callable[..., Awaitable[WorkerHandle]]

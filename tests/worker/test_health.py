@@ -1,4 +1,4 @@
-"""worker.health: the health state machine as a transition matrix, the latency EMA, model discovery."""
+"""nexus.worker.health: the health state machine as a transition matrix, the latency EMA, model discovery."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.config import LIMITS, ModelConfig
-from controlplane.model import HealthState
-from controlplane.observed import HealthRecord
-from worker.health import HealthPolicy, ProbeResult, ProbeStatus, is_loading_reply, next_health, parse_models
+from nexus.core.config import LIMITS, ModelConfig
+from nexus.core.model import HealthState
+from nexus.core.observed import HealthRecord
+from nexus.worker.health import HealthPolicy, ProbeResult, ProbeStatus, is_loading_reply, next_health, parse_models
 
 NOW = 1_800_000_000.0
 POLICY = HealthPolicy(failure_threshold=3, recovery_threshold=2, stale_after=20.0, ema_alpha=0.3)

@@ -14,16 +14,16 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.aggregates import sum_increments
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.model import BudgetStatus, HealthState, QualityStats
-from controlplane.observed import HealthRecord, read_inflight, write_inflight
-from controlplane.periods import day_of, period_of
-from controlplane.reservations import read_reserved, read_unreconciled, report_admitted, reserve
-from controlplane.spend_report import read_budget_observations, read_spend_report
-from controlplane.state import load_snapshot, read_health, seed_desired
-from controlplane.telemetry_store import (
+from nexus.core import keys
+from nexus.core.aggregates import sum_increments
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.model import BudgetStatus, HealthState, QualityStats
+from nexus.core.observed import HealthRecord, read_inflight, write_inflight
+from nexus.core.periods import day_of, period_of
+from nexus.core.reservations import read_reserved, read_unreconciled, report_admitted, reserve
+from nexus.core.spend_report import read_budget_observations, read_spend_report
+from nexus.core.state import load_snapshot, read_health, seed_desired
+from nexus.core.telemetry_store import (
     NodeHeartbeat,
     TelemetryRecord,
     read_heartbeats,
@@ -31,12 +31,12 @@ from controlplane.telemetry_store import (
     write_heartbeat,
     write_records,
 )
+from nexus.worker.jobs import HEALTH_JOB, QUALITY_JOB, run_budget, run_health, run_nodes
+from nexus.worker.probe import new_session
+from nexus.worker.store import mark_nodes_gone, read_heartbeats_raw
 from tests.clock import next_day_start
 from tests.harness import eventually
 from tests.worker.conftest import FakeFactory, RawServer, WorkerFactory, record, run_tick, worker_settings_for
-from worker.jobs import HEALTH_JOB, QUALITY_JOB, run_budget, run_health, run_nodes
-from worker.probe import new_session
-from worker.store import mark_nodes_gone, read_heartbeats_raw
 
 RawFactory = Callable[..., Awaitable[RawServer]]
 
@@ -224,8 +224,8 @@ async def test_the_budget_tick_repairs_a_live_counter_behind_the_aggregate(redis
 KILLABLE_TICK = """
 import asyncio, sys
 from redis.asyncio import Redis
-from controlplane.config import load_settings
-from worker.jobs import run_budget
+from nexus.core.config import load_settings
+from nexus.worker.jobs import run_budget
 
 async def main(url: str, now: float) -> None:
     redis = Redis.from_url(url)

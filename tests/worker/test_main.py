@@ -1,4 +1,4 @@
-"""worker.main: the in-process runner's lifecycle and `nexus worker`'s blocking entry point (in a real
+"""nexus.worker.main: the in-process runner's lifecycle and `nexus worker`'s blocking entry point (in a real
 subprocess, stopped by SIGTERM)."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.model import HealthState
-from controlplane.state import read_health
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.model import HealthState
+from nexus.core.state import read_health
+from nexus.worker import settings as worker_settings_module
+from nexus.worker.jobs import CTX_KEY, HEALTH_JOB
+from nexus.worker.main import ThreadedWorker, start_in_process
 from tests.harness import eventually
 from tests.worker.conftest import FakeFactory, worker_settings_for
-from worker import settings as worker_settings_module
-from worker.jobs import CTX_KEY, HEALTH_JOB
-from worker.main import ThreadedWorker, start_in_process
 
 
 async def test_start_and_stop_in_process(redis_server: EmbeddedRedis, redis: Redis, fakes: FakeFactory) -> None:
@@ -74,8 +74,8 @@ def test_lazy_worker_settings_for_the_arq_cli(monkeypatch: pytest.MonkeyPatch, r
 
 RUN_WORKER = """
 import sys
-from controlplane.config import load_settings
-from worker.main import run_worker
+from nexus.core.config import load_settings
+from nexus.worker.main import run_worker
 
 backends = [{"name": "a", "url": sys.argv[2]}]
 run_worker(load_settings(overrides={"backends": backends}, environ={}), sys.argv[1])

@@ -1,4 +1,4 @@
-"""worker.probe against fake backends over real HTTP: what is probed per type, how replies are judged,
+"""nexus.worker.probe against fake backends over real HTTP: what is probed per type, how replies are judged,
 and that probes of many backends run concurrently (a tick takes about one timeout, not one per backend)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from controlplane.config import BackendConfig
-from controlplane.secrets import SecretConfig
+from nexus.core.config import BackendConfig
+from nexus.core.secrets import SecretConfig
+from nexus.worker.health import ProbeStatus
+from nexus.worker.probe import ProbeTarget, new_session, probe, probe_all, target_for
 from tests.worker.conftest import FakeFactory, RawServer
-from worker.health import ProbeStatus
-from worker.probe import ProbeTarget, new_session, probe, probe_all, target_for
 
 RawFactory = Callable[..., Awaitable[RawServer]]
 

@@ -1,16 +1,16 @@
-"""worker.reconcilers: quality windows, budget observations and router-node liveness, as matrices."""
+"""nexus.worker.reconcilers: quality windows, budget observations and router-node liveness, as matrices."""
 
 from __future__ import annotations
 
 import pytest
 
-from controlplane import keys
-from controlplane.aggregates import Aggregate, MinuteCounts, Totals
-from controlplane.config import BudgetConfig, RoutingConfig
-from controlplane.model import BudgetStatus, QualityStats
-from controlplane.periods import period_of
-from controlplane.telemetry_store import NodeHeartbeat
-from worker.reconcilers import observe_budgets, plan_liveness, quality_stats
+from nexus.core import keys
+from nexus.core.aggregates import Aggregate, MinuteCounts, Totals
+from nexus.core.config import BudgetConfig, RoutingConfig
+from nexus.core.model import BudgetStatus, QualityStats
+from nexus.core.periods import period_of
+from nexus.core.telemetry_store import NodeHeartbeat
+from nexus.worker.reconcilers import observe_budgets, plan_liveness, quality_stats
 
 NOW = 1_800_000_030.0  # 30 s into a minute (2027-01-15 08:00:30 UTC; pure code: no real clock involved)
 MINUTE = NOW - 30  # start of the current minute

@@ -15,14 +15,14 @@ import pytest
 from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.aggregates import inconsistencies
-from controlplane.periods import day_of, period_of
-from controlplane.rollup import _APPLY, _Batch, read_aggregate, read_quarantine
-from controlplane.telemetry_store import TelemetryRecord, write_records
+from nexus.core import keys
+from nexus.core.aggregates import inconsistencies
+from nexus.core.periods import day_of, period_of
+from nexus.core.rollup import _APPLY, _Batch, read_aggregate, read_quarantine
+from nexus.core.telemetry_store import TelemetryRecord, write_records
+from nexus.worker.jobs import run_budget
+from nexus.worker.metrics import AGGREGATE_INCONSISTENCIES, QUARANTINED
 from tests.harness import settings_for
-from worker.jobs import run_budget
-from worker.metrics import AGGREGATE_INCONSISTENCIES, QUARANTINED
 
 
 def rec(i: int, now: float, **kw) -> TelemetryRecord:

@@ -1,10 +1,10 @@
-"""worker.schedule: configured intervals become even UTC wall-clock grids, never rarer than configured."""
+"""nexus.worker.schedule: configured intervals become even UTC wall-clock grids, never rarer than configured."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.schedule import cron_fields, effective_interval, tick_of
+from nexus.worker.schedule import cron_fields, effective_interval, tick_of
 
 
 @pytest.mark.parametrize(

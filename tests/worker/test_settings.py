@@ -1,4 +1,4 @@
-"""worker.settings with real arq machinery on the session Redis: the cron schedule, duplicate refusal
+"""nexus.worker.settings with real arq machinery on the session Redis: the cron schedule, duplicate refusal
 (arq's unique ids + keep_result, then our tick claim), and two workers sharing one schedule."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
-from controlplane import keys
-from controlplane.aggregates import sum_increments
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.periods import day_of, period_of
-from controlplane.telemetry_store import TelemetryRecord, write_records
+from nexus.core import keys
+from nexus.core.aggregates import sum_increments
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.periods import day_of, period_of
+from nexus.core.telemetry_store import TelemetryRecord, write_records
+from nexus.worker.jobs import BUDGET_JOB, CTX_KEY, HEALTH_JOB, NODES_JOB, QUALITY_JOB, WorkerContext, budget_job
+from nexus.worker.settings import cron_jobs, job_specs, worker_settings
+from nexus.worker.store import read_ticks
 from tests.harness import eventually
 from tests.worker.conftest import WorkerFactory, record, run_tick, worker_settings_for
-from worker.jobs import BUDGET_JOB, CTX_KEY, HEALTH_JOB, NODES_JOB, QUALITY_JOB, WorkerContext, budget_job
-from worker.settings import cron_jobs, job_specs, worker_settings
-from worker.store import read_ticks
 
 
 @pytest.fixture

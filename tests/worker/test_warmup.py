@@ -2,8 +2,8 @@
 
 import pytest
 
-from controlplane.model import HealthState
-from worker.health import HealthPolicy, ProbeResult, ProbeStatus, next_health, warming_up
+from nexus.core.model import HealthState
+from nexus.worker.health import HealthPolicy, ProbeResult, ProbeStatus, next_health, warming_up
 
 POLICY = HealthPolicy(failure_threshold=1, recovery_threshold=1, stale_after=100.0)
 FAILED = ProbeResult(ProbeStatus.FAILED, error="connection refused")

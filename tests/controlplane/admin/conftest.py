@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from controlplane.admin import create_admin_app
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.state import seed_desired
+from nexus.controlplane.admin import create_admin_app
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.state import seed_desired
 from tests.harness import AppServer, settings_for
 
 TOKEN = "t0k3n-for-tests-0123456789"

@@ -3,9 +3,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controlplane.admin import AdminAuthError, check_admin_token
-from controlplane.periods import PeriodRule, period_of
-from controlplane.state import read_desired
+from nexus.controlplane.admin import AdminAuthError, check_admin_token
+from nexus.core.periods import PeriodRule, period_of
+from nexus.core.state import read_desired
 from tests.controlplane.admin.conftest import TOKEN
 
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from controlplane.admin import create_admin_app
-from controlplane.state import read_desired
+from nexus.controlplane.admin import create_admin_app
+from nexus.core.state import read_desired
 from tests.controlplane.admin.conftest import SECRETS, SEED, TOKEN
 from tests.harness import settings_for
 

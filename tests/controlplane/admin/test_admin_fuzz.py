@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 from schemathesis.checks import not_a_server_error
 
-from controlplane.admin import create_admin_app
-from controlplane.admin import routers as admin_routers
-from controlplane.admin.app import PREFIX
-from controlplane.config import DesiredConfig
-from controlplane.embedded_redis import EmbeddedRedis
-from controlplane.state import seed_desired
+from nexus.controlplane.admin import create_admin_app
+from nexus.controlplane.admin import routers as admin_routers
+from nexus.controlplane.admin.app import PREFIX
+from nexus.core.config import DesiredConfig
+from nexus.core.embedded_redis import EmbeddedRedis
+from nexus.core.state import seed_desired
 from tests.controlplane.admin.conftest import SECRETS, SEED, TOKEN
 from tests.harness import settings_for
 

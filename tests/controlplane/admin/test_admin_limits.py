@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tomli_w
 
-from controlplane.config import LIMITS
-from controlplane.state import read_desired
+from nexus.core.config import LIMITS
+from nexus.core.state import read_desired
 
 
 def backends(n: int) -> list[dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from controlplane.rollup import rollup_pending
-from controlplane.telemetry_store import TelemetryRecord, write_records
+from nexus.core.rollup import rollup_pending
+from nexus.core.telemetry_store import TelemetryRecord, write_records
 
 
 async def test_quarantined_records_are_listed_with_their_reason(admin):

@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from controlplane.config import LIMITS
-from controlplane.state import read_desired
+from nexus.core.config import LIMITS
+from nexus.core.state import read_desired
 
 OK_URL = "http://127.0.0.1:9/new"
 TOML = {"Content-Type": "application/toml"}

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from router_node.adapters import anthropic as mod
-from router_node.adapters.anthropic import (
+from nexus.router_node.adapters import anthropic as mod
+from nexus.router_node.adapters.anthropic import (
     DEFAULT_MAX_TOKENS,
     StreamTranslator,
     TranslationError,
@@ -26,7 +26,7 @@ from router_node.adapters.anthropic import (
     from_anthropic_error,
     to_anthropic,
 )
-from router_node.fake_backend import FakeBackend, FakeBackendOptions
+from nexus.tools.fake_backend import FakeBackend, FakeBackendOptions
 
 MODEL = "claude-test"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

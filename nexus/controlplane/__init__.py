@@ -1,0 +1,1 @@
+"""The control plane process package: the admin API."""

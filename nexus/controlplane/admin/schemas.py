@@ -1,0 +1,131 @@
+"""Request and response bodies of the admin API (`XCreate` / `XUpdate` / `XPublic`).
+
+Write bodies reuse the config models (`BackendConfig`, `PolicyConfig`, `BudgetConfig`, ...), so a value
+is accepted or refused exactly as it would be in nexus.toml. Public bodies carry no secrets: a backend
+shows the NAME of its key variable and whether it is set, never the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nexus.core.config import BackendConfig, BudgetConfig, PolicyConfig, WeightsConfig
+from nexus.core.model import HardLimitAction, Strategy
+
+__all__ = [
+    "BackendCreate",
+    "BackendPublic",
+    "BudgetPublic",
+    "BudgetUpdate",
+    "ExplainRequest",
+    "HealthPublic",
+    "NodePublic",
+    "RoutingPublic",
+    "RoutingUpdate",
+    "WriteResult",
+]
+
+
+class BackendCreate(BackendConfig):
+    """A backend as PUT to /backends/{name}; the name comes from the path (a body name must match)."""
+
+    name: str | None = None  # type: ignore[assignment]
+
+
+class BackendPublic(BackendConfig):
+    api_key_configured: bool = False
+    zone_effective: str = ""
+
+
+class WriteResult(BaseModel):
+    version: int
+
+
+class RoutingUpdate(BaseModel):
+    """Fields given replace the current ones; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Strategy | None = None
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    aliases: dict[str, str] | None = None
+    fallbacks: dict[str, list[str]] | None = None
+    weights: WeightsConfig | None = None
+
+
+class RoutingPublic(BaseModel):
+    strategy: Strategy
+    max_retries: int
+    aliases: dict[str, str]
+    fallbacks: dict[str, list[str]]
+    weights: WeightsConfig
+    policies: list[PolicyConfig]
+
+
+class BudgetUpdate(BaseModel):
+    """Fields given replace the current ones (`soft_limit_percent` takes 0.75 or 75)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    monthly_limit_usd: float | None = Field(default=None, ge=0)
+    soft_limit_percent: float | None = Field(default=None, ge=0)
+    hard_limit_action: HardLimitAction | None = None
+    reset_day: int | None = Field(default=None, ge=1, le=28)
+    reconciliation_interval_secs: float | None = Field(default=None, gt=0)
+    unlimited: bool = Field(default=False, description="true removes the limit (monthly_limit_usd = null)")
+
+
+class BudgetPublic(BudgetConfig):
+    scope: str
+    reset_day: int  # the day this budget's periods start on, inherited or its own
+    reset_day_inherited: bool = Field(description="a key budget without its own reset_day follows the global one")
+    period: str
+    period_ends_at: float = Field(description="unix seconds at which the current period ends")
+    spend_usd: float
+    status: str
+    utilization: float
+    remaining_usd: float | None
+
+
+class HealthPublic(BaseModel):
+    name: str
+    type: str
+    zone: str
+    health: str
+    checked_at: float | None
+    latency_ema_ms: float | None
+    models: list[str]
+    quality: dict[str, Any] | None
+
+
+class NodePublic(BaseModel):
+    node: str
+    status: str
+    last_seen_seconds: float
+    snapshot_version: int
+    snapshot_age_seconds: float | None
+    observed_age_seconds: float | None = Field(
+        default=None, description="age of the newest health observation in the node's snapshot (workers' pulse)"
+    )
+    inflight: int
+    queue_depth: int
+    telemetry_buffered: int
+    redis_ok: bool
+    draining: bool
+    snapshot_error: str | None = Field(
+        default=None, description="why the newest desired state could not be built (the node keeps its last good one)"
+    )
+    failing_version: int | None = None
+    state_lost: str | None = Field(
+        default=None, description="Redis lost the shared state: the node routes on its snapshot and restores it"
+    )
+
+
+class ExplainRequest(BaseModel):
+    """A chat-completions body plus the request headers that steer routing."""
+
+    request: dict[str, Any] = Field(description="an OpenAI chat-completions request body")
+    headers: dict[str, str] = Field(default_factory=dict, description="e.g. {'X-Nexus-Flexible': 'true'}")
+    api_key_id: str | None = Field(default=None, description="the key id whose budget applies, if any")

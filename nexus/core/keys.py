@@ -1,0 +1,228 @@
+"""The Redis key schema: every key string, TTL and channel name Nexus uses, and nothing else.
+
+No other module builds a key string; they import the constants and functions here (as arq keeps its
+names in one `constants.py`). Changing the layout of a value means bumping `VERSION`, so an old and a
+new release never read each other's data by accident.
+
+Invariants:
+- Every key starts with `PREFIX` (`nexus:v1`).
+- Keys of one logical unit share a hash tag (`{config}`, `{observed}`, `{telemetry}`, `{load}`,
+  `{nodes}`, `{worker}`), so a transaction or Lua script touching one unit stays in one Redis Cluster slot.
+  Code must never combine keys of two units in one MULTI or script.
+- Pub/sub channels are not keys (they have no slot); they carry the prefix all the same.
+
+Layout (values are orjson-encoded JSON unless said otherwise):
+
+    {config}     backends  hash  backend name -> BackendConfig
+                 routing   str   RoutingConfig (policies, aliases, fallbacks, weights, budgets)
+                 version   int   bumped by every desired-state write; its existence means "seeded"
+                 epoch     str   random id written with the first seed: a Redis that lost its data has
+                                 none (or, once restored, another), which is how nodes tell loss from change
+    {observed}   health    hash  backend name -> health record (state, checked_at, models, counters)
+                 quality   hash  backend name -> QualityStats
+                 spend     hash  budget scope -> {spend_usd, period} plus, from the budget worker,
+                                 {status, limit_usd, soft_limit_fraction, utilization, checked_at}
+                 wire      hash  backend name -> {fact: learned at (unix s)}, facts router nodes learned
+                                 about a backend's wire format (`no_stream_options`); stale after
+                                 WIRE_FACT_TTL_SECONDS, then learned again
+    {telemetry}  records:<day>  hash  request id -> record (HSETNX makes replays idempotent)
+                 spend:<period> hash  budget scope -> float (HINCRBYFLOAT, live spend of the period)
+                 rolled:<day>   set   ids of records the workers rolled up and deleted (replay guard)
+                 reserved:<period> hash "<node>|<scope>" -> float USD reserved by in-flight requests near a
+                                 hard limit (released when their telemetry record is written)
+                 admitted:<period> hash "<node>|<scope>" -> float USD admitted against leases and not yet
+                                 recorded, as each node last reported (charged when the node dies)
+                 unreconciled:<period> hash scope -> float USD charged for dead nodes' admitted requests
+                 restored:<period> hash scope -> float USD put back after a data loss; `_at`: when
+                 agg:<period>   hash  aggregate field -> int (rolled-up records; see nexus.core.aggregates)
+                 quarantine     hash  record id -> {reason, record, at}: records the rollup could not count
+                 quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
+    {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
+                 nodes            zset  node id -> last gauge write (unix s); index of the gauges
+    {nodes}      heartbeats  hash  node id -> heartbeat JSON; stale after NODE_STALE_SECONDS, then
+                                   marked `gone` by the liveness worker
+    {worker}     queue              zset  arq's job queue (arq's own `arq:job:*`, `arq:result:*`,
+                                          `arq:in-progress:*` keys sit outside this schema)
+                 ticks:<job>:<day>  hash  scheduled tick (unix ms) -> times the job body ran
+    channel      nexus:v1:events  {"version": n, "kind": "...", "at": unix seconds}
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONFIG_BACKENDS",
+    "CONFIG_EPOCH",
+    "CONFIG_ROUTING",
+    "CONFIG_VERSION",
+    "EVENTS_CHANNEL",
+    "INFLIGHT_NODES",
+    "INFLIGHT_REGISTRY_PRUNE_SECONDS",
+    "INFLIGHT_TTL_SECONDS",
+    "NODES_HEARTBEATS",
+    "NODE_GONE_RETENTION_SECONDS",
+    "NODE_STALE_SECONDS",
+    "OBSERVED_HEALTH",
+    "OBSERVED_QUALITY",
+    "OBSERVED_SPEND",
+    "OBSERVED_WIRE",
+    "PREFIX",
+    "TELEMETRY_AGG_TTL_SECONDS",
+    "TELEMETRY_QUALITY_TTL_SECONDS",
+    "TELEMETRY_QUARANTINE",
+    "TELEMETRY_RECORDS_TTL_SECONDS",
+    "TELEMETRY_ROLLED_GRACE_SECONDS",
+    "TELEMETRY_SPEND_TTL_SECONDS",
+    "VERSION",
+    "WIRE_FACT_TTL_SECONDS",
+    "WORKER_QUEUE",
+    "WORKER_TICKS_TTL_SECONDS",
+    "inflight",
+    "telemetry_admitted",
+    "telemetry_agg",
+    "telemetry_quality",
+    "telemetry_records",
+    "telemetry_reserved",
+    "telemetry_restored",
+    "telemetry_rolled",
+    "telemetry_spend",
+    "telemetry_unreconciled",
+    "worker_ticks",
+]
+
+VERSION = "v1"
+PREFIX = f"nexus:{VERSION}"
+
+
+def _key(unit: str, name: str) -> str:
+    return f"{PREFIX}:{{{unit}}}:{name}"
+
+
+def _part(kind: str, value: str) -> str:
+    # An empty or whitespace-bearing suffix would silently alias another key or break redis-cli use.
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"{kind} must be a non-empty string without whitespace, got {value!r}")
+    return value
+
+
+# -- desired state (written by the admin API and by seeding) -----------------------------------------
+CONFIG_BACKENDS = _key("config", "backends")
+CONFIG_ROUTING = _key("config", "routing")
+CONFIG_VERSION = _key("config", "version")
+CONFIG_EPOCH = _key("config", "epoch")
+
+EVENTS_CHANNEL = f"{PREFIX}:events"
+
+# -- observed state (written by workers) ---------------------------------------------------------------
+OBSERVED_HEALTH = _key("observed", "health")
+OBSERVED_QUALITY = _key("observed", "quality")
+OBSERVED_SPEND = _key("observed", "spend")
+OBSERVED_WIRE = _key("observed", "wire")
+# a learned wire fact is trusted this long: a backend upgraded meanwhile gets the field offered again
+WIRE_FACT_TTL_SECONDS = 24 * 3600
+
+# -- telemetry (written by router nodes after each request) ---------------------------------------------
+# Records are bucketed by UTC day so old ones expire as whole keys instead of needing a sweeper; a
+# replayed record carries its original timestamp, so it lands in the same bucket and HSETNX dedups it.
+TELEMETRY_RECORDS_TTL_SECONDS = 35 * 24 * 3600
+# Live spend outlives its budget period by a margin so the budget worker can still close the period.
+TELEMETRY_SPEND_TTL_SECONDS = 40 * 24 * 3600
+
+
+def telemetry_records(day: str) -> str:
+    """Hash of request id -> record for one UTC day (`YYYY-MM-DD`)."""
+    return _key("telemetry", f"records:{_part('day', day)}")
+
+
+def telemetry_reserved(period: str) -> str:
+    """Hash of "<node id>|<budget scope>" -> USD reserved (not yet spent) in `period`."""
+    return _key("telemetry", f"reserved:{_part('period', period)}")
+
+
+def telemetry_admitted(period: str) -> str:
+    """Hash of "<node id>|<budget scope>" -> USD its requests took from leases and it has not recorded yet,
+    as the node last reported it (every telemetry flush): what a crash of that node leaves uncounted."""
+    return _key("telemetry", f"admitted:{_part('period', period)}")
+
+
+def telemetry_restored(period: str) -> str:
+    """Hash of budget scope -> USD put back into `period`'s live spend after a Redis data loss (`_at`: when);
+    its existence marks the period's figures as incomplete."""
+    return _key("telemetry", f"restored:{_part('period', period)}")
+
+
+def telemetry_unreconciled(period: str) -> str:
+    """Hash of budget scope -> USD charged for requests of dead nodes that were admitted but never recorded."""
+    return _key("telemetry", f"unreconciled:{_part('period', period)}")
+
+
+def telemetry_spend(period: str) -> str:
+    """Hash of budget scope -> spend (USD float) accumulated in `period` (e.g. `2025-06`)."""
+    return _key("telemetry", f"spend:{_part('period', period)}")
+
+
+# -- cluster-wide load (one gauge per router node) -------------------------------------------------------
+# A node rewrites its gauge when it changes and at least every second; the TTL only matters when a node
+# dies (its load must stop counting soon: a dead node's gauge can make a backend look full cluster-wide),
+# and must be long enough that a node paused by GC or a slow Redis does not flicker out of the sum.
+INFLIGHT_TTL_SECONDS = 5.0
+# Registry entries not refreshed for this long are pruned by writers; the gauge TTL, not this, decides
+# what is counted, so the prune horizon only bounds the registry's size.
+INFLIGHT_REGISTRY_PRUNE_SECONDS = 10 * INFLIGHT_TTL_SECONDS
+INFLIGHT_NODES = _key("load", "nodes")
+
+
+def inflight(node_id: str) -> str:
+    """Gauge hash of backend name -> requests in flight on router node `node_id`."""
+    return _key("load", f"inflight:{_part('node id', node_id)}")
+
+
+# -- router node heartbeats -----------------------------------------------------------------------------
+NODES_HEARTBEATS = _key("nodes", "heartbeats")
+# Heartbeats live in one hash (fields cannot expire in Redis 6), so readers judge staleness by the
+# timestamp inside the value against this horizon. Nodes beat every second.
+NODE_STALE_SECONDS = 10.0
+# Gone nodes (marked by the liveness worker) stay listed this long after their last heartbeat, so an
+# operator can still see them in `GET /admin/v1/nodes`; then the worker removes them.
+NODE_GONE_RETENTION_SECONDS = 24 * 3600.0
+
+
+# -- rolled-up telemetry (written by workers) -------------------------------------------------------------
+# Records the rollup could not count (malformed, counters out of bounds): id -> {reason, record, at}. Kept as
+# long as aggregates, for the admin API; the rolled set stops a replay from bringing them back.
+TELEMETRY_QUARANTINE = _key("telemetry", "quarantine")
+# Period aggregates back the admin spend report, which keeps old periods: a year and a month.
+TELEMETRY_AGG_TTL_SECONDS = 400 * 24 * 3600
+# Quality hours are read for 24 h windows; the extra 2 h cover the current hour and clock skew.
+TELEMETRY_QUALITY_TTL_SECONDS = 26 * 3600
+
+
+# Ids of rolled-up records are kept until this long after their UTC day ends, so a router node replaying
+# a batch whose reply it lost (after a Redis outage, say) cannot add an already-counted record again.
+TELEMETRY_ROLLED_GRACE_SECONDS = 2 * 24 * 3600
+
+
+def telemetry_rolled(day: str) -> str:
+    """Set of ids of day `day` that the rollup has folded into the aggregates and deleted."""
+    return _key("telemetry", f"rolled:{_part('day', day)}")
+
+
+def telemetry_agg(period: str) -> str:
+    """Hash of aggregate field -> integer (nano-USD, tokens, counts) for budget period `period`."""
+    return _key("telemetry", f"agg:{_part('period', period)}")
+
+
+def telemetry_quality(backend: str, hour: str) -> str:
+    """Hash of `<MM>.<metric>` -> integer for backend `backend` in UTC hour `hour` (`YYYYMMDDHH`)."""
+    return _key("telemetry", f"quality:{_part('backend', backend)}:{_part('hour', hour)}")
+
+
+# -- workers (arq) -----------------------------------------------------------------------------------------
+# arq's queue; every worker process and `nexus serve` must share it for cron uniqueness to hold.
+WORKER_QUEUE = _key("worker", "queue")
+# Tick counters only serve to audit "each tick ran once"; three days cover any investigation window.
+WORKER_TICKS_TTL_SECONDS = 3 * 24 * 3600
+
+
+def worker_ticks(job: str, day: str) -> str:
+    """Hash of scheduled tick (unix ms) -> how many times cron job `job` ran for it, per UTC day."""
+    return _key("worker", f"ticks:{_part('job', job)}:{_part('day', day)}")

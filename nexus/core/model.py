@@ -1,0 +1,223 @@
+"""Domain model shared by every Nexus process.
+
+The enums name the closed vocabularies of the contract (backend types, zones, health states,
+budget statuses, routing strategies). The frozen dataclasses are the in-process view that the
+snapshot and the pipeline work on; pydantic models in `nexus.core.config` are the boundary
+(TOML, admin API bodies, Redis values) and are converted into these once, when a snapshot is built.
+
+Invariants:
+- A backend's zone is derived in exactly one place, `zone_for`: explicit zone wins, else the type's
+  default (local server types are restricted; cloud types and `generic` are open); anything unknown
+  is open. Config validation is stricter (an unknown zone in TOML is an error), but values that reach
+  the model from elsewhere (an older Redis value, say) degrade to open, never to restricted.
+- Local backends cost nothing: `ModelSpec` prices are ignored for local backend types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from nexus.core.periods import MONTHLY, PeriodRule
+
+__all__ = [
+    "LOCAL_TYPES",
+    "Backend",
+    "BackendType",
+    "BudgetState",
+    "BudgetStatus",
+    "HardLimitAction",
+    "HealthState",
+    "ModelSpec",
+    "Policy",
+    "PrivacyRequirement",
+    "QualityStats",
+    "Strategy",
+    "TierMode",
+    "Weights",
+    "Zone",
+    "is_local_type",
+    "parse_zone",
+    "zone_for",
+]
+
+
+class BackendType(StrEnum):
+    OLLAMA = "ollama"
+    VLLM = "vllm"
+    LLAMACPP = "llamacpp"
+    LMSTUDIO = "lmstudio"
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    GOOGLE = "google"
+    GENERIC = "generic"
+
+
+LOCAL_TYPES = frozenset({BackendType.OLLAMA, BackendType.VLLM, BackendType.LLAMACPP, BackendType.LMSTUDIO})
+
+
+class Zone(StrEnum):
+    RESTRICTED = "restricted"
+    OPEN = "open"
+
+
+class PrivacyRequirement(StrEnum):
+    RESTRICTED = "restricted"
+    UNRESTRICTED = "unrestricted"
+
+
+class HealthState(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    LOADING = "loading"
+    UNKNOWN = "unknown"
+
+
+class BudgetStatus(StrEnum):
+    NORMAL = "normal"
+    SOFT_LIMIT = "soft_limit"
+    HARD_LIMIT = "hard_limit"
+
+
+class HardLimitAction(StrEnum):
+    WARN = "warn"
+    BLOCK_CLOUD = "block_cloud"
+    BLOCK_ALL = "block_all"
+
+
+class Strategy(StrEnum):
+    SMART = "smart"
+    ROUND_ROBIN = "round_robin"
+    PRIORITY_ONLY = "priority_only"
+    RANDOM = "random"
+
+
+class TierMode(StrEnum):
+    STRICT = "strict"
+    FLEXIBLE = "flexible"
+
+
+def is_local_type(backend_type: str) -> bool:
+    return backend_type in LOCAL_TYPES
+
+
+def parse_zone(value: str | None) -> Zone | None:
+    """An explicit zone, case-insensitive; None when absent. Unknown strings are open."""
+    if value is None or value == "":
+        return None
+    try:
+        return Zone(value.strip().lower())
+    except ValueError:
+        return Zone.OPEN
+
+
+def zone_for(backend_type: str, explicit: str | None) -> Zone:
+    zone = parse_zone(explicit)
+    if zone is not None:
+        return zone
+    return Zone.RESTRICTED if is_local_type(backend_type) else Zone.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model as one backend serves it.
+
+    Undeclared capabilities default to what OpenAI-compatible servers commonly support: tools and
+    JSON mode yes, vision no (it needs a vision model). Unknown context length never excludes.
+    """
+
+    name: str
+    context_length: int | None = None
+    vision: bool = False
+    tools: bool = True
+    json_mode: bool = True
+    input_usd_per_1m: float = 0.0
+    output_usd_per_1m: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QualityStats:
+    """Rolled up by the quality worker from telemetry; absent means no history."""
+
+    error_rate_1h: float = 0.0
+    avg_ttfb_ms_1h: float = 0.0
+    success_rate_24h: float = 1.0
+    requests_1h: int = 0
+    requests_24h: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A backend as the pipeline sees it: desired config merged with observed state."""
+
+    name: str
+    url: str
+    type: BackendType
+    zone: Zone
+    tier: int = 1
+    priority: int = 1
+    max_concurrency: int = 8
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    health: HealthState = HealthState.UNKNOWN
+    health_at: float | None = None  # unix time of the observation an UNHEALTHY `health` comes from
+    latency_ema_ms: float | None = None
+    quality: QualityStats | None = None
+    secret: str | None = None  # name of a secret in nexus.toml [secrets]; sent only to its hosts
+    is_local: bool = False  # derived from type by the snapshot builder; a field because it is hot
+    timeout_seconds: float | None = None  # per-backend upstream timeout; None: server.request_timeout_seconds
+
+    @property
+    def kind(self) -> str:
+        """`local` or `cloud`, as the X-Nexus-Backend-Type header says it."""
+        return "local" if self.is_local else "cloud"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    model_pattern: str
+    privacy: PrivacyRequirement = PrivacyRequirement.UNRESTRICTED
+    min_tier: int | None = None
+    max_cost_per_request: float | None = None
+    fallback_allowed: bool = True
+    index: int = 0  # declaration order, for the specificity tie-break
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    priority: float = 50.0
+    load: float = 30.0
+    latency: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """One budget scope (`global` or an API key id) with the spend observed for its period."""
+
+    scope: str
+    monthly_limit_usd: float | None
+    soft_limit_fraction: float = 0.75
+    hard_limit_action: HardLimitAction = HardLimitAction.WARN
+    spend_usd: float = 0.0
+    period: str = ""  # the name of the period `spend_usd` is of
+    rule: PeriodRule = MONTHLY  # how this scope's time is cut into periods
+
+    def status(self) -> BudgetStatus:
+        limit = self.monthly_limit_usd
+        if limit is None:
+            return BudgetStatus.NORMAL
+        if self.spend_usd >= limit:
+            return BudgetStatus.HARD_LIMIT
+        if self.spend_usd >= limit * self.soft_limit_fraction:
+            return BudgetStatus.SOFT_LIMIT
+        return BudgetStatus.NORMAL
+
+    def utilization(self) -> float:
+        limit = self.monthly_limit_usd
+        if not limit:
+            return 1.0 if limit == 0 else 0.0
+        return self.spend_usd / limit
+
+    def remaining(self) -> float | None:
+        if self.monthly_limit_usd is None:
+            return None
+        return max(0.0, self.monthly_limit_usd - self.spend_usd)

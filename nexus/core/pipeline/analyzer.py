@@ -1,0 +1,92 @@
+"""RequestAnalyzer: resolve aliases, then keep only backends that can serve the request at all.
+
+Aliases resolve for at most `MAX_ALIAS_HOPS` hops (a->b->c->d resolves; a fourth hop is an error).
+Config loading refuses cycles and longer chains already; the check here guards snapshots built from
+anything else. Exclusions, one reason per backend, first that applies: unhealthy (unless this router
+node's breakers saw it answer since, or its trial is due: `intent.usable_unhealthy`), missing vision,
+tools or JSON mode, context length too small for the estimated input plus `max_tokens`.
+"""
+
+from __future__ import annotations
+
+from nexus.core.config import MAX_ALIAS_HOPS
+from nexus.core.model import Backend, HealthState
+from nexus.core.pipeline.intent import RoutingIntent
+from nexus.core.snapshot import Snapshot
+
+__all__ = ["NAME", "reconcile"]
+
+NAME = "RequestAnalyzer"
+
+
+def _resolve(intent: RoutingIntent, snapshot: Snapshot) -> bool:
+    aliases = snapshot.aliases
+    model = intent.requested_model
+    chain = [model]
+    while model in aliases:
+        if len(chain) > MAX_ALIAS_HOPS:
+            intent.error = (
+                f"alias chain {' -> '.join([*chain, aliases[model]])} exceeds {MAX_ALIAS_HOPS} hops; "
+                f"point routing.aliases.{intent.requested_model} closer to the model"
+            )
+            return False
+        model = aliases[model]
+        if model in chain:
+            intent.error = f"alias cycle {' -> '.join([*chain, model])}; remove one of these aliases"
+            return False
+        chain.append(model)
+    intent.resolved_model = model
+    intent.alias_chain = tuple(chain)
+    return True
+
+
+def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
+    if not _resolve(intent, snapshot):
+        return
+    model = intent.resolved_model
+    serving = snapshot.by_model.get(model)
+    if not serving:
+        return
+    intent.model_known = True
+    intent.candidates = list(serving)
+    req = intent.requirements
+    need = req.input_tokens + (req.max_output_tokens or 0)
+    facts = snapshot.model_facts[model]
+    if (
+        (not req.vision or facts.all_vision)
+        and (not req.tools or facts.all_tools)
+        and (not req.json_mode or facts.all_json)
+        and (facts.min_context is None or need <= facts.min_context)
+    ):
+        # Every backend has what the request needs: only health can exclude.
+        checked: tuple[Backend, ...] = facts.unhealthy
+    else:
+        checked = serving
+    bad: list[tuple[Backend, str, str]] = []
+    for b in checked:
+        spec = b.models[model]
+        unhealthy = b.health is HealthState.UNHEALTHY
+        if unhealthy and b.name not in intent.usable_unhealthy:
+            bad.append((b, "backend is unhealthy (failing health checks)",
+                        f"check backend {b.name}; it is re-admitted after its health checks recover"))
+            continue
+        if unhealthy:
+            intent.warnings.append(
+                f"{b.name} fails its health checks, but this router node saw it answer since or is trying it "
+                "again (circuit breaker); it stays a candidate"
+            )
+        if req.vision and not spec.vision:
+            bad.append((b, f"model {model} on this backend does not accept images",
+                        f"send the request without image parts, or declare vision = true for {model} "
+                        "on a backend that supports it"))
+        elif req.tools and not spec.tools:
+            bad.append((b, f"model {model} on this backend does not support tools",
+                        "send the request without tools, or use a backend whose model supports tools"))
+        elif req.json_mode and not spec.json_mode:
+            bad.append((b, f"model {model} on this backend does not support JSON mode",
+                        "drop response_format, or use a backend whose model supports json_mode"))
+        elif spec.context_length is not None and need > spec.context_length:
+            bad.append((b, f"request needs about {need} tokens; context length is {spec.context_length}",
+                        "shorten the conversation or lower max_tokens, or use a model with a longer context"))
+    if bad:
+        intent.exclude_each(bad, NAME)

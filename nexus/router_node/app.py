@@ -1,0 +1,186 @@
+"""The router node's ASGI application.
+
+A plain dispatcher over the OpenAI-compatible endpoints and the node's operational ones; `/admin`
+is handed to a mounted admin app when one is given (`nexus serve`). The ASGI lifespan owns the node:
+start on startup, drain and stop on shutdown.
+
+    POST /v1/chat/completions   POST /v1/embeddings   GET /v1/models
+    GET /health (liveness)      GET /ready (snapshot loaded, not draining)      GET /metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
+from nexus.core.model import HealthState
+from nexus.router_node.asgi import send_error, send_json
+from nexus.router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, authenticate, handle_inference
+from nexus.router_node.metrics import CONTENT_TYPE_LATEST
+from nexus.router_node.node import RouterNode
+
+__all__ = ["GatewayApp"]
+
+log = logging.getLogger("nexus.router")
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class GatewayApp:
+    def __init__(
+        self,
+        node: RouterNode,
+        *,
+        admin: ASGIApp | None = None,
+        extra_startup: list[Callable[[], Awaitable[None]]] | None = None,
+        extra_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+        drain_seconds: float = 10.0,
+    ) -> None:
+        self.node = node
+        self.admin = admin
+        self._startup = extra_startup or []
+        self._shutdown = extra_shutdown or []
+        self._drain = drain_seconds
+        self._server = node.settings.server
+        self._max_active = self._server.max_concurrent_requests
+
+    @property
+    def drain_seconds(self) -> float:
+        return self._drain
+
+    def add_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._startup.append(hook)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.node.start()
+                    for hook in self._startup:
+                        await hook()
+                except Exception as exc:  # report to the server instead of dying silently
+                    log.exception("router node failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                # the node first (drain, last telemetry flush), then what it used (clients, Redis itself)
+                await self.node.stop(self._drain)
+                for hook in self._shutdown:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("shutdown hook failed")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path in (CHAT_PATH, EMBEDDINGS_PATH):
+            if method != "POST":
+                await send_error(send, MethodNotAllowed(f"{method} {path} is not supported; use POST"))
+                return
+            node = self.node
+            if not node.accepting:
+                # shutting down and past the drain delay: new work goes to another replica, at once
+                await send_error(send, Unavailable(
+                    "this replica is shutting down; retry (another replica will answer)",
+                    headers={"Retry-After": "1", "Connection": "close"},
+                ))
+                return
+            if node.active >= self._max_active:
+                await send_error(send, Overloaded(
+                    f"this replica is serving server.max_concurrent_requests ({self._max_active}) requests; "
+                    "retry shortly", headers={"Retry-After": "1"}))
+                return
+            node.active += 1
+            try:
+                await handle_inference(node, scope, receive, send, path)
+            finally:
+                node.active -= 1
+        elif path == "/v1/models" and method == "GET":
+            if await self._keyed(self._server.models_require_key, scope, send):
+                await send_json(send, 200, self._models())
+        elif path == "/health":
+            await send_json(send, 200, b'{"status":"ok"}')
+        elif path == "/ready":
+            await self._ready(send)
+        elif path == "/metrics":
+            if not await self._keyed(self._server.metrics_require_key, scope, send):
+                return
+            body = self.node.metrics.render()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        elif self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
+            await self.admin(scope, receive, send)
+        else:
+            await send_error(send, NotFound(f"no route for {method} {path}"))
+
+    async def _keyed(self, required: bool, scope: dict[str, Any], send: Any) -> bool:
+        """False (a 401 sent) when client keys are set, this endpoint requires one, and it is missing or bad."""
+        if required:
+            try:
+                authenticate(self.node, scope)
+            except Unauthorized as err:
+                await send_error(send, err)
+                return False
+        return True
+
+    async def _ready(self, send: Any) -> None:
+        node = self.node
+        snap = node.snapshot
+        body = {
+            "ready": node.ready,
+            "node": node.node_id,
+            "draining": node.draining,
+            "snapshot_version": snap.version if snap else None,
+            "snapshot_age_seconds": round(time.time() - snap.built_at, 3) if snap else None,
+            "redis_ok": node.telemetry.redis_ok,
+        }
+        refresher = node.refresher
+        if refresher.lost is not None:
+            body["state_lost"] = refresher.lost  # still ready: routing on the last good snapshot
+        if refresher.failing_version is not None or (snap is None and refresher.last_error):
+            # the node serves (or waits) on its last good snapshot; say which state it could not use and why
+            body["snapshot_error"] = refresher.last_error
+            body["failing_config_version"] = refresher.failing_version
+        await send_json(send, 200 if node.ready else 503, orjson.dumps(body))
+
+    def _models(self) -> bytes:
+        snap = self.node.snapshot
+        if snap is None:
+            return orjson.dumps({"object": "list", "data": []})
+        routable = {
+            model
+            for model, backends in snap.by_model.items()
+            if any(b.health is not HealthState.UNHEALTHY for b in backends)
+        }
+        names = set(routable)
+        for alias in snap.aliases:
+            target, hops = alias, 0
+            while target in snap.aliases and hops <= 3:
+                target, hops = snap.aliases[target], hops + 1
+            if target in routable:
+                names.add(alias)
+        created = int(snap.built_at)
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "nexus"} for name in sorted(names)]
+        return orjson.dumps({"object": "list", "data": data})

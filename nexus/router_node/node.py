@@ -1,0 +1,453 @@
+"""One router node: the components a gateway replica owns, and their lifecycle.
+
+`RouterNode.start` seeds the desired state from the TOML if Redis has none, loads the first snapshot
+(tolerating Redis being away: the node then starts unready and keeps trying), and starts the
+background tasks: snapshot refresh (events + poll), telemetry flush (records, in-flight gauges, live
+spend), heartbeat. `stop` turns readiness off, drains in-flight requests up to a deadline, cancels the
+tasks, flushes telemetry one last time and closes the upstream pool.
+
+The snapshot requests route from is the refreshed one with the budgets' spend replaced by the live
+spend this node knows (Redis live spend + its own unflushed records), rebuilt only when either changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+
+from redis.asyncio import Redis
+
+from nexus.core.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
+from nexus.core.errors import StateError
+from nexus.core.model import Backend, BudgetStatus, HardLimitAction, HealthState
+from nexus.core.observed import read_wire_facts, write_wire_fact
+from nexus.core.periods import BudgetCalendar
+from nexus.core.reservations import settle_node
+from nexus.core.snapshot import Snapshot
+from nexus.core.state import seed_desired
+from nexus.core.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
+from nexus.router_node.breaker import Breakers, BreakerSettings
+from nexus.router_node.leases import LeaseBook
+from nexus.router_node.load import LoadTracker
+from nexus.router_node.metrics import Metrics
+from nexus.router_node.queue import RequestQueue
+from nexus.router_node.refresher import SnapshotRefresher
+from nexus.router_node.telemetry import Telemetry
+from nexus.router_node.upstream import Upstream, Usage
+
+__all__ = ["Reserved", "RouterNode", "default_node_id"]
+
+Reserved = Mapping[str, str]  # budget scope -> the period a request's lease was taken in
+
+log = logging.getLogger("nexus.router")
+HEARTBEAT_SECONDS = 1.0
+WARN_EVERY_SECONDS = 60.0
+_STATUS_VALUE = {BudgetStatus.NORMAL: 0, BudgetStatus.SOFT_LIMIT: 1, BudgetStatus.HARD_LIMIT: 2}
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+class RouterNode:
+    def __init__(
+        self,
+        settings: NexusSettings,
+        redis: Redis,
+        *,
+        node_id: str | None = None,
+        seed: bool = True,
+        rng_seed: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        # the wall clock of this node's timestamps and budget periods ([testing] may skew it)
+        self.clock = clock or settings.testing.clock()
+        self.node_id = node_id or default_node_id()
+        self._seed = seed
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        self.load = LoadTracker()
+        self.queue = RequestQueue(settings.queue.max_size, settings.queue.enabled)
+        self.upstream = Upstream(settings.server, settings.secrets, on_learned=self._learned_no_stream_options)
+        self._warned: dict[str, float] = {}
+        self._pending_facts: set[str] = set()
+        self.rng = random.Random(rng_seed)
+        self._sequence = itertools.count()
+        self.api_key_digests = self._key_digests()
+        self.refresher = SnapshotRefresher(
+            redis,
+            settings,
+            self._on_snapshot,
+            on_build_failure=self.metrics.snapshot_build_failures.inc,
+        )
+        self.telemetry = Telemetry(
+            redis,
+            self.node_id,
+            self.load,
+            interval_ms=settings.telemetry.flush_interval_ms,
+            max_records=settings.telemetry.buffer_max_records,
+            calendar=self._calendar,
+            clock=self.clock,
+            on_dropped=self.metrics.telemetry_dropped.inc,
+            on_refresh=self._on_refresh,
+            after_flush=self._after_flush,
+            replica_acks=settings.redis.replica_acks,
+            ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
+            on_unreplicated=self.metrics.telemetry_unreplicated.inc,
+        )
+        self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
+        self.admitted = self.telemetry.admitted
+        self.telemetry.on_spend_drop = self.refresher.poke
+        self._base: Snapshot | None = None
+        q = settings.quality
+        self.breakers = Breakers(
+            BreakerSettings(q.breaker_failures, q.breaker_retry_seconds, q.max_cooldown_seconds,
+                            q.eject_after_failures, q.eject_seconds),
+            time.time,
+        )
+        self._effective: Snapshot | None = None
+        self._spend_seen: tuple = ()
+        self._tasks: list[asyncio.Task] = []
+        self.draining = False
+        # inference requests being served (parsed, queued, or upstream), and whether new ones are taken: a
+        # draining node stops taking them once balancers had drain_delay_seconds to notice /ready (server.py)
+        self.active = 0
+        self.accepting = True
+        self.metrics.on_scrape(self._scrape)
+
+    # -- configuration-derived ------------------------------------------------------------------------
+    def _key_digests(self) -> frozenset[str]:
+        import hashlib
+
+        server = self.settings.server
+        digests = {k.removeprefix("sha256:") for k in server.api_keys}
+        if server.api_keys_env:
+            raw = resolve_secret(server.api_keys_env) or ""
+            digests.update(hashlib.sha256(k.strip().encode()).hexdigest() for k in raw.split(",") if k.strip())
+        return frozenset(digests)
+
+    def _calendar(self) -> BudgetCalendar:
+        """Every budget scope's period rule: desired state, like the limits (the admin API may change a reset
+        day); the TOML until a snapshot loads."""
+        base = self._base
+        if base is None or GLOBAL_SCOPE not in base.budgets:
+            return self.settings.routing.calendar(self.settings.testing)
+        rules = {scope: state.rule for scope, state in base.budgets.items()}
+        return BudgetCalendar(rules[GLOBAL_SCOPE], rules)
+
+    def next_sequence(self) -> int:
+        return next(self._sequence)
+
+    # -- the snapshot requests route from -------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._effective
+
+    @property
+    def ready(self) -> bool:
+        return self._effective is not None and not self.draining
+
+    def _on_snapshot(self, snap: Snapshot) -> None:
+        self._base = snap
+        self.breakers.set_unhealthy({
+            b.name: b.health_at or 0.0 for b in snap.backends.values() if b.health is HealthState.UNHEALTHY
+        })
+        self._spend_seen = ()
+        self._apply_spend()
+        self.queue.notify()
+
+    async def _after_flush(self) -> None:
+        await self.leases.return_idle(self.telemetry.live_periods)
+
+    def _on_refresh(self) -> None:
+        self._apply_spend()
+        self.queue.notify()  # cluster load or spend may have changed: queued requests re-decide
+
+    def _apply_spend(self) -> None:
+        base = self._base
+        if base is None:
+            return
+        tel = self.telemetry
+        periods = tel.live_periods
+        seen = tuple(
+            (scope, periods.get(scope), tel.spend(scope) - self.leases.unused(scope)) for scope in base.budgets
+        )
+        if seen == self._spend_seen and self._effective is not None:
+            return
+        self._spend_seen = seen
+        budgets = {}
+        for scope, state in base.budgets.items():
+            # what the cluster spent or leased, less the lease this node holds unused (that is still its to spend)
+            live = tel.spend(scope) - self.leases.unused(scope)
+            period = periods.get(scope) or state.period
+            # the worker's observation counts only while it is of the current period: after a rollover the
+            # new period starts from the live counter (zero), not from the last period's total
+            observed = state.spend_usd if state.period == period else 0.0
+            budgets[scope] = replace(state, spend_usd=max(observed, live), period=period)
+        self._effective = replace(base, budgets=MappingProxyType(budgets))
+
+    # -- passive health and circuit breakers: what this node saw of each backend (nexus/router_node/breaker.py) --
+    def note_upstream(self, backend: str, ok: bool, why: str = "", retry_after: float | None = None,
+                      rate_limited: bool = False) -> None:
+        if ok:
+            self.breakers.succeeded(backend)
+        elif rate_limited:
+            self.breakers.rate_limited(backend, retry_after)
+        else:
+            self.breakers.failed(backend, why)
+
+    def warn_once(self, topic: str, message: str, *args: object) -> None:
+        """A warning at most once a minute per topic: a misbehaving backend must not flood the log."""
+        now = time.monotonic()
+        if now - self._warned.get(topic, -WARN_EVERY_SECONDS) >= WARN_EVERY_SECONDS:
+            self._warned[topic] = now
+            log.warning(message, *args)
+
+    # -- wire facts learned from backends, shared with the other replicas through Redis ------------------
+    def _learned_no_stream_options(self, backend: str) -> None:
+        log.info("backend %s refuses stream_options: streams to it are billed from the estimate", backend)
+        self._pending_facts.add(backend)
+
+    async def _sync_wire_facts(self) -> None:
+        """Publish what this node learned, and learn what the others did (every heartbeat)."""
+        pending, self._pending_facts = self._pending_facts, set()
+        try:
+            for backend in pending:
+                await write_wire_fact(self.redis, backend, "no_stream_options")
+            facts = await read_wire_facts(self.redis)
+            self.upstream.no_stream_options = {b for b, f in facts.items() if "no_stream_options" in f}
+        except StateError:
+            self._pending_facts |= pending  # Redis away: publish next time
+
+    # -- budget leases for blocking hard limits (nexus.core.reservations) ------------------------------
+    def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float, str]]:
+        """(scope, limit, period) of every blocking hard limit this priced request must be admitted under,
+        each scope in its current period."""
+        if estimate <= 0:
+            return []
+        out = []
+        for scope in (GLOBAL_SCOPE, key_id) if key_id else (GLOBAL_SCOPE,):
+            state = snap.budgets.get(scope)
+            if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
+                continue
+            period = self.telemetry.live_periods.get(scope) or state.rule.name(self.clock())
+            out.append((scope, state.monthly_limit_usd, period))
+        return out
+
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> tuple[bool, float, Reserved]:
+        """(admitted, amount taken from the lease, scope -> period leased in). No blocking limit: admitted,
+        nothing taken. Redis unreachable when the lease is short: refused (the budget holds; local backends
+        still serve)."""
+        limits = self.lease_limits(snap, estimate, key_id)
+        if not limits:
+            return True, 0.0, {}
+        room = min(limit - snap.budgets[scope].spend_usd for scope, limit, _ in limits)
+        try:
+            admitted = await self.leases.take(limits, estimate, room)
+        except StateError:
+            return False, 0.0, {}
+        if not admitted:
+            return False, 0.0, {}
+        periods = {scope: period for scope, _, period in limits}
+        self.admitted.admit(periods, estimate)  # settled when its record is written; charged if this node dies
+        return True, estimate, periods
+
+    # -- telemetry ------------------------------------------------------------------------------------
+    def record_request(
+        self,
+        *,
+        request_id: str,
+        started: float,
+        backend: Backend,
+        model: str,
+        requested_model: str,
+        key_id: str | None,
+        usage: Usage,
+        estimated: bool,
+        cost: float,
+        latency_ms: float,
+        ttfb_ms: float | None,
+        outcome: str,
+        status: int,
+        stream: bool,
+        fallback: str | None,
+        retries: int,
+        reserved: tuple[float, Reserved] = (0.0, {}),
+        partial: bool = False,
+    ) -> None:
+        self.telemetry.record(
+            TelemetryRecord(
+                id=request_id,
+                ts=started,
+                node=self.node_id,
+                backend=backend.name,
+                backend_type=backend.kind,
+                model=model,
+                requested_model=requested_model,
+                key=key_id,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+                estimated=estimated,
+                latency_ms=latency_ms,
+                ttfb_ms=ttfb_ms,
+                outcome=outcome,
+                status=status,
+                stream=stream,
+                fallback_model=fallback,
+                retries=retries,
+                reserved_usd=reserved[0],
+                reserved_periods=dict(reserved[1]),
+                partial=partial,
+            )
+        )
+        self._apply_spend()
+
+    def record_attempt_failure(
+        self,
+        request_id: str,
+        attempt: int | str,
+        backend: Backend,
+        model: str,
+        key_id: str | None,
+        error: str,
+        latency_ms: float,
+        reserved: tuple[float, Reserved] = (0.0, {}),
+    ) -> None:
+        self.telemetry.record(
+            TelemetryRecord(
+                id=f"{request_id}:{attempt}",
+                ts=self.clock(),
+                node=self.node_id,
+                backend=backend.name,
+                backend_type=backend.kind,
+                model=model,
+                key=key_id,
+                latency_ms=latency_ms,
+                outcome="upstream_error",
+                status=502,
+                reserved_usd=reserved[0],
+                reserved_periods=dict(reserved[1]),
+            )
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.upstream.start()
+        try:
+            if self._seed:
+                await seed_desired(self.redis, self.settings.desired())
+            await self.refresher.load()
+        except StateError as exc:
+            log.warning("router node %s starting without a snapshot (Redis unavailable): %s", self.node_id, exc)
+        with contextlib.suppress(StateError):
+            await self._reclaim()
+        self._tasks = [
+            asyncio.create_task(self.refresher.run_poll(), name="snapshot-poll"),
+            asyncio.create_task(self.refresher.run_events(), name="snapshot-events"),
+            asyncio.create_task(self.telemetry.run(), name="telemetry-flush"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+
+    def _periods(self) -> list[str]:
+        """The current and the previous period of every budget scope (a lease taken just before a rollover)."""
+        calendar = self._calendar()
+        rules = [calendar.default, *calendar.scopes.values()]
+        now = self.clock()
+        return sorted({name for r in rules for name in (r.name(now), r.previous(now))})
+
+    async def _reclaim(self) -> None:
+        """Settle what an earlier process under this node id still holds (a SIGKILL or crash left it): its
+        admitted, never recorded requests become unreconciled spend, its leases are dropped. Before any new
+        lease is taken, so nothing of this process is touched. (Without this, a restarted node heart-beats
+        under the same id before the liveness worker ever sees it gone, and its lease leaks for good.)"""
+        charged = await settle_node(self.redis, self._periods(), self.node_id)
+        if charged:
+            log.warning("router node %s: a previous process under this id left %s admitted but unrecorded; "
+                        "charged as unreconciled spend", self.node_id,
+                        ", ".join(f"{s} {p} ${usd:.6f}" for (s, p), usd in sorted(charged.items())))
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        self.draining = True
+        deadline = time.monotonic() + drain_seconds
+        while self.load.total() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        pending = set(self._tasks)
+        while pending:
+            # Cancel until done: on Python 3.11 a cancel that lands as an `asyncio.wait_for` inside redis-py
+            # (send_packed_command with socket_timeout) completes is swallowed, and the loop runs on for ever.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(StateError, TimeoutError):
+            await asyncio.wait_for(self.telemetry.flush(), 2.0)
+            # every record is written, so nothing is admitted and unrecorded: what is left of the leases goes back
+            await asyncio.wait_for(self.leases.return_all(), 1.0)
+        with contextlib.suppress(StateError, TimeoutError):
+            await asyncio.wait_for(self._beat(), 1.0)
+        await self.upstream.close()
+
+    async def _beat(self) -> None:
+        snap = self._base
+        await write_heartbeat(
+            self.redis,
+            NodeHeartbeat(
+                node=self.node_id,
+                at=self.clock(),
+                started_at=self.started_at,
+                snapshot_version=snap.version if snap else 0,
+                snapshot_built_at=snap.built_at if snap else None,
+                observed_at=snap.observed_at if snap else None,
+                inflight=self.load.total(),
+                queue_depth=self.queue.depth,
+                telemetry_buffered=self.telemetry.buffered,
+                redis_ok=self.telemetry.redis_ok,
+                draining=self.draining,
+                snapshot_error=self.refresher.failing_version and self.refresher.last_error,
+                failing_version=self.refresher.failing_version,
+                state_lost=self.refresher.lost,
+            ),
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            with contextlib.suppress(StateError):
+                await self._beat()
+            await self._sync_wire_facts()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    def _scrape(self, m: Metrics) -> None:
+        m.queue_depth.set(self.queue.depth)
+        m.state_lost.set(1 if self.refresher.lost else 0)
+        m.state_restores.set(self.refresher.restores)
+        m.telemetry_buffered.set(self.telemetry.buffered)
+        m.inflight.clear()
+        for name, n in self.load.local.items():
+            m.inflight.labels(name).set(n)
+        snap = self._effective
+        if snap is None:
+            return
+        opened = self.breakers.view().open
+        for name in snap.backends:
+            m.circuit_open.labels(name).set(1 if name in opened else 0)
+        now = time.time()
+        m.snapshot_age.set(now - snap.built_at)
+        m.snapshot_version.set(snap.version)
+        m.observed_age.set(now - snap.observed_at if snap.observed_at is not None else float("nan"))
+        for scope, state in snap.budgets.items():
+            m.budget_spend.labels(scope).set(state.spend_usd)
+            m.budget_utilization.labels(scope).set(state.utilization())
+            m.budget_status.labels(scope).set(_STATUS_VALUE[state.status()])

@@ -1,0 +1,246 @@
+"""The router node's telemetry buffer and its flush loop.
+
+Requests append records to an in-process buffer (no I/O on the request path). Every
+`telemetry.flush_interval_ms` one loop iteration: writes the buffered records in one idempotent script
+call, publishes this node's in-flight gauge, reads back the cluster-wide in-flight sum and every budget
+scope's live spend and leases in the scope's own current period (`nexus.core.periods`). A record leaves
+the buffer only after Redis confirmed the write; while Redis is away the buffer keeps growing up to
+`telemetry.buffer_max_records` (oldest dropped beyond that, counted) and is replayed when Redis returns.
+Replays are safe: records are stored by request id exactly once. With
+`redis.replica_acks` set (Sentinel deployments), a batch leaves the buffer only after Redis WAIT saw it on
+that many replicas (or the wait timed out: counted), so a primary failover does not lose flushed records.
+
+The spend this node routes by is the live spend read back plus what it has recorded but not yet flushed,
+so a replica cut off from Redis still counts its own spending against the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from redis.asyncio import Redis
+
+from nexus.core.config import GLOBAL_SCOPE
+from nexus.core.errors import StateError
+from nexus.core.observed import read_inflight, write_inflight
+from nexus.core.periods import BudgetCalendar
+from nexus.core.recovery import restore_spend
+from nexus.core.reservations import read_reserved, report_admitted
+from nexus.core.telemetry_store import (
+    TelemetryRecord,
+    read_live_spend,
+    record_scopes,
+    write_records,
+    write_records_replicated,
+)
+from nexus.router_node.leases import AdmittedBook
+from nexus.router_node.load import LoadTracker
+
+__all__ = ["Telemetry"]
+
+log = logging.getLogger("nexus.telemetry")
+MAX_BATCH = 500
+GAUGE_REFRESH_SECONDS = 1.0
+
+
+class Telemetry:
+    def __init__(
+        self,
+        redis: Redis,
+        node_id: str,
+        load: LoadTracker,
+        *,
+        interval_ms: int,
+        max_records: int,
+        calendar: Callable[[], BudgetCalendar],
+        clock: Callable[[], float] = time.time,
+        on_dropped: Callable[[int], None] | None = None,
+        on_refresh: Callable[[], None] | None = None,
+        after_flush: Callable[[], Awaitable[None]] | None = None,
+        replica_acks: int = 0,
+        ack_timeout_ms: int = 100,
+        on_unreplicated: Callable[[int], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._node_id = node_id
+        self._load = load
+        self._interval = interval_ms / 1000.0
+        self._max = max_records
+        self._calendar = calendar
+        self._clock = clock
+        self._on_dropped = on_dropped
+        self._on_refresh = on_refresh
+        self._after_flush = after_flush
+        self._acks = (replica_acks, ack_timeout_ms)
+        self._on_unreplicated = on_unreplicated
+        self._short_since: float | None = None
+        # the highest live spend read per (scope, period): live spend only grows within a period, so this is what
+        # the node still knows when Redis loses it (restored from here, and budgets route by it meanwhile)
+        self.peaks: dict[tuple[str, str], float] = {}
+        # the peaks as they were when a read found less (Redis lost the spend): put back by the next flush
+        self.floors: dict[tuple[str, str], float] = {}
+        self.on_spend_drop: Callable[[], None] | None = None
+        self.admitted = AdmittedBook()  # requests' lease amounts not recorded in Redis yet (see router_node.leases)
+        self._buffer: deque[TelemetryRecord] = deque()
+        self._pending: dict[str, float] = {}
+        self._unseen: list[TelemetryRecord] = []
+        self.live_spend: dict[str, float] = {}
+        self.reserved: dict[str, float] = {}
+        # budget scope -> the period live_spend and reserved are of (each scope's own, as of the last read)
+        self.live_periods: dict[str, str] = {}
+        self.redis_ok = True
+        self.dropped = 0
+        self._gauge_sent: dict[str, int] | None = None
+        self._gauge_at = 0.0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def record(self, rec: TelemetryRecord) -> None:
+        if len(self._buffer) >= self._max:
+            old = self._buffer.popleft()
+            self._adjust_pending(old, -1)
+            self.dropped += 1
+            if self._on_dropped:
+                self._on_dropped(1)
+        self._buffer.append(rec)
+        self._adjust_pending(rec, 1)
+        if rec.reserved_usd > 0:
+            # the record's own cost is pending now; its reservation is released when the record is written
+            for scope in rec.reserved_periods:
+                self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) - rec.reserved_usd)
+
+    def _adjust_pending(self, rec: TelemetryRecord, sign: int) -> None:
+        if rec.cost_usd <= 0:
+            return
+        for scope in record_scopes(rec):
+            value = self._pending.get(scope, 0.0) + sign * rec.cost_usd
+            if abs(value) < 1e-12:
+                self._pending.pop(scope, None)
+            else:
+                self._pending[scope] = value
+
+    def spend(self, scope: str) -> float:
+        """This period's spend of `scope` as far as this node knows, reservations included: what the
+        cluster spent (as last read), what this node spent since, and what in-flight requests reserved."""
+        period = self.live_periods.get(scope)
+        live = max(self.live_spend.get(scope, 0.0), self.peaks.get((scope, period), 0.0) if period else 0.0)
+        return live + self._pending.get(scope, 0.0) + self.reserved.get(scope, 0.0)
+
+    def note_lease(self, scopes: Sequence[str], amount: float) -> None:
+        """Count a lease this node just took (or gave back: negative) until the next read brings the total."""
+        for scope in scopes:
+            self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) + amount)
+
+    async def flush(self) -> None:
+        """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
+        # only what is buffered now: records keep arriving while a batch is written (and, with replica_acks,
+        # waited for), and chasing them could keep one flush going for as long as traffic lasts
+        todo = len(self._buffer)
+        while todo > 0 and self._buffer:
+            batch = [self._buffer[i] for i in range(min(MAX_BATCH, todo, len(self._buffer)))]
+            await self._write(batch)
+            todo -= len(batch)
+            for _ in batch:
+                # still pending until the live spend read below includes it
+                rec = self._buffer.popleft()
+                self._unseen.append(rec)
+                if rec.reserved_usd > 0:
+                    self.admitted.settle(rec.reserved_periods, rec.reserved_usd)
+        changed = self.admitted.changes()
+        if changed:
+            await report_admitted(self._redis, self._node_id, changed)
+            self.admitted.reported = dict(self.admitted.amounts)
+        now = time.monotonic()
+        local = dict(self._load.local)
+        if local != self._gauge_sent or now - self._gauge_at >= GAUGE_REFRESH_SECONDS:
+            await write_inflight(self._redis, self._node_id, self._load.snapshot_local())
+            self._gauge_sent, self._gauge_at = local, now
+        self._load.update_cluster(await read_inflight(self._redis))
+        await self._read_spend()
+        if self.floors:
+            floors = self.floors
+            raised = await restore_spend(self._redis, floors)
+            self.floors = {}
+            if raised:
+                log.warning("restored the live spend Redis lost: %s",
+                            ", ".join(f"{s} {p}: ${floors[(s, p)]:.6f} put back" for s, p in raised))
+                await self._read_spend()
+        for rec in self._unseen:
+            self._adjust_pending(rec, -1)
+        self._unseen.clear()
+        if self._after_flush is not None:
+            await self._after_flush()
+
+    def periods(self) -> dict[str, str]:
+        """Every budget scope's current period by this node's clock."""
+        calendar = self._calendar()
+        return calendar.periods([GLOBAL_SCOPE, *calendar.scopes], self._clock())
+
+    async def _read_spend(self) -> None:
+        """Each budget scope's live spend and leases, from the hashes of the scope's own current period."""
+        periods = self.periods()
+        spend: dict[str, dict[str, float]] = {}
+        leased: dict[str, dict[str, float]] = {}
+        for period in sorted(set(periods.values())):
+            spend[period] = await read_live_spend(self._redis, period)
+            leased[period] = await read_reserved(self._redis, period)
+        self.live_spend = {s: spend[p][s] for s, p in periods.items() if s in spend[p]}
+        dropped = False
+        peaks = {}
+        for scope, period in periods.items():
+            held = self.peaks.get((scope, period), 0.0)
+            now = self.live_spend.get(scope, 0.0)
+            if now + 1e-6 < held:
+                # live spend never falls within a period: Redis lost it. What this node read before is the
+                # floor to put back (nexus.core.recovery.restore_spend adds it once, on top of what came since)
+                dropped = True
+                self.floors[(scope, period)] = max(held, self.floors.get((scope, period), 0.0))
+            peaks[(scope, period)] = max(held, now)
+        self.peaks = peaks  # past periods drop out
+        if dropped and self.on_spend_drop is not None:
+            self.on_spend_drop()  # the refresher checks the rest of the state now
+        self.reserved = {s: leased[p][s] for s, p in periods.items() if s in leased[p]}
+        self.live_periods = periods
+
+    async def _write(self, batch: list[TelemetryRecord]) -> None:
+        wanted, timeout_ms = self._acks
+        if not wanted:
+            await write_records(self._redis, batch, self._calendar())
+            return
+        _, acked = await write_records_replicated(self._redis, batch, self._calendar(), wanted, timeout_ms)
+        if acked >= wanted:
+            self._short_since = None
+            return
+        # the primary holds them, a replica does not yet: kept anyway (a replica may be down for long), but
+        # counted, since a failover right now would lose them
+        if self._on_unreplicated is not None:
+            self._on_unreplicated(len(batch))
+        now = time.monotonic()
+        if self._short_since is None or now - self._short_since >= 60.0:
+            self._short_since = now
+            log.warning("telemetry reached %d of %d replicas within %d ms (counted in nexus_telemetry_unreplicated);"
+                        " a failover now could lose what was flushed meanwhile", acked, wanted, timeout_ms)
+
+    async def run(self) -> None:
+        backoff = self._interval
+        while True:
+            try:
+                await self.flush()
+                if not self.redis_ok:
+                    log.warning("redis is back; telemetry buffer replayed")
+                self.redis_ok = True
+                backoff = self._interval
+            except StateError as exc:
+                if self.redis_ok:
+                    log.warning("telemetry flush failed, buffering %d records: %s", len(self._buffer), exc)
+                self.redis_ok = False
+                backoff = min(1.0, backoff * 2)
+            if self._on_refresh:
+                self._on_refresh()
+            await asyncio.sleep(backoff if not self.redis_ok else self._interval)

@@ -1,0 +1,1 @@
+"""Test and demo tools: fake backend, local cluster harness, nginx config generator."""
