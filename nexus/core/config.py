@@ -18,6 +18,7 @@ Invalid input raises `ConfigError`, whose message names the file, each bad key a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import time
 import tomllib
@@ -40,7 +41,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from nexus.core.errors import ConfigError
 from nexus.core.globs import GlobError, validate_glob
-from nexus.core.model import BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
+from nexus.core.model import BackendSource, BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
 from nexus.core.periods import MAX_RESET_DAY, BudgetCalendar, PeriodRule
 from nexus.core.redis_conn import RedisTarget, parse_target
 from nexus.core.secrets import (
@@ -59,7 +60,10 @@ __all__ = [
     "BackendConfig",
     "BudgetConfig",
     "DesiredConfig",
+    "DiscoveryConfig",
+    "FleetConfig",
     "HealthCheckConfig",
+    "LifecycleConfig",
     "Limits",
     "ModelConfig",
     "NexusSettings",
@@ -173,6 +177,8 @@ class BackendConfig(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     # a backend that needs time after start (model load): failures in this window count as loading
     warmup_seconds: float = Field(default=0.0, ge=0, le=86400)
+    # who wrote it: an operator (nexus.toml, the admin API) or the discovery job, which removes only its own
+    source: Annotated[BackendSource, BeforeValidator(_lower)] = BackendSource.STATIC
 
     @model_validator(mode="before")
     @classmethod
@@ -480,6 +486,71 @@ class AdminConfig(BaseModel):
     url: str = Field(default="http://127.0.0.1:8000", description="where operator commands find the admin API")
 
 
+_SERVICE_TYPE = r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$"
+
+
+class DiscoveryConfig(BaseModel):
+    """`[discovery]` (names as in Rust Nexus's config): browse mDNS for local inference servers and write what
+    answers into desired state as `source = "discovered"` backends (nexus/worker/discovery.py, docs/fleet.md).
+    Off unless enabled: an enabled cluster multicasts on `interfaces` (empty: every interface)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    enabled: bool = False
+    service_types: list[Annotated[str, Field(pattern=_SERVICE_TYPE)]] = Field(
+        default_factory=lambda: ["_ollama._tcp.local.", "_llm._tcp.local."], min_length=1, max_length=16
+    )
+    # a backend that stops answering (its announcement gone, or its health probe failing) is kept this long
+    grace_period_seconds: float = Field(default=60.0, ge=0, le=86400)
+    # how often the discovery job re-reads what the browser has seen and writes it to desired state
+    browse_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # the addresses to multicast on (IPv4 addresses of local interfaces); empty: every interface
+    interfaces: list[str] = Field(default_factory=list, max_length=64)
+    # at most this many discovered backends (announcements past it are ignored and logged)
+    max_backends: int = Field(default=256, ge=1, le=LIMITS.backends)
+
+    @field_validator("interfaces")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for address in v:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IPv4 address; list addresses such as 127.0.0.1") from None
+        return v
+
+
+class FleetConfig(BaseModel):
+    """`[fleet]`: pre-warming from demand. The worker counts per-model requests over `window_seconds` and
+    recommends loading a model (on an Ollama backend that lists it but has it unloaded) whose rate reaches
+    `prewarm_min_requests_per_minute`; with `auto_prewarm` it performs those loads itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    auto_prewarm: bool = False
+    interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    window_seconds: float = Field(default=900.0, ge=60, le=86400)
+    prewarm_min_requests_per_minute: float = Field(default=1.0, gt=0, le=1_000_000)
+    max_recommendations: int = Field(default=50, ge=1, le=1000)
+
+
+class LifecycleConfig(BaseModel):
+    """`[lifecycle]`: model load, unload and migrate on Ollama backends through its native API (`/api/ps`,
+    `/api/generate` with `keep_alive`, `/api/pull`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # Ollama's keep_alive for a load: how long the model stays in memory unused ("-1": until unloaded)
+    keep_alive: str = Field(default="30m", pattern=r"^(-1|0|[0-9]{1,6}(ms|s|m|h)?)$")
+    load_timeout_seconds: float = Field(default=600.0, gt=0, le=86400)
+    # pull a model the backend lacks before loading it (`/api/pull`); off: loading a missing model is a 409
+    pull_missing: bool = False
+    pull_timeout_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # how often a load in progress is checked against /api/ps, and how long a finished operation stays listed
+    poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    status_retention_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+
+
 class DesiredConfig(BaseModel):
     """What the admin API changes live and Redis stores: backends and routing."""
 
@@ -529,7 +600,7 @@ class _NexusEnvSource(PydanticBaseSettingsSource):
                 raw = env.get(f"NEXUS_{prefix}_{key.upper()}")
                 if raw is None:
                     continue
-                listed = key in ("api_keys", "sentinels")
+                listed = key in ("api_keys", "sentinels", "service_types", "interfaces")
                 value: Any = [p.strip() for p in raw.split(",") if p.strip()] if listed else raw
                 node = out
                 for part in path:
@@ -551,6 +622,9 @@ class NexusSettings(BaseSettings):
     queue: QueueConfig = QueueConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     testing: TestingConfig = TestingConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    fleet: FleetConfig = FleetConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
     secrets: dict[Annotated[str, Field(max_length=200, pattern=SECRET_NAME_PATTERN)], SecretConfig] = Field(
         default_factory=dict
     )

@@ -23,6 +23,7 @@ from nexus.core.periods import MONTHLY, PeriodRule
 __all__ = [
     "LOCAL_TYPES",
     "Backend",
+    "BackendSource",
     "BackendType",
     "BudgetState",
     "BudgetStatus",
@@ -54,6 +55,13 @@ class BackendType(StrEnum):
 
 
 LOCAL_TYPES = frozenset({BackendType.OLLAMA, BackendType.VLLM, BackendType.LLAMACPP, BackendType.LMSTUDIO})
+
+
+class BackendSource(StrEnum):
+    """Who wrote a backend into desired state: an operator, or the discovery job (docs/fleet.md)."""
+
+    STATIC = "static"
+    DISCOVERED = "discovered"
 
 
 class Zone(StrEnum):

@@ -192,7 +192,7 @@ def test_secrets_never_appear_in_errors(tmp_path):
 
 
 def test_unknown_top_level_sections_from_the_original_nexus_are_ignored(tmp_path):
-    path = write(tmp_path, "[discovery]\nenabled = true\n[logging]\nlevel = 'info'\n")
+    path = write(tmp_path, "[logging]\nlevel = 'info'\n")
     assert load_settings(path, environ={}).backends == []
 
 
@@ -220,3 +220,33 @@ def test_knobs_for_replace_every_period_rule_and_skew_the_clock(tmp_path):
     skewed = settings.testing.clock()
     assert -2.5 < skewed() - time.time() < -1.5
     assert load_settings(environ={}).testing.clock() is time.time  # production: the plain wall clock
+
+
+def test_discovery_fleet_and_lifecycle_sections_take_rust_nexus_names_and_env_overrides(tmp_path):
+    path = write(
+        tmp_path,
+        '[discovery]\nenabled = true\ngrace_period_seconds = 5\ninterfaces = ["127.0.0.1"]\n'
+        "[fleet]\nauto_prewarm = true\n[lifecycle]\nkeep_alive = \"-1\"\n",
+    )
+    s = load_settings(path, environ={"NEXUS_DISCOVERY_SERVICE_TYPES": "_ollama._tcp.local., _x._tcp.local."})
+    assert (s.discovery.enabled, s.discovery.grace_period_seconds, s.discovery.interfaces) == (True, 5, ["127.0.0.1"])
+    assert s.discovery.service_types == ["_ollama._tcp.local.", "_x._tcp.local."]
+    assert s.fleet.auto_prewarm and s.lifecycle.keep_alive == "-1"
+    assert load_settings(None, environ={}).discovery.enabled is False  # nothing multicasts unless asked
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[discovery]\nservice_types = ["ollama"]\n', "discovery.service_types[0]"),
+        ('[discovery]\ninterfaces = ["eth0"]\n', "discovery.interfaces"),
+        ("[discovery]\ngrace_period_seconds = -1\n", "discovery.grace_period_seconds"),
+        ('[lifecycle]\nkeep_alive = "forever"\n', "lifecycle.keep_alive"),
+        ("[fleet]\nauto_prewarn = true\n", "fleet.auto_prewarn"),
+        ('[[backends]]\nname = "a"\nurl = "http://h"\nsource = "mdns"\n', "backends[0].source"),
+    ],
+)
+def test_bad_fleet_values_are_refused_naming_the_key(tmp_path, toml, named):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, toml), environ={})
+    assert named in str(err.value)
