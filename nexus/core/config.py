@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from nexus.core.adapters.registry import kind_of
 from nexus.core.errors import ConfigError
 from nexus.core.globs import GlobError, validate_glob
 from nexus.core.model import BackendSource, BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
@@ -109,7 +110,6 @@ class Limits:
 
 LIMITS = Limits()
 _NAME = Field(min_length=1, max_length=LIMITS.name_length)
-_CLOUD_TYPES_NEEDING_KEY = frozenset({BackendType.OPENAI, BackendType.ANTHROPIC, BackendType.GOOGLE})
 
 
 def _lower(value: Any) -> Any:
@@ -199,7 +199,7 @@ class BackendConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cloud_key(self) -> BackendConfig:
-        if self.type in _CLOUD_TYPES_NEEDING_KEY and not self.secret:
+        if kind_of(self.type).needs_key and not self.secret:
             raise ValueError(
                 f"secret is required for type {self.type.value!r}; name a secret declared in nexus.toml "
                 "[secrets] (or, in nexus.toml, set api_key_env)"

@@ -6,10 +6,12 @@ snapshot and the pipeline work on; pydantic models in `nexus.core.config` are th
 (TOML, admin API bodies, Redis values) and are converted into these once, when a snapshot is built.
 
 Invariants:
-- A backend's zone is derived in exactly one place, `zone_for`: explicit zone wins, else the type's
-  default (local server types are restricted; cloud types and `generic` are open); anything unknown
-  is open. Config validation is stricter (an unknown zone in TOML is an error), but values that reach
-  the model from elsewhere (an older Redis value, say) degrade to open, never to restricted.
+- `BackendType` is the list of backend type names; what each type is (its wire protocol, local or cloud,
+  whether it needs a key, its default zone and prices) is declared by nexus/core/adapters/registry.py,
+  which derives a backend's zone in exactly one place (`zone_for`).
+- Zones parse leniently here (`parse_zone`): config validation is stricter (an unknown zone in TOML is an
+  error), but values that reach the model from elsewhere (an older Redis value, say) degrade to open,
+  never to restricted.
 - Local backends cost nothing: `ModelSpec` prices are ignored for local backend types.
 """
 
@@ -21,7 +23,6 @@ from enum import StrEnum
 from nexus.core.periods import MONTHLY, PeriodRule
 
 __all__ = [
-    "LOCAL_TYPES",
     "Backend",
     "BackendSource",
     "BackendType",
@@ -37,13 +38,13 @@ __all__ = [
     "TierMode",
     "Weights",
     "Zone",
-    "is_local_type",
     "parse_zone",
-    "zone_for",
 ]
 
 
 class BackendType(StrEnum):
+    """The backend type names; every one has an entry in nexus/core/adapters/registry.py."""
+
     OLLAMA = "ollama"
     VLLM = "vllm"
     LLAMACPP = "llamacpp"
@@ -52,9 +53,6 @@ class BackendType(StrEnum):
     ANTHROPIC = "anthropic"
     GOOGLE = "google"
     GENERIC = "generic"
-
-
-LOCAL_TYPES = frozenset({BackendType.OLLAMA, BackendType.VLLM, BackendType.LLAMACPP, BackendType.LMSTUDIO})
 
 
 class BackendSource(StrEnum):
@@ -105,10 +103,6 @@ class TierMode(StrEnum):
     FLEXIBLE = "flexible"
 
 
-def is_local_type(backend_type: str) -> bool:
-    return backend_type in LOCAL_TYPES
-
-
 def parse_zone(value: str | None) -> Zone | None:
     """An explicit zone, case-insensitive; None when absent. Unknown strings are open."""
     if value is None or value == "":
@@ -117,13 +111,6 @@ def parse_zone(value: str | None) -> Zone | None:
         return Zone(value.strip().lower())
     except ValueError:
         return Zone.OPEN
-
-
-def zone_for(backend_type: str, explicit: str | None) -> Zone:
-    zone = parse_zone(explicit)
-    if zone is not None:
-        return zone
-    return Zone.RESTRICTED if is_local_type(backend_type) else Zone.OPEN
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from nexus.core.adapters.registry import is_local_type, zone_for
 from nexus.core.config import (
     GLOBAL_SCOPE,
     BudgetConfig,
@@ -37,8 +38,6 @@ from nexus.core.model import (
     QualityStats,
     Strategy,
     Weights,
-    is_local_type,
-    zone_for,
 )
 from nexus.core.periods import PeriodRule
 from nexus.core.prices import default_price

@@ -16,10 +16,24 @@ __all__ = ["MAX_TOKENS", "Usage", "count", "openai_usage"]
 MAX_TOKENS = 100_000_000  # far above any context window; a larger "count" is garbage
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Usage:
+    """Token usage in OpenAI terms, the one shape every adapter reports. `cached_tokens` (prompt tokens read
+    from a provider's cache) is part of `prompt_tokens`, never added to it."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI `usage` object (with `prompt_tokens_details` only when some prompt was cached)."""
+        out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                               "total_tokens": self.total_tokens}
+        return {**out, "prompt_tokens_details": {"cached_tokens": self.cached_tokens}} if self.cached_tokens else out
 
 
 def count(value: Any) -> int | None:

@@ -14,13 +14,13 @@ What a backend may not do (DESIGN.md section 8):
 - send an unbounded body: at most `server.max_response_bytes`;
 - bill garbage: usage that is not non-negative bounded integers counts as missing (nexus/core/usage.py).
 
-Adapters translate per backend type: OpenAI-compatible types (vllm, llamacpp, lmstudio, openai, google,
-generic, and ollama through its OpenAI-compatible path) pass bodies through, rewriting only the model
-name (aliases) and asking streams for usage (`stream_options.include_usage`) unless the backend is known
-to refuse that field: a 400 naming it is retried once without it, and the answer is remembered
-(`no_stream_options`, shared with other replicas through the node). Anthropic is translated to and from
-the Messages API. Keys come from the backend's declared secret at call time, only for a host that secret
-lists (`nexus.core.config.key_for`), and never leave this module.
+Each backend type's wire protocol is an adapter (nexus/core/adapters/registry.py `adapter_for`): it encodes
+the request, names the auth headers, and turns answers, errors and streams into OpenAI terms; this module
+does the HTTP around it. When the adapter asks for stream usage (`stream_options.include_usage`, the
+OpenAI-compatible protocol) and the backend answers 400 naming that field, the attempt is retried once
+without it and the answer is remembered (`no_stream_options`, shared with other replicas through the
+node). Keys come from the backend's declared secret at call time, only for a host that secret lists
+(`nexus.core.config.key_for`), and never leave this module.
 """
 
 from __future__ import annotations
@@ -34,19 +34,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 
+from nexus.core.adapters import (
+    BackendAdapter,
+    InvalidAnswer,
+    StreamTranslator,
+    TranslationError,
+    adapter_for,
+    endpoint_url,
+)
 from nexus.core.config import ServerConfig, key_for
 from nexus.core.gateway_errors import UpstreamError
-from nexus.core.model import Backend, BackendType
+from nexus.core.model import Backend
 from nexus.core.secrets import SecretConfig, SecretRefused
-from nexus.core.usage import Usage, openai_usage
-from nexus.router_node.adapters.openai import OpenAIStream, check_body, completion_chars, error_envelope
+from nexus.core.usage import Usage
 
-__all__ = ["Exchange", "MidStreamError", "Upstream", "Usage", "endpoint_url", "origin", "parse_retry_after"]
+__all__ = ["Exchange", "MidStreamError", "Upstream", "Usage", "origin", "parse_retry_after"]
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})  # 529: Anthropic overloaded
-ANTHROPIC_VERSION = "2023-06-01"
 MAX_RETRY_AFTER = 86400.0
 _EVENT_STREAM = "text/event-stream"
 
@@ -58,15 +63,6 @@ class MidStreamError(Exception):
     def __init__(self, message: str, *, reported: bool = False) -> None:
         super().__init__(message)
         self.reported = reported
-
-
-def endpoint_url(backend: Backend, path: str) -> str:
-    """`path` is OpenAI-style (`/v1/chat/completions`); a base URL that already ends in a version
-    segment (`/v1`, or Gemini's `/v1beta/openai`) keeps it instead of gaining a second one."""
-    base = backend.url
-    if base.endswith(("/v1", "/openai")):
-        return base + path.removeprefix("/v1")
-    return base + path
 
 
 @functools.lru_cache(maxsize=4096)
@@ -105,14 +101,14 @@ class Exchange:
     streaming: bool
     usage: Usage | None
     _response: aiohttp.ClientResponse | None
-    _translate: Any = None
+    _translate: StreamTranslator | None = None
     usage_problem: str | None = None  # the backend sent usage that is not valid counts
     completion_chars: int = 0  # text length of the answer, for the estimate when usage is missing
 
     async def rest(self) -> AsyncIterator[bytes]:
         """The remaining stream, translated; raises MidStreamError if the backend breaks off."""
         response, tr = self._response, self._translate
-        if response is None:
+        if response is None or tr is None:
             return
         try:
             async for chunk in response.content.iter_any():
@@ -132,8 +128,8 @@ class Exchange:
             raise MidStreamError(f"the backend broke off the stream: {type(exc).__name__}") from exc
         finally:
             self.usage = tr.usage or self.usage
-            self.usage_problem = getattr(tr, "usage_problem", None) or self.usage_problem
-            self.completion_chars = getattr(tr, "completion_chars", 0)
+            self.usage_problem = tr.usage_problem or self.usage_problem
+            self.completion_chars = tr.completion_chars
             response.release()
 
     def close(self) -> None:
@@ -186,7 +182,6 @@ class Upstream:
                 self._on_learned(backend)
 
     def _headers(self, backend: Backend, url: str) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
         if backend.secret is not None and origin(url) != origin(backend.url):
             raise UpstreamError(
                 backend.name, "refused to send its credentials to an origin other than its configured URL's"
@@ -195,13 +190,7 @@ class Upstream:
             key = key_for(backend.secret, url, self._secrets)
         except SecretRefused as exc:  # a second line behind the admin API's check: send nothing at all
             raise UpstreamError(backend.name, f"not called: {exc}") from None
-        if backend.type is BackendType.ANTHROPIC:
-            headers["anthropic-version"] = ANTHROPIC_VERSION
-            if key:
-                headers["x-api-key"] = key
-        elif key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return {"Content-Type": "application/json", **adapter_for(backend.type).auth_headers(key)}
 
     async def open(
         self,
@@ -215,60 +204,38 @@ class Upstream:
         timeout: float | None = None,
     ) -> Exchange:
         """One attempt; raises UpstreamError for anything that may be retried elsewhere."""
-        if backend.type is BackendType.ANTHROPIC:
-            return await self._open_anthropic(backend, body, model=model, stream=stream, timeout=timeout)
+        adapter = adapter_for(backend.type)
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        ask_usage = stream and not client_wants_usage and backend.name not in self.no_stream_options
-        url = endpoint_url(backend, path)
-        response = await self.request(backend, url, _encode(body, raw, model, ask_usage), timeout)
+        ask_usage = (stream and adapter.asks_stream_usage and not client_wants_usage
+                     and backend.name not in self.no_stream_options)
+        try:
+            call = adapter.encode(body, raw, path=path, model=model, stream=stream, ask_usage=ask_usage)
+        except TranslationError as exc:  # the request cannot be expressed for this backend: the client's 400
+            return Exchange(400, "application/json", exc.envelope(), False, None, None)
+        url = endpoint_url(backend.url, call.path)
+        response = await self.request(backend, url, call.body, timeout)
         if ask_usage and response.status == 400:
             payload = await self._read(backend, response)
-            if b"stream_options" not in payload:
-                return _error(backend, 400, payload)
-            # an OpenAI-compatible server that refuses fields it does not know: once more without it
+            if not adapter.refuses_usage_option(payload):
+                return _error(adapter, backend, 400, payload)
+            # a server that refuses fields it does not know: once more without it
             self.learn_no_stream_options(backend.name)
             ask_usage = False
-            response = await self.request(backend, url, _encode(body, raw, model, False), timeout)
+            call = adapter.encode(body, raw, path=path, model=model, stream=stream, ask_usage=False)
+            response = await self.request(backend, url, call.body, timeout)
+        created = int(time.time())
         if response.status != 200:
-            return _error(backend, response.status, await self._read(backend, response))
+            return _error(adapter, backend, response.status, await self._read(backend, response))
         if not stream:
-            return _whole(backend, await self._read(backend, response), embeddings=path.endswith("/embeddings"))
+            return _whole(adapter, backend, await self._read(backend, response), model=model, created=created,
+                          embeddings=path.endswith("/embeddings"))
         if not response.content_type.startswith(_EVENT_STREAM):
             await self._read(backend, response)
             raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}",
                                 invalid=True)
-        translate = OpenAIStream(drop_usage_event=ask_usage, count_content=not (ask_usage or client_wants_usage))
+        translate = adapter.stream(model=model, created=created, asked_usage=ask_usage,
+                                   client_wants_usage=client_wants_usage)
         return await self.first_events(backend, response, translate)
-
-    async def _open_anthropic(
-        self, backend: Backend, body: dict[str, Any], *, model: str, stream: bool, timeout: float | None
-    ) -> Exchange:
-        from nexus.router_node.adapters import anthropic as adapter
-
-        try:
-            request = adapter.to_anthropic({**body, "stream": stream}, model)
-        except adapter.TranslationError as exc:
-            err = {"message": str(exc), "type": "invalid_request_error", "param": exc.param, "code": None}
-            return Exchange(400, "application/json", orjson.dumps({"error": err}), False, None, None)
-        response = await self.request(backend, endpoint_url(backend, "/v1/messages"), orjson.dumps(request), timeout)
-        created, status = int(time.time()), response.status
-        if status != 200:
-            payload = await self._read(backend, response)
-            return Exchange(status, "application/json", orjson.dumps(adapter.from_anthropic_error(status, payload)),
-                            False, None, None)
-        if not stream:
-            obj, problem = adapter.check_message(await self._read(backend, response))
-            if obj is None:
-                raise UpstreamError(backend.name, problem or "answered 200 with something that is not a message",
-                                    invalid=True)
-            return _whole(backend, orjson.dumps(adapter.from_anthropic(obj, model, created)),
-                          usage_problem=adapter.usage_problem(obj.get("usage")))
-        if not response.content_type.startswith(_EVENT_STREAM):
-            await self._read(backend, response)
-            raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}",
-                                invalid=True)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await self.first_events(backend, response, adapter.StreamTranslator(model, created, include_usage))
 
     async def request(self, backend: Backend, url: str, data: bytes, timeout: float | None) -> aiohttp.ClientResponse:
         kwargs: dict[str, Any] = {}
@@ -321,7 +288,8 @@ class Upstream:
         finally:
             response.release()
 
-    async def first_events(self, backend: Backend, response: aiohttp.ClientResponse, translate: Any) -> Exchange:
+    async def first_events(self, backend: Backend, response: aiohttp.ClientResponse,
+                           translate: StreamTranslator) -> Exchange:
         """Read until the translator yields bytes for the client; failures so far are retryable."""
         first = b""
         try:
@@ -349,26 +317,17 @@ class Upstream:
         return Exchange(200, _EVENT_STREAM, first, True, None, response, translate)
 
 
-def _encode(body: dict[str, Any], raw: bytes, model: str, ask_usage: bool) -> bytes:
-    patch: dict[str, Any] = {}
-    if body.get("model") != model:
-        patch["model"] = model
-    if ask_usage:
-        patch["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return orjson.dumps({**body, **patch}) if patch else raw
-
-
-def _error(backend: Backend, status: int, payload: bytes) -> Exchange:
+def _error(adapter: BackendAdapter, backend: Backend, status: int, payload: bytes) -> Exchange:
     """A non-retryable error answer (400, 404, 422...), passed to the client as an OpenAI envelope."""
-    return Exchange(status, "application/json", error_envelope(status, payload, backend.name), False, None, None)
+    return Exchange(status, "application/json", adapter.error_body(status, payload, backend.name), False, None, None)
 
 
-def _whole(backend: Backend, payload: bytes, *, embeddings: bool = False, usage_problem: str | None = None,
-           ) -> Exchange:
+def _whole(adapter: BackendAdapter, backend: Backend, payload: bytes, *, model: str, created: int,
+           embeddings: bool) -> Exchange:
     """A 200 JSON answer, checked: the API's object, or an UpstreamError (fail over)."""
-    obj, problem = check_body(payload, embeddings)
-    if obj is None:
-        raise UpstreamError(backend.name, problem or "answered 200 with an unexpected body", invalid=True)
-    usage, invalid = openai_usage(obj.get("usage"))
-    return Exchange(200, "application/json", payload, False, usage, None, usage_problem=usage_problem or invalid,
-                    completion_chars=0 if embeddings else completion_chars(obj))
+    try:
+        answer = adapter.answer(payload, model=model, created=created, embeddings=embeddings)
+    except InvalidAnswer as exc:
+        raise UpstreamError(backend.name, str(exc), invalid=True) from exc
+    return Exchange(200, "application/json", answer.body, False, answer.usage, None,
+                    usage_problem=answer.usage_problem, completion_chars=answer.completion_chars)

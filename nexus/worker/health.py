@@ -24,13 +24,13 @@ models are replaced on successful probes that report models and kept otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
 
+from nexus.core.adapters import ListedModel, adapter_for
 from nexus.core.config import LIMITS, HealthCheckConfig, ModelConfig
 from nexus.core.model import HealthState
 from nexus.core.observed import HealthRecord
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 DEFAULT_EMA_ALPHA = 0.3
-_CONTEXT_FIELDS = ("context_length", "max_model_len", "max_context_length", "context_window")
 
 
 class ProbeStatus(StrEnum):
@@ -133,40 +132,24 @@ def is_loading_reply(status: int, body: bytes) -> bool:
     return status == 503 and b"loading" in body.lower()
 
 
-def _model(entry: Mapping[str, Any], name: str) -> ModelConfig | None:
-    if not isinstance(name, str) or not name:
-        return None
-    context = next(
-        (v for f in _CONTEXT_FIELDS if isinstance(v := entry.get(f), int) and not isinstance(v, bool) and v > 0),
-        None,
-    )
-    caps = entry.get("capabilities")
-    extra: dict[str, bool] = {}
-    if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
-        extra = {"vision": "vision" in caps, "tools": "tools" in caps}
-    elif entry.get("type") == "vlm":  # LM Studio's native model list
-        extra = {"vision": True}
+def _model(listed: ListedModel) -> ModelConfig | None:
+    extra = {k: v for k, v in (("vision", listed.vision), ("tools", listed.tools)) if v is not None}
     try:
-        return ModelConfig(name=name, context_length=context, **extra)
+        return ModelConfig(name=listed.name, context_length=listed.context_length, **extra)
     except ValidationError:  # a name past the length bound, an absurd context length: not a model we keep
         return None
 
 
-def parse_models(payload: Any) -> tuple[ModelConfig, ...]:
-    """Models from an OpenAI-style (`{"data": [{"id": ...}]}`, Anthropic's too) or Ollama-style
-    (`{"models": [{"name": ...}]}`) list. Context length and capabilities are taken where reported;
-    anything unparseable is skipped, never an error. At most `LIMITS.models_per_backend` are kept: a
-    backend's list is observed state every snapshot carries, so it is bounded like configured models."""
-    if not isinstance(payload, dict):
-        return ()
+def parse_models(backend_type: str, payload: Any) -> tuple[ModelConfig, ...]:
+    """Models from a probe reply, read by the backend type's adapter (OpenAI-style `{"data": [{"id": ...}]}`,
+    Anthropic's too; Ollama's `{"models": [{"name": ...}]}`), bounded here: context length and capabilities
+    are taken where reported, an entry past a bound is skipped, never an error, and the first of two
+    entries with one name wins. At most `LIMITS.models_per_backend` are kept: a backend's list is observed
+    state every snapshot carries, so it is bounded like configured models."""
     out: dict[str, ModelConfig] = {}
-    for list_key, name_key in (("data", "id"), ("models", "name")):
-        entries = payload.get(list_key)
-        if not isinstance(entries, list):
-            continue
-        for entry in entries:
-            if isinstance(entry, dict) and (m := _model(entry, entry.get(name_key))) is not None:
-                out.setdefault(m.name, m)
-                if len(out) >= LIMITS.models_per_backend:
-                    return tuple(out.values())
+    for listed in adapter_for(backend_type).list_models(payload):
+        if (m := _model(listed)) is not None:
+            out.setdefault(m.name, m)
+            if len(out) >= LIMITS.models_per_backend:
+                break
     return tuple(out.values())

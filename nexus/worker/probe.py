@@ -1,14 +1,11 @@
 """Health probes over HTTP: one cheap GET per backend, all backends concurrently, each with a timeout.
 
-What is probed, by backend type:
-- `ollama`: `GET /api/tags` (model names; Ollama reports no context length there);
-- `anthropic`: `GET /v1/models` with `x-api-key` and `anthropic-version`: authenticated, free, and it
-  lists the models the key may use (a backend that lists none keeps its configured models);
-- every other type (OpenAI-compatible): `GET /v1/models`, with `Authorization: Bearer` when the backend
-  has a key. vLLM, LM Studio and the fake backend report context lengths there.
-
-The URL rule is the router node's (`nexus.router_node.upstream.endpoint_url`): a base URL that already ends in
-a version segment (`/v1`, Gemini's `/v1beta/openai`) keeps it instead of gaining a second one.
+What is probed is the backend type's adapter's (nexus/core/adapters/registry.py `adapter_for`): Ollama lists
+`GET /api/tags`; Anthropic `GET /v1/models` with `x-api-key` and `anthropic-version` (authenticated, free, and
+it lists the models the key may use; a backend that lists none keeps its configured models); every other
+type (OpenAI-compatible) `GET /v1/models`, with `Authorization: Bearer` when the backend has a key. vLLM,
+LM Studio and the fake backend report context lengths there. The reply is read by the same adapter
+(nexus/worker/health.py `parse_models`).
 
 Invariants:
 - A probe never raises: every failure (connect error, timeout, non-2xx, unreadable body) is a FAILED
@@ -30,14 +27,14 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from nexus.core.adapters import adapter_for
 from nexus.core.config import BackendConfig, key_for
 from nexus.core.model import BackendType
 from nexus.core.secrets import SecretConfig, SecretRefused
 from nexus.worker.health import ProbeResult, ProbeStatus, is_loading_reply, parse_models
 
-__all__ = ["ANTHROPIC_VERSION", "MAX_BODY_BYTES", "ProbeTarget", "new_session", "probe", "probe_all", "target_for"]
+__all__ = ["MAX_BODY_BYTES", "ProbeTarget", "new_session", "probe", "probe_all", "target_for"]
 
-ANTHROPIC_VERSION = "2023-06-01"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
@@ -47,12 +44,7 @@ class ProbeTarget:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold a key: not in repr
     refused: str = ""  # why nothing may be sent to this backend (its secret is not for its host)
-
-
-def _url(base: str, path: str) -> str:
-    if base.endswith(("/v1", "/openai")):
-        return base + path.removeprefix("/v1")
-    return base + path
+    type: BackendType = BackendType.GENERIC  # whose adapter reads the reply
 
 
 def target_for(
@@ -61,17 +53,9 @@ def target_for(
     try:
         key = key_for(backend.secret, backend.url, secrets or {}, environ)
     except SecretRefused as exc:
-        return ProbeTarget(backend.name, backend.url, refused=str(exc))
-    headers = {"Accept": "application/json"}
-    if backend.type is BackendType.OLLAMA:
-        return ProbeTarget(backend.name, backend.url + "/api/tags", headers)
-    if backend.type is BackendType.ANTHROPIC:
-        headers["anthropic-version"] = ANTHROPIC_VERSION
-        if key:
-            headers["x-api-key"] = key
-    elif key:
-        headers["Authorization"] = f"Bearer {key}"
-    return ProbeTarget(backend.name, _url(backend.url, "/v1/models"), headers)
+        return ProbeTarget(backend.name, backend.url, refused=str(exc), type=backend.type)
+    request = adapter_for(backend.type).probe(backend.url, key)
+    return ProbeTarget(backend.name, request.url, request.headers, type=backend.type)
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -109,7 +93,7 @@ async def probe(session: aiohttp.ClientSession, target: ProbeTarget, timeout: fl
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return ProbeResult(ProbeStatus.FAILED, latency_ms, error="reply is not JSON")
-    return ProbeResult(ProbeStatus.OK, latency_ms, parse_models(payload))
+    return ProbeResult(ProbeStatus.OK, latency_ms, parse_models(target.type, payload))
 
 
 async def probe_all(

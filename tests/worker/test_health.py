@@ -101,53 +101,62 @@ def test_is_loading_reply(status: int, body: bytes, loading: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "expected"),
+    ("type_", "payload", "expected"),
     [
         pytest.param(
+            "vllm",
             {"object": "list", "data": [{"id": "m1", "context_length": 8192}, {"id": "m2"}]},
             [ModelConfig(name="m1", context_length=8192), ModelConfig(name="m2")],
             id="openai-list-with-fake-backend-context",
         ),
         pytest.param(
+            "vllm",
             {"data": [{"id": "llama", "max_model_len": 32768}]},
             [ModelConfig(name="llama", context_length=32768)],
             id="vllm-max-model-len",
         ),
         pytest.param(
+            "ollama",
             {"models": [{"name": "llama3:8b", "model": "llama3:8b", "details": {}}]},
             [ModelConfig(name="llama3:8b")],
             id="ollama-tags",
         ),
         pytest.param(
+            "anthropic",
             {"data": [{"id": "claude-x", "type": "model", "display_name": "Claude X"}]},
             [ModelConfig(name="claude-x")],
             id="anthropic-models",
         ),
         pytest.param(
+            "vllm",
             {"data": [{"id": "v", "capabilities": ["completion", "vision"]}]},
             [ModelConfig(name="v", vision=True, tools=False)],
             id="reported-capabilities",
         ),
-        pytest.param({"data": [{"id": "q", "type": "vlm"}]}, [ModelConfig(name="q", vision=True)], id="lmstudio-vlm"),
+        pytest.param("lmstudio", {"data": [{"id": "q", "type": "vlm"}]}, [ModelConfig(name="q", vision=True)],
+                     id="lmstudio-vlm"),
         pytest.param(
+            "vllm",
             {"data": [{"id": "x", "context_length": True}, {"id": "y", "context_length": -5}, {"id": "x"}]},
             [ModelConfig(name="x"), ModelConfig(name="y")],
             id="bad-context-ignored-duplicates-dropped",
         ),
-        pytest.param({"data": [{"id": ""}, {"id": 3}, "m", None]}, [], id="unusable-entries-skipped"),
-        pytest.param(["m1"], [], id="not-an-object"),
-        pytest.param({"data": "m1"}, [], id="data-not-a-list"),
+        pytest.param("vllm", {"data": [{"id": ""}, {"id": 3}, "m", None]}, [], id="unusable-entries-skipped"),
+        pytest.param("vllm", ["m1"], [], id="not-an-object"),
+        pytest.param("vllm", {"data": "m1"}, [], id="data-not-a-list"),
         pytest.param(
+            "vllm",
             {"data": [{"id": "x" * 300}, {"id": "huge", "context_length": 2**40}, {"id": "ok"}]},
             [ModelConfig(name="ok")],
             id="past-the-bounds-skipped",
         ),
         pytest.param(
+            "vllm",
             {"data": [{"id": f"m{i}"} for i in range(LIMITS.models_per_backend + 50)]},
             [ModelConfig(name=f"m{i}") for i in range(LIMITS.models_per_backend)],
             id="at-most-the-model-limit",
         ),
     ],
 )
-def test_parse_models(payload: Any, expected: list[ModelConfig]) -> None:
-    assert list(parse_models(payload)) == expected
+def test_parse_models(type_: str, payload: Any, expected: list[ModelConfig]) -> None:
+    assert list(parse_models(type_, payload)) == expected

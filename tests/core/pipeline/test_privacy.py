@@ -1,6 +1,7 @@
 import pytest
 
-from nexus.core.model import Zone, zone_for
+from nexus.core.adapters import zone_for
+from nexus.core.model import Zone
 from nexus.core.pipeline import Reject, Route
 from tests.core.pipeline.helpers import backend, excluded_by, raw_backend, run, snapshot
 

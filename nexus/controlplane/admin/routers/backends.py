@@ -9,9 +9,9 @@ from pydantic import ValidationError
 
 from nexus.controlplane.admin.deps import Authorized, RedisDep, SettingsDep
 from nexus.controlplane.admin.schemas import BackendCreate, BackendPublic, WriteResult
+from nexus.core.adapters.registry import zone_for
 from nexus.core.config import BackendConfig, NexusSettings, check_secret_refs, format_validation_error, key_for
 from nexus.core.errors import ConfigError
-from nexus.core.model import zone_for
 from nexus.core.secrets import SecretRefused
 from nexus.core.state import delete_backend, put_backend, read_desired
 

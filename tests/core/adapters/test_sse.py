@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nexus.router_node.sse import ServerEvent, SSEError, SSEParser, canonical
+from nexus.core.adapters.sse import ServerEvent, SSEError, SSEParser, canonical
 
 
 def parse(*chunks: bytes, **kw: object) -> list[ServerEvent]:

@@ -1,11 +1,17 @@
-"""OpenAI-compatible backends: checking what they answer, and passing their SSE streams through.
+"""The OpenAI-compatible wire protocol: openai, vllm, llamacpp, lmstudio, generic, Google's OpenAI-compatible
+endpoint, and Ollama's chat (its OpenAI-compatible path; nexus/core/adapters/ollama.py does its discovery).
+
+Requests pass through as the client sent them, rewriting only the model name (aliases) and, for a stream,
+asking for usage (`stream_options.include_usage`) when the gateway wants it and the client did not; a
+backend that refuses that field answers 400 naming it (`refuses_usage_option`: the gateway retries once
+without it). The key goes in `Authorization: Bearer`. Probes list `GET /v1/models`.
 
 Invariants:
 - Pure: no I/O, no clock; what the backend sent goes in as bytes, what the client may see comes out.
 - A 200 body is the API's object or it is refused (`check_body`): a chat completion is a JSON object with a
   `choices` list of objects, an embedding list one with a `data` list; HTML, truncated JSON or an error
   object are upstream failures, never a success for the client.
-- A stream is re-framed event by event (nexus/router_node/sse.py: CRLF, LF and CR line ends, comments, multi-line
+- A stream is re-framed event by event (nexus/core/adapters/sse.py: CRLF, LF and CR line ends, comments, multi-line
   data) and sent on as `data: ...\\n\\n`. Its first event must be a JSON object with a `choices` list before
   anything reaches the client; after that an event that is not a JSON object ends the stream with an error
   event. An upstream `{"error": ...}` event ends it too, passed on. `[DONE]` marks the end.
@@ -19,16 +25,17 @@ from typing import Any
 
 import orjson
 
+from nexus.core.adapters.base import Answer, BackendAdapter, Call, InvalidAnswer
+from nexus.core.adapters.sse import COMMENT, ServerEvent, SSEError, SSEParser
 from nexus.core.usage import Usage, openai_usage
-from nexus.router_node.sse import COMMENT, ServerEvent, SSEError, SSEParser
 
-__all__ = ["OpenAIStream", "check_body", "completion_chars", "error_envelope"]
+__all__ = ["OPENAI", "OpenAIAdapter", "OpenAIStream", "check_body", "completion_chars", "error_envelope"]
 
 _DONE = b"data: [DONE]\n\n"
 
 
 def _plain(chunk: bytes) -> bool:
-    """`chunk` is whole events in canonical framing (nexus/router_node/sse.py `canonical`), every one a JSON object
+    """`chunk` is whole events in canonical framing (nexus/core/adapters/sse.py `canonical`), every one a JSON object
     with no error and no usage object in it: nothing to check or change. All byte scans, no parsing."""
     if chunk[:7] != b"data: {" or chunk[-2:] != b"\n\n":
         return False
@@ -193,3 +200,41 @@ class OpenAIStream:
             else "upstream_error" if upstream is not None else "upstream_invalid_stream",
         }
         return b"data: " + orjson.dumps({"error": self.error}) + b"\n\n"
+
+
+class OpenAIAdapter(BackendAdapter):
+    """The OpenAI API as OpenAI-compatible servers speak it: bodies pass through, checked."""
+
+    name = "openai"
+    asks_stream_usage = True
+
+    def auth_headers(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def encode(self, body: dict[str, Any], raw: bytes, *, path: str, model: str, stream: bool,
+               ask_usage: bool) -> Call:
+        patch: dict[str, Any] = {}
+        if body.get("model") != model:
+            patch["model"] = model
+        if ask_usage:
+            patch["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return Call(path, orjson.dumps({**body, **patch}) if patch else raw)  # unchanged: the client's own bytes
+
+    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool) -> Answer:
+        obj, problem = check_body(payload, embeddings)
+        if obj is None:
+            raise InvalidAnswer(problem or "answered 200 with an unexpected body")
+        usage, invalid = openai_usage(obj.get("usage"))
+        return Answer(payload, usage, invalid, 0 if embeddings else completion_chars(obj))
+
+    def error_body(self, status: int, payload: bytes, backend: str) -> bytes:
+        return error_envelope(status, payload, backend)
+
+    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool) -> OpenAIStream:
+        return OpenAIStream(drop_usage_event=asked_usage, count_content=not (asked_usage or client_wants_usage))
+
+    def refuses_usage_option(self, payload: bytes) -> bool:
+        return b"stream_options" in payload
+
+
+OPENAI = OpenAIAdapter()

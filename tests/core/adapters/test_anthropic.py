@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from nexus.router_node.adapters import anthropic as mod
-from nexus.router_node.adapters.anthropic import (
+from nexus.core.adapters import anthropic_stream as mod
+from nexus.core.adapters.anthropic import (
     DEFAULT_MAX_TOKENS,
     StreamTranslator,
     TranslationError,

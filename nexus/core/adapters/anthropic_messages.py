@@ -1,7 +1,8 @@
-"""OpenAI chat completions <-> Anthropic Messages API, as pure translation functions.
+"""OpenAI chat completions <-> Anthropic Messages API: requests, replies, errors and usage, as pure functions.
 
 For an Anthropic backend the gateway translates the request (`to_anthropic`), the reply
-(`from_anthropic` for JSON, `StreamTranslator` for SSE) and upstream errors (`from_anthropic_error`).
+(`from_anthropic` for JSON; nexus/core/adapters/anthropic_stream.py for SSE) and upstream errors
+(`from_anthropic_error`); nexus/core/adapters/anthropic.py is the adapter built from these.
 
 Invariants:
 - Pure: no I/O, no clock, no randomness; `model` and `created` come in as arguments.
@@ -13,61 +14,44 @@ Invariants:
   always set (default 4096); temperature is clamped to 0..1; empty text blocks/messages are dropped.
 - `prompt_tokens` counts all input tokens (input + cache writes + cache reads; reads also appear
   as `prompt_tokens_details.cached_tokens`).
-- Stream output depends only on the bytes fed, never on how they are split into chunks; after
-  `[DONE]` or an error event the translator is `done` and ignores further input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from nexus.core.usage import count
-from nexus.router_node.sse import MAX_SSE_LINE, SSEError, SSEParser
+from nexus.core.adapters.base import TranslationError
+from nexus.core.usage import Usage, count
 
-__all__ = ["DEFAULT_MAX_TOKENS", "MAX_SSE_LINE", "StreamTranslator", "TranslationError", "Usage", "check_message",
-           "from_anthropic", "from_anthropic_error", "to_anthropic", "usage_problem"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "FINISH_REASONS",
+    "USAGE_KEYS",
+    "as_object",
+    "check_message",
+    "error_object",
+    "from_anthropic",
+    "from_anthropic_error",
+    "loads",
+    "to_anthropic",
+    "to_usage",
+    "usage_problem",
+]
 
 DEFAULT_MAX_TOKENS = 4096
 _EMPTY: Mapping[str, Any] = {}
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
-           "tool_use": "tool_calls", "refusal": "content_filter"}
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+                  "tool_use": "tool_calls", "refusal": "content_filter"}
 _INVALID = "invalid_request_error"
 _ERRORS: dict[str, tuple[str, str | None]] = {  # Anthropic error type -> (OpenAI type, code)
     _INVALID: (_INVALID, None), "authentication_error": (_INVALID, "invalid_api_key"),
     "permission_error": (_INVALID, "permission_denied"), "not_found_error": (_INVALID, "model_not_found"),
     "request_too_large": (_INVALID, "request_too_large"), "api_error": ("server_error", None),
     "rate_limit_error": ("rate_limit_error", "rate_limit_exceeded"), "overloaded_error": ("server_error", "overloaded")}
-_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-
-
-class TranslationError(ValueError):
-    """The OpenAI request cannot be expressed for Anthropic: answer 400 naming `param`."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token usage in OpenAI terms; `cached_tokens` (cache reads) is included in `prompt_tokens`."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_openai(self) -> dict[str, Any]:
-        out = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-               "total_tokens": self.total_tokens}
-        return {**out, "prompt_tokens_details": {"cached_tokens": self.cached_tokens}} if self.cached_tokens else out
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def _need(ok: bool, message: str, param: str) -> None:
@@ -85,13 +69,13 @@ def usage_problem(raw: Any) -> str | None:
         return None
     if not isinstance(raw, Mapping):
         return f"usage is {type(raw).__name__}, not an object"
-    for key in _USAGE_KEYS:
+    for key in USAGE_KEYS:
         if raw.get(key) is not None and count(raw[key]) is None:
             return f"usage.{key} is {str(raw[key])[:40]!r}, not a token count"
     return None
 
 
-def _usage(raw: Mapping[str, Any]) -> Usage:
+def to_usage(raw: Mapping[str, Any]) -> Usage:
     cached = _count(raw.get("cache_read_input_tokens"))
     prompt = _count(raw.get("input_tokens")) + _count(raw.get("cache_creation_input_tokens")) + cached
     return Usage(prompt, _count(raw.get("output_tokens")), cached)
@@ -99,7 +83,7 @@ def _usage(raw: Mapping[str, Any]) -> Usage:
 
 def check_message(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(the parsed message, None) when `payload` is an Anthropic message, else (None, what is wrong)."""
-    obj = _loads(payload)
+    obj = loads(payload)
     if not isinstance(obj, dict):
         head = payload[:40].decode("utf-8", "replace")
         return None, f"answered 200 with a body that is not a JSON object (starts {head!r})"
@@ -108,11 +92,11 @@ def check_message(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return obj, None
 
 
-def _obj(value: Any) -> Mapping[str, Any]:
+def as_object(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else _EMPTY
 
 
-def _loads(raw: str | bytes) -> Any:  # None when `raw` is not JSON
+def loads(raw: str | bytes) -> Any:  # None when `raw` is not JSON
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -185,7 +169,7 @@ def _blocks(content: Any, where: str, images: bool = True) -> list[dict[str, Any
     _need(isinstance(content, list), f"{where}.content must be a string or a list of parts", f"{where}.content")
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
-        kind, at = _obj(part).get("type"), f"{where}.content[{j}]"
+        kind, at = as_object(part).get("type"), f"{where}.content[{j}]"
         if kind == "text" and isinstance(text := part.get("text"), str) and text:
             blocks.append({"type": "text", "text": text})
         elif kind == "image_url" and images:
@@ -210,10 +194,10 @@ def _tool_uses(calls: Any, where: str) -> list[dict[str, Any]]:
     _need(isinstance(calls, list), f"{where}.tool_calls must be a list", f"{where}.tool_calls")
     blocks = []
     for j, call in enumerate(calls):
-        at, fn = f"{where}.tool_calls[{j}]", _obj(_obj(call).get("function"))
-        call_id, name, args = _obj(call).get("id"), fn.get("name"), fn.get("arguments")
+        at, fn = f"{where}.tool_calls[{j}]", as_object(as_object(call).get("function"))
+        call_id, name, args = as_object(call).get("id"), fn.get("name"), fn.get("arguments")
         _need(isinstance(call_id, str) and isinstance(name, str), f"{at} needs a string id and function.name", at)
-        parsed = _loads(args) if isinstance(args, str) and args.strip() else args or {}
+        parsed = loads(args) if isinstance(args, str) and args.strip() else args or {}
         _need(isinstance(parsed, Mapping), f"{at}.function.arguments must be a JSON object", f"{at}.function.arguments")
         blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": dict(parsed)})
     return blocks
@@ -237,7 +221,7 @@ def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
         _need(isinstance(tool, Mapping), f"tools[{i}] must be an object", f"tools[{i}]")
         if tool.get("type", "function") != "function":
             continue  # built-in OpenAI tools have no Anthropic counterpart
-        fn, at = _obj(tool.get("function")), f"tools[{i}].function.name"
+        fn, at = as_object(tool.get("function")), f"tools[{i}].function.name"
         _need(isinstance(name := fn.get("name"), str) and bool(name), f"{at} must be a non-empty string", at)
         spec: dict[str, Any] = {"name": name}
         if isinstance(description := fn.get("description"), str) and description:
@@ -252,7 +236,8 @@ def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
         tc: dict[str, Any] = {"type": "auto"}
     elif choice == "required":
         tc = {"type": "any"}
-    elif _obj(choice).get("type") == "function" and isinstance(name := _obj(choice.get("function")).get("name"), str):
+    elif as_object(choice).get("type") == "function" and isinstance(
+            name := as_object(choice.get("function")).get("name"), str):
         tc = {"type": "tool", "name": name}
     else:
         raise TranslationError("'tool_choice' must be none, auto, required or a function", "tool_choice")
@@ -265,12 +250,12 @@ def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
 # ---- response and errors: Anthropic -> OpenAI -------------------------------------------------
 def from_anthropic(resp: Mapping[str, Any], model: str, created: int) -> dict[str, Any]:
     """An Anthropic message as an OpenAI `chat.completion` (usage only when Anthropic reported it)."""
-    resp = _obj(resp)
+    resp = as_object(resp)
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     content = resp.get("content")
     for block in content if isinstance(content, list) else ():
-        kind = _obj(block).get("type")
+        kind = as_object(block).get("type")
         if kind == "text" and isinstance(text := block.get("text"), str):
             texts.append(text)
         elif kind == "tool_use":
@@ -280,168 +265,28 @@ def from_anthropic(resp: Mapping[str, Any], model: str, created: int) -> dict[st
     text = "".join(texts)
     message = {"role": "assistant", "content": text if text or not calls else None,
                **({"tool_calls": calls} if calls else {})}
-    finish = _FINISH.get(str(resp.get("stop_reason")), "stop")
+    finish = FINISH_REASONS.get(str(resp.get("stop_reason")), "stop")
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     out = {"id": resp.get("id"), "object": "chat.completion", "created": created, "model": model, "choices": [choice]}
     if isinstance(usage := resp.get("usage"), Mapping) and usage_problem(usage) is None:
-        out["usage"] = _usage(usage).to_openai()  # invalid usage is left out: billed from the estimate
+        out["usage"] = to_usage(usage).to_openai()  # invalid usage is left out: billed from the estimate
     return out
 
 
 def from_anthropic_error(status: int, body: bytes) -> dict[str, Any]:
     """An Anthropic error response as the OpenAI error envelope (the HTTP status is the caller's)."""
-    err = _obj(_obj(_loads(body)).get("error"))
+    err = as_object(as_object(loads(body)).get("error"))
     kind, message = err.get("type"), err.get("message")
     if not isinstance(message, str) or not message:
         text = body.decode("utf-8", "replace").strip()[:500]
         message = f"upstream error (HTTP {status})" + (f": {text}" if text else "")
-    return {"error": _error(message, kind, status)}
+    return {"error": error_object(message, kind, status)}
 
 
-def _error(message: str, kind: Any, status: int) -> dict[str, Any]:
+def error_object(message: str, kind: Any, status: int) -> dict[str, Any]:
     if isinstance(kind, str) and kind in _ERRORS:
         etype, code = _ERRORS[kind]
     else:
         etype = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else _INVALID
         code = kind if isinstance(kind, str) else None
     return {"message": message, "type": etype, "param": None, "code": code}
-
-
-# ---- streaming ----------------------------------------------------------------------------------
-class StreamTranslator:
-    """Anthropic Messages SSE -> OpenAI `chat.completion.chunk` SSE, fed as bytes arrive.
-
-    `feed(chunk)` returns what to send to the client now, `flush()` what is left when the upstream body
-    ends. The role chunk goes out with the first content, so an upstream that fails before any content
-    produces nothing but an error event. `usage` (None until the upstream reported any),
-    `finish_reason`, `error` and `done` let the gateway bill and record every stream, usage asked or
-    not. SSE lines may end in \\n, \\r\\n or \\r; comments, `id:` and `retry:` are ignored; a line
-    longer than `MAX_SSE_LINE` is an upstream error."""
-
-    __slots__ = ("_created", "_done", "_error", "_finish", "_id", "_include_usage", "_model", "_raw_usage", "_sse",
-                 "_started", "_tools", "usage_problem")
-
-    def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self._model, self._created, self._include_usage = model, created, include_usage
-        self._sse = SSEParser(MAX_SSE_LINE)
-        self._id = ""
-        self._started = self._done = False
-        self._tools: dict[int | None, int] = {}  # Anthropic content block index -> OpenAI tool_calls index
-        self._raw_usage: dict[str, int] | None = None
-        self._finish: str | None = None
-        self._error: dict[str, Any] | None = None
-        self.usage_problem: str | None = None  # the upstream sent usage counts that are not counts
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def usage(self) -> Usage | None:
-        return None if self._raw_usage is None else _usage(self._raw_usage)
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._finish
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        """The OpenAI error object sent to the client, if the stream ended in an error."""
-        return self._error
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._done or not chunk:
-            return b""
-        try:
-            return self._events(self._sse.feed(chunk))
-        except SSEError:
-            return self._fail(f"upstream SSE line exceeds {MAX_SSE_LINE} bytes", "upstream_invalid_stream")
-
-    def flush(self) -> bytes:
-        """The upstream body ended: the output still held back. Adds no error event: if `done` is still
-        False the stream was cut short, and the caller ends it with its own error event."""
-        return b"" if self._done else self._events(self._sse.flush())
-
-    def _events(self, events: list[Any]) -> bytes:
-        out = bytearray()
-        for data, name in events:
-            out += self._translate(name, data)
-            if self._done:
-                break
-        return bytes(out)
-
-    def _translate(self, name: str, raw: bytes) -> bytes:
-        if not isinstance(data := _loads(raw), Mapping):
-            return self._fail("upstream sent an SSE event that is not a JSON object", "upstream_invalid_stream")
-        kind, index = data.get("type", name), data.get("index")
-        index = index if isinstance(index, int) else None
-        if kind == "message_start":
-            message = _obj(data.get("message"))
-            self._id = msg_id if isinstance(msg_id := message.get("id"), str) else self._id
-            self._add_usage(message.get("usage"))
-            return b""
-        if kind == "content_block_start":
-            block = _obj(data.get("content_block"))
-            if block.get("type") == "tool_use":
-                n = self._tools[index] = len(self._tools)
-                args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
-                call = {"index": n, "id": block.get("id"), "type": "function",
-                        "function": {"name": block.get("name"), "arguments": args}}
-                return self._chunk({"tool_calls": [call]})
-            return self._text(block.get("text")) if block.get("type") == "text" else b""
-        if kind == "content_block_delta":
-            delta = _obj(data.get("delta"))
-            if delta.get("type") == "text_delta":
-                return self._text(delta.get("text"))
-            args, n = delta.get("partial_json"), self._tools.get(index)
-            if delta.get("type") == "input_json_delta" and isinstance(args, str) and args and n is not None:
-                return self._chunk({"tool_calls": [{"index": n, "function": {"arguments": args}}]})
-            return b""
-        if kind == "message_delta":
-            self._add_usage(data.get("usage"))
-            reason = _obj(data.get("delta")).get("stop_reason")
-            return self._finish_chunk(_FINISH.get(str(reason), "stop")) if reason else b""
-        if kind == "message_stop":
-            out = self._finish_chunk("stop")
-            if self._include_usage and (usage := self.usage) is not None:
-                out += self._encode([], usage.to_openai())
-            self._done = True
-            return out + b"data: [DONE]\n\n"
-        if kind == "error":
-            err = _obj(data.get("error"))
-            return self._fail(err.get("message") or "upstream stream error", err.get("type"))
-        return b""  # ping, content_block_stop, and event types this version does not know
-
-    def _add_usage(self, usage: Any) -> None:
-        if (problem := usage_problem(usage)) is not None:
-            self.usage_problem = problem  # the bad counts are left out; billed from what is valid, or estimated
-        counts = {k: v for k, v in _obj(usage).items() if k in _USAGE_KEYS and count(v) is not None}
-        if counts:  # message_delta counts are cumulative: the newest value of each key wins
-            self._raw_usage = {**(self._raw_usage or {}), **counts}
-
-    def _text(self, text: Any) -> bytes:
-        return self._chunk({"content": text}) if isinstance(text, str) and text else b""
-
-    def _finish_chunk(self, reason: str) -> bytes:
-        finished, self._finish = self._finish is not None, self._finish or reason
-        return b"" if finished else self._chunk({}, reason)
-
-    def _start(self) -> bytes:  # the role chunk, once, before anything else
-        started, self._started = self._started, True
-        return b"" if started else self._chunk({"role": "assistant", "content": ""})
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._start() + self._encode([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
-
-    def _encode(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        body = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
-                "choices": choices}
-        if self._include_usage:
-            body["usage"] = usage
-        return b"data: " + orjson.dumps(body) + b"\n\n"
-
-    def _fail(self, message: Any, kind: Any) -> bytes:
-        """End the stream with an error event; `kind` is an Anthropic error type or our own code."""
-        self._done = True
-        self._error = _error(message if isinstance(message, str) else "upstream stream error", kind, 502)
-        return b"data: " + orjson.dumps({"error": self._error}) + b"\n\n"

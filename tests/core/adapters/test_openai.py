@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from nexus.router_node.adapters.openai import OpenAIStream, check_body, error_envelope
+from nexus.core.adapters.openai import OpenAIStream, check_body, error_envelope
 
 
 def event(obj: object) -> bytes:
