@@ -1,4 +1,4 @@
-"""Calls to inference backends: one pooled aiohttp session per process, and per-type adapters.
+"""Calls to inference backends: one pooled aiohttp session per process, and the HTTP around the backend adapters.
 
 `Upstream.open` performs one attempt against one backend and returns an `Exchange` only once the
 backend's answer has been checked up to what the client will see first (the whole body for JSON, the

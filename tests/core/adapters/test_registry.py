@@ -97,7 +97,6 @@ def test_auth_headers_per_type(type_: BackendType, key: str | None, headers: dic
 
 PROBES = [
     pytest.param(T.OLLAMA, "http://h:11434", "http://h:11434/api/tags", {}, id="ollama-native-tags-no-key"),
-    pytest.param(T.OLLAMA, "http://h:11434/v1", "http://h:11434/v1/api/tags", {}, id="ollama-tags-on-the-base"),
     pytest.param(T.VLLM, "http://h:8000", "http://h:8000/v1/models", BEARER, id="vllm"),
     pytest.param(T.LLAMACPP, "http://h:8080/v1", "http://h:8080/v1/models", BEARER, id="llamacpp-base-with-v1"),
     pytest.param(T.LMSTUDIO, "http://h:1234", "http://h:1234/v1/models", BEARER, id="lmstudio"),
