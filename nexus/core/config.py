@@ -40,6 +40,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from nexus.core.adapters.registry import kind_of
+from nexus.core.aliases import MAX_ALIAS_HOPS
+from nexus.core.aliases import follow as follow_alias
 from nexus.core.errors import ConfigError
 from nexus.core.globs import GlobError, validate_glob
 from nexus.core.model import BackendSource, BackendType, HardLimitAction, PrivacyRequirement, Strategy, Zone
@@ -87,7 +89,6 @@ __all__ = [
     "validate_desired",
 ]
 
-MAX_ALIAS_HOPS = 3
 GLOBAL_SCOPE = "global"  # the budget scope of `[routing.budget]`; every other scope is an API key id
 
 
@@ -257,17 +258,12 @@ class WeightsConfig(BaseModel):
 def check_aliases(aliases: Mapping[str, str]) -> None:
     """Refuse cycles and chains longer than MAX_ALIAS_HOPS, naming the alias and the chain."""
     for start in aliases:
-        chain = [start]
-        current = start
-        while current in aliases:
-            current = aliases[current]
-            if current in chain:
-                loop = " -> ".join([*chain, current])
-                raise ValueError(f"alias cycle {loop}; remove one of these aliases")
-            chain.append(current)
-        if len(chain) - 1 > MAX_ALIAS_HOPS:
+        chain = follow_alias(aliases, start)
+        if chain.cycle:
+            raise ValueError(f"alias cycle {' -> '.join(chain.names)}; remove one of these aliases")
+        if chain.too_long:
             raise ValueError(
-                f"alias chain {' -> '.join(chain)} has {len(chain) - 1} hops; at most {MAX_ALIAS_HOPS} "
+                f"alias chain {' -> '.join(chain.names)} has {chain.hops} hops; at most {MAX_ALIAS_HOPS} "
                 f"are allowed: point {start!r} closer to the model"
             )
 

@@ -80,9 +80,19 @@ class HealthState(StrEnum):
 
 
 class BudgetStatus(StrEnum):
+    """Declared from least to most severe: `severity` is the position, the one ranking of the statuses
+    (the worse of two scopes governs a request; the metric exports it as a number)."""
+
     NORMAL = "normal"
     SOFT_LIMIT = "soft_limit"
     HARD_LIMIT = "hard_limit"
+
+    @property
+    def severity(self) -> int:
+        return _BUDGET_SEVERITY[self]
+
+
+_BUDGET_SEVERITY = {status: i for i, status in enumerate(BudgetStatus)}
 
 
 class HardLimitAction(StrEnum):

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from nexus.core.aliases import follow as follow_alias
 from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
 from nexus.core.model import HealthState
 from nexus.router_node.asgi import send_error, send_json
@@ -176,10 +177,7 @@ class GatewayApp:
         }
         names = set(routable)
         for alias in snap.aliases:
-            target, hops = alias, 0
-            while target in snap.aliases and hops <= 3:
-                target, hops = snap.aliases[target], hops + 1
-            if target in routable:
+            if follow_alias(snap.aliases, alias).target in routable:
                 names.add(alias)
         created = int(snap.built_at)
         data = [{"id": name, "object": "model", "created": created, "owned_by": "nexus"} for name in sorted(names)]

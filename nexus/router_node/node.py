@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from nexus.core.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from nexus.core.errors import StateError
-from nexus.core.model import Backend, BudgetStatus, HardLimitAction, HealthState
+from nexus.core.model import Backend, HardLimitAction, HealthState
 from nexus.core.observed import read_wire_facts, write_wire_fact
 from nexus.core.periods import BudgetCalendar
 from nexus.core.reservations import settle_node
@@ -51,7 +51,6 @@ Reserved = Mapping[str, str]  # budget scope -> the period a request's lease was
 log = logging.getLogger("nexus.router")
 HEARTBEAT_SECONDS = 1.0
 WARN_EVERY_SECONDS = 60.0
-_STATUS_VALUE = {BudgetStatus.NORMAL: 0, BudgetStatus.SOFT_LIMIT: 1, BudgetStatus.HARD_LIMIT: 2}
 
 
 def default_node_id() -> str:
@@ -450,4 +449,4 @@ class RouterNode:
         for scope, state in snap.budgets.items():
             m.budget_spend.labels(scope).set(state.spend_usd)
             m.budget_utilization.labels(scope).set(state.utilization())
-            m.budget_status.labels(scope).set(_STATUS_VALUE[state.status()])
+            m.budget_status.labels(scope).set(state.status().severity)

@@ -9,7 +9,8 @@ tools or JSON mode, context length too small for the estimated input plus `max_t
 
 from __future__ import annotations
 
-from nexus.core.config import MAX_ALIAS_HOPS
+from nexus.core.aliases import MAX_ALIAS_HOPS
+from nexus.core.aliases import follow as follow_alias
 from nexus.core.model import Backend, HealthState
 from nexus.core.pipeline.intent import RoutingIntent
 from nexus.core.snapshot import Snapshot
@@ -20,23 +21,18 @@ NAME = "RequestAnalyzer"
 
 
 def _resolve(intent: RoutingIntent, snapshot: Snapshot) -> bool:
-    aliases = snapshot.aliases
-    model = intent.requested_model
-    chain = [model]
-    while model in aliases:
-        if len(chain) > MAX_ALIAS_HOPS:
-            intent.error = (
-                f"alias chain {' -> '.join([*chain, aliases[model]])} exceeds {MAX_ALIAS_HOPS} hops; "
-                f"point routing.aliases.{intent.requested_model} closer to the model"
-            )
-            return False
-        model = aliases[model]
-        if model in chain:
-            intent.error = f"alias cycle {' -> '.join([*chain, model])}; remove one of these aliases"
-            return False
-        chain.append(model)
-    intent.resolved_model = model
-    intent.alias_chain = tuple(chain)
+    chain = follow_alias(snapshot.aliases, intent.requested_model)
+    if chain.too_long:  # judged first: a long chain that also cycles is reported as too long
+        intent.error = (
+            f"alias chain {' -> '.join(chain.names[: MAX_ALIAS_HOPS + 2])} exceeds {MAX_ALIAS_HOPS} hops; "
+            f"point routing.aliases.{intent.requested_model} closer to the model"
+        )
+        return False
+    if chain.cycle:
+        intent.error = f"alias cycle {' -> '.join(chain.names)}; remove one of these aliases"
+        return False
+    intent.resolved_model = chain.names[-1]
+    intent.alias_chain = chain.names
     return True
 
 

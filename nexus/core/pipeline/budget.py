@@ -21,7 +21,6 @@ __all__ = ["DEFAULT_OUTPUT_TOKENS", "NAME", "estimate_cost", "reconcile"]
 
 NAME = "BudgetReconciler"
 DEFAULT_OUTPUT_TOKENS = 512
-_RANK = {BudgetStatus.NORMAL: 0, BudgetStatus.SOFT_LIMIT: 1, BudgetStatus.HARD_LIMIT: 2}
 
 
 def estimate_cost(intent: RoutingIntent, snapshot: Snapshot, backend: str) -> float:
@@ -42,7 +41,7 @@ def _governing(intent: RoutingIntent, snapshot: Snapshot) -> tuple[BudgetState |
         own = budgets.get(intent.api_key_id)
         if own is not None:
             own_status = own.status()
-            if _RANK[own_status] > _RANK[status]:
+            if own_status.severity > status.severity:
                 chosen, status = own, own_status
     return chosen, status
 
