@@ -19,8 +19,8 @@ CPU; the fake backend, wrk, Redis, the admin API and this script on the others, 
 gateway runs alike, so the backend and the load generator get the same CPU either way.
 
 Writes bench/results/gateway-<UTC timestamp>.json, bench/results/latest.json and latest.png (matplotlib,
-the `bench` extra), and prints a summary table. Goals (DESIGN.md section 6) are checked in the output,
-never in tests. Every process it starts, it stops, also on Ctrl-C.
+the `bench` extra), and prints a summary table. Goals (docs/architecture.md#performance-goals) are checked
+in the output, never in tests. Every process it starts, it stops, also on Ctrl-C.
 
     python bench/gateway.py [--quick] [--duration S] [--concurrency 1,8,32,128] [--out bench/results]
                             [--no-cluster] [--no-pin] [--changes 100] [--poll-ms 2] [--keep-logs]
@@ -580,8 +580,9 @@ def run_cluster(
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """DESIGN.md section 6, checked against this run (reported, never asserted). `noise_pct`: share of the
-    measured CPU that other processes used meanwhile; tails (p99) are unreliable when it is high."""
+    """docs/architecture.md#performance-goals, checked against this run (reported, never asserted).
+    `noise_pct`: share of the measured CPU that other processes used meanwhile; tails (p99) are unreliable
+    when it is high."""
     out = []
 
     def add(name: str, value: float | None, target: str, met: bool | None, noise: float | None = None) -> None:

@@ -4,8 +4,8 @@ Starts N backends on loopback in this process: N - S fake backends (`nexus.tools
 ones whose model list answers only after `--slow-ms` (the fake backend's `latency_ms` applies to inference
 endpoints only, not to the `/v1/models` the probe reads). Runs `nexus.worker.jobs.run_health` (concurrent probes,
 state machine, compare-and-set writes) against an embedded Redis, and prints the wall time. Probes run
-concurrently, so the tick should take about one timeout, not one per slow backend (DESIGN.md section 6
-style: measured here, never asserted by a timed test beyond a loose bound).
+concurrently, so the tick should take about one timeout, not one per slow backend
+(docs/architecture.md#performance-goals style: measured here, never asserted by a timed test beyond a loose bound).
 
     python bench/health_tick.py [--backends 100] [--slow 10] [--timeout 1.0] [--slow-ms 5000] [--json PATH]
 """

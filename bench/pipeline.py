@@ -3,7 +3,7 @@
 Prints p50/p99 (microseconds) of one `decide()` for 10, 100 and 1,000 backends all serving the
 requested model: a mix of local and cloud types and tiers, two overlapping policies, a global budget at
 its soft limit, quality history on every backend and cluster-wide load. Each decision includes
-requirements extraction from a small chat body. Targets (DESIGN.md section 6): p99 under 50 us at 10
+requirements extraction from a small chat body. Targets (docs/architecture.md#performance-goals): p99 under 50 us at 10
 backends, under 1 ms at 1,000.
 
     python bench/pipeline.py [--iterations N] [--json PATH]
@@ -22,7 +22,7 @@ from time import perf_counter_ns
 from nexus.core.config import BackendConfig, BudgetConfig, DesiredConfig, PolicyConfig, RoutingConfig
 from nexus.core.model import HealthState, QualityStats
 from nexus.core.pipeline import Route, RoutingIntent, decide, extract_requirements
-from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation, Observed, SpendObservation, build_snapshot
+from nexus.core.snapshot import GLOBAL_SCOPE, BudgetObservation, HealthObservation, Observed, build_snapshot
 
 TYPES = ("vllm", "ollama", "openai", "llamacpp", "anthropic", "generic")
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "Summarise the quarterly report in three lines."}],
@@ -48,7 +48,7 @@ def make_snapshot(n: int):
         health={b.name: HealthObservation(HealthState.HEALTHY, 0.0, (), 20.0 + i % 50) for i, b in enumerate(backends)},
         quality={b.name: QualityStats(error_rate_1h=(i % 10) / 20, avg_ttfb_ms_1h=100.0 * (i % 40), requests_1h=50)
                  for i, b in enumerate(backends)},
-        spend={GLOBAL_SCOPE: SpendObservation(80.0, "2026-11")},
+        spend={GLOBAL_SCOPE: BudgetObservation(80.0, "2026-11")},
         inflight={b.name: i % 16 for i, b in enumerate(backends)},
     )
     return build_snapshot(DesiredConfig(backends=backends, routing=routing), observed, version=1, now=1.0)

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from nexus.core import keys
 from nexus.core.config import BackendConfig, DesiredConfig, RoutingConfig, load_settings
 from nexus.core.embedded_redis import EmbeddedRedis
 from nexus.core.fetch import build_state, fetch_state
 from nexus.core.model import HealthState
-from nexus.core.snapshot import HealthObservation
-from nexus.core.state import put_backend, seed_desired, write_health
+from nexus.core.observed import HealthRecord
+from nexus.core.state import put_backend, seed_desired
+from nexus.worker.store import compare_and_set, health_change
 
 TYPES = ("vllm", "ollama", "llamacpp", "generic")
 
@@ -84,8 +86,9 @@ async def measure(redis: Redis, n: int, repeat: int) -> dict[str, float]:
     desired = desired_of(n)
     await seed_desired(redis, desired)
     now = time.time()
-    for b in desired.backends:
-        await write_health(redis, b.name, HealthObservation(HealthState.HEALTHY, now, (), 20.0))
+    # stored as the health worker stores them (its compare-and-set writer; absent before, hence None)
+    record = HealthRecord(state=HealthState.HEALTHY, checked_at=now, latency_ema_ms=20.0)
+    await compare_and_set(redis, keys.OBSERVED_HEALTH, [health_change(b.name, None, record) for b in desired.backends])
 
     full, poll, writes = [], [], []
     for _ in range(repeat):

@@ -195,7 +195,7 @@ def summary(result: dict[str, Any]) -> str:
             )
     goals = result.get("goals", [])
     if goals:
-        parts.append("\ngoals (DESIGN.md section 6; reported here, never asserted by tests)")
+        parts.append("\ngoals (docs/architecture.md#performance-goals; reported here, never asserted by tests)")
         for g in goals:
             mark = "MET " if g["met"] else "MISS"
             noisy = g.get("noise_pct") or 0

@@ -26,7 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,7 +58,6 @@ __all__ = [
     "quality_increments",
     "record_increments",
     "record_problem",
-    "sum_increments",
     "to_nano",
 ]
 
@@ -186,15 +185,6 @@ def quality_increments(rec: TelemetryRecord, now: float) -> tuple[str, dict[str,
         out[f"{minute}.ttfb_us"] = round(rec.ttfb_ms * 1000)
         out[f"{minute}.ttfb_count"] = 1
     return hour_of(rec.ts), out
-
-
-def sum_increments(records: Iterable[TelemetryRecord]) -> dict[str, int]:
-    """The aggregate fields `records` add up to: the reference the rollup's Redis hash must equal."""
-    total: dict[str, int] = {}
-    for rec in records:
-        for name, n in record_increments(rec).items():
-            total[name] = total.get(name, 0) + n
-    return total
 
 
 @dataclass(frozen=True, slots=True)

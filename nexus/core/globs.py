@@ -33,7 +33,6 @@ __all__ = [
     "GlobError",
     "best_match",
     "compile_glob",
-    "literal_count",
     "validate_glob",
 ]
 
@@ -194,10 +193,6 @@ def validate_glob(pattern: str) -> str:
     """`pattern` itself when it is a valid glob, else GlobError saying what to fix."""
     _parse(pattern)
     return pattern
-
-
-def literal_count(pattern: str) -> int:
-    return _parse(pattern).literals
 
 
 def compile_glob(pattern: str) -> Glob:

@@ -1,8 +1,10 @@
 """Observed state and cluster load in Redis: backend health, quality rollups, budget spend, in-flight gauges.
 
-Workers write health, quality and spend; router nodes write their in-flight gauges. Readers get the
-`Observed` view that `build_snapshot` takes. Also home of the decoding and error-wrapping helpers that
-`nexus.core.state` shares (`guard`, `decode_hash`, `load_json`), so the two modules fail identically.
+Readers get the `Observed` view that `build_snapshot` takes. Each observed hash has one writer module
+(docs/state.md#keys): health and quality `nexus.worker.store`, budget observations `nexus.core.spend_report`;
+router nodes write their in-flight gauges here (`write_inflight`) and their wire facts (`write_wire_fact`).
+Also home of the decoding and error-wrapping helpers that `nexus.core.state` shares (`guard`,
+`decode_hash`, `load_json`), so the two modules fail identically.
 
 Invariants:
 - Values are orjson JSON validated by pydantic on read; a value that does not validate is a `StateError`,
@@ -18,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import Any, TypeVar
 
 import orjson
@@ -30,7 +31,7 @@ from nexus.core import keys
 from nexus.core.config import ModelConfig
 from nexus.core.errors import StateError, StateUnavailable
 from nexus.core.model import HealthState, QualityStats
-from nexus.core.snapshot import HealthObservation, Observed, SpendObservation
+from nexus.core.snapshot import BudgetObservation, HealthObservation, Observed
 
 __all__ = [
     "HealthRecord",
@@ -38,15 +39,12 @@ __all__ = [
     "read_inflight",
     "read_observed",
     "read_wire_facts",
-    "write_health",
     "write_inflight",
-    "write_quality",
-    "write_spend",
     "write_wire_fact",
 ]
 
 _QUALITY = TypeAdapter(QualityStats)
-_SPEND = TypeAdapter(SpendObservation)
+_SPEND = TypeAdapter(BudgetObservation)
 _T = TypeVar("_T")
 
 
@@ -119,20 +117,6 @@ async def replace_hash(redis: Redis, key: str, payload: Mapping[str, bytes], wha
             await pipe.execute()
 
 
-async def write_health(
-    redis: Redis,
-    name: str,
-    observation: HealthObservation,
-    *,
-    consecutive_failures: int = 0,
-    consecutive_successes: int = 0,
-) -> None:
-    counters = {"consecutive_failures": consecutive_failures, "consecutive_successes": consecutive_successes}
-    record = HealthRecord(**asdict(observation), **counters)
-    with guard("writing health"):
-        await redis.hset(keys.OBSERVED_HEALTH, name, dump_model(record))
-
-
 async def read_health(redis: Redis) -> dict[str, HealthRecord]:
     """Every stored health record with its counters (the health worker's own view)."""
     with guard("reading health"):
@@ -167,16 +151,6 @@ async def read_wire_facts(redis: Redis, now: float | None = None) -> dict[str, f
         facts = load_json(raw, f"{keys.OBSERVED_WIRE}[{backend}]", _WIRE.validate_python)
         out[backend] = frozenset(f for f, at in facts.items() if at >= oldest)
     return out
-
-
-async def write_quality(redis: Redis, name: str, stats: QualityStats) -> None:
-    with guard("writing quality"):
-        await redis.hset(keys.OBSERVED_QUALITY, name, orjson.dumps(asdict(stats)))
-
-
-async def write_spend(redis: Redis, scope: str, spend: SpendObservation) -> None:
-    with guard("writing spend"):
-        await redis.hset(keys.OBSERVED_SPEND, scope, orjson.dumps(asdict(spend)))
 
 
 async def write_inflight(

@@ -40,7 +40,6 @@ __all__ = [
     "Grant",
     "read_reserved",
     "read_unreconciled",
-    "release_node",
     "report_admitted",
     "reserve",
     "return_lease",
@@ -81,16 +80,6 @@ for i = 3, #ARGV do
   if left < 1e-9 then redis.call('HDEL', KEYS[i - 2], field) end
 end
 return 1
-"""
-
-_RELEASE_NODE = """
-local all = redis.call('HKEYS', KEYS[1])
-local prefix = ARGV[1] .. '|'
-local n = 0
-for _, field in ipairs(all) do
-  if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], field); n = n + 1 end
-end
-return n
 """
 
 
@@ -227,12 +216,3 @@ async def read_unreconciled(redis: Redis, period: str) -> dict[str, float]:
     with guard("reading unreconciled spend"):
         reply = await redis.hgetall(keys.telemetry_unreconciled(period))
     return {scope: float(raw) for scope, raw in decode_hash(reply).items()}
-
-
-async def release_node(redis: Redis, periods: Sequence[str], node: str) -> int:
-    """Drop every lease of `node` (it is gone: its requests will never be recorded)."""
-    n = 0
-    with guard("releasing a gone node's budget leases"):
-        for period in periods:
-            n += int(await redis.eval(_RELEASE_NODE, 1, keys.telemetry_reserved(period), node))
-    return n

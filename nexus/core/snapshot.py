@@ -32,6 +32,7 @@ from nexus.core.globs import Glob, best_match, compile_glob
 from nexus.core.model import (
     Backend,
     BudgetState,
+    BudgetStatus,
     HealthState,
     ModelSpec,
     Policy,
@@ -44,12 +45,12 @@ from nexus.core.prices import default_price
 
 __all__ = [
     "GLOBAL_SCOPE",
+    "BudgetObservation",
     "HealthObservation",
     "ModelFacts",
     "Observed",
     "Snapshot",
     "SnapshotCache",
-    "SpendObservation",
     "build_snapshot",
     "static_score",
 ]
@@ -65,9 +66,18 @@ class HealthObservation:
 
 
 @dataclass(frozen=True, slots=True)
-class SpendObservation:
+class BudgetObservation:
+    """One budget scope as the budget worker last saw it: the one schema of `{observed}:spend`, written only
+    by `nexus.core.spend_report.write_budget_observations`. Snapshots read `spend_usd` and `period`; the
+    rest is what the worker computed the status from, for the admin API."""
+
     spend_usd: float
     period: str
+    status: BudgetStatus = BudgetStatus.NORMAL
+    limit_usd: float | None = None
+    soft_limit_fraction: float = 0.75
+    utilization: float = 0.0
+    checked_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +86,7 @@ class Observed:
 
     health: Mapping[str, HealthObservation] = field(default_factory=dict)
     quality: Mapping[str, QualityStats] = field(default_factory=dict)
-    spend: Mapping[str, SpendObservation] = field(default_factory=dict)
+    spend: Mapping[str, BudgetObservation] = field(default_factory=dict)
     inflight: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -150,7 +160,9 @@ def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
     )
 
 
-def _budget(scope: str, cfg: BudgetConfig, spend: SpendObservation | None, rule: PeriodRule, now: float) -> BudgetState:
+def _budget(
+    scope: str, cfg: BudgetConfig, spend: BudgetObservation | None, rule: PeriodRule, now: float
+) -> BudgetState:
     period = rule.name(now)
     # an observation of another period (the worker has not ticked since the rollover) is not this one's spend
     current = spend is not None and spend.period == period

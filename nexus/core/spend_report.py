@@ -1,9 +1,9 @@
 """Budget observations and the per-period spend report.
 
-The budget worker writes one `BudgetObservation` per configured budget scope (`global` and every key
-budget) into `{observed}:spend`: the same JSON router nodes read as `SpendObservation` (`spend_usd`,
-`period`), plus the status the worker computed and what it was computed from. Readers of the narrower
-`SpendObservation` ignore the extra fields.
+The budget worker writes one `BudgetObservation` (`nexus.core.snapshot`) per configured budget scope
+(`global` and every key budget) into `{observed}:spend`, through `write_budget_observations`, the only
+writer of that hash: the spend and its period, which snapshots read, plus the status the worker computed
+and what it was computed from.
 
 `read_spend_report` is what the admin API serves for a period: the rolled-up aggregate with its
 breakdowns by backend, model and API key, the router nodes' live counter, and the budget observations
@@ -19,7 +19,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -27,25 +27,12 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from nexus.core import keys
-from nexus.core.model import BudgetStatus
 from nexus.core.observed import decode_hash, guard, replace_hash
 from nexus.core.recovery import read_restored
 from nexus.core.rollup import read_aggregate
+from nexus.core.snapshot import BudgetObservation
 
-__all__ = ["BudgetObservation", "read_budget_observations", "read_spend_report", "write_budget_observations"]
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetObservation:
-    """One budget scope as the budget worker last saw it."""
-
-    spend_usd: float
-    period: str
-    status: BudgetStatus = BudgetStatus.NORMAL
-    limit_usd: float | None = None
-    soft_limit_fraction: float = 0.75
-    utilization: float = 0.0
-    checked_at: float = 0.0
+__all__ = ["read_spend_report", "write_budget_observations"]
 
 
 _OBSERVATION = TypeAdapter(BudgetObservation)
@@ -62,13 +49,8 @@ def _decode(reply: Any) -> dict[str, BudgetObservation]:
         try:
             out[scope] = _OBSERVATION.validate_python(orjson.loads(raw))
         except (orjson.JSONDecodeError, ValidationError):
-            continue  # a value some other writer left: the next budget tick replaces it
+            continue  # a value of an older release: the next budget tick replaces it
     return out
-
-
-async def read_budget_observations(redis: Redis) -> dict[str, BudgetObservation]:
-    with guard("reading budget observations"):
-        return _decode(await redis.hgetall(keys.OBSERVED_SPEND))
 
 
 def _floats(reply: Any) -> dict[str, float]:

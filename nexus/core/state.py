@@ -1,6 +1,6 @@
 """Typed async access to the shared state in Redis: desired config, change events, snapshot loading.
 
-The observed-state API (`write_health`, `read_observed`, `write_inflight`, ...) lives in
+The observed-state API (`read_observed`, `read_health`, `write_inflight`, ...) lives in
 `nexus.core.observed` and is re-exported here, so `nexus.core.state` is the one import for state.
 
 Every value is orjson-encoded JSON, validated on read by the same pydantic models that validate TOML and
@@ -48,10 +48,7 @@ from nexus.core.observed import (
     read_health,
     read_inflight,
     read_observed,
-    write_health,
     write_inflight,
-    write_quality,
-    write_spend,
 )
 
 __all__ = [
@@ -71,10 +68,7 @@ __all__ = [
     "subscribe_changes",
     "update_desired",
     "write_desired",
-    "write_health",
     "write_inflight",
-    "write_quality",
-    "write_spend",
 ]
 
 log = logging.getLogger("nexus.state")

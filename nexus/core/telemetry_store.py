@@ -33,7 +33,6 @@ __all__ = [
     "TelemetryRecord",
     "read_heartbeats",
     "read_live_spend",
-    "read_records",
     "record_scopes",
     "write_heartbeat",
     "write_records",
@@ -213,15 +212,6 @@ async def read_live_spend(redis: Redis, period: str) -> dict[str, float]:
     with guard("reading live spend"):
         reply = await redis.hgetall(keys.telemetry_spend(period))
     return {scope: float(raw) for scope, raw in decode_hash(reply).items()}
-
-
-async def read_records(redis: Redis, day: str) -> list[TelemetryRecord]:
-    where = keys.telemetry_records(day)
-    with guard("reading telemetry records"):
-        reply = await redis.hgetall(where)
-    return [
-        load_json(raw, f"{where}[{rid}]", TelemetryRecord.model_validate) for rid, raw in decode_hash(reply).items()
-    ]
 
 
 async def write_heartbeat(redis: Redis, beat: NodeHeartbeat) -> None:

@@ -1,7 +1,7 @@
 """Minimal raw-ASGI plumbing for the gateway's hot path: read a bounded body, send a response.
 
-The OpenAI endpoints skip a framework on purpose (DESIGN.md section 7 measures what a framework costs
-per request); everything here is a thin wrapper over the ASGI messages.
+The OpenAI endpoints skip a framework on purpose (docs/architecture.md#performance-goals says what a
+framework was measured to cost per request); everything here is a thin wrapper over the ASGI messages.
 """
 
 from __future__ import annotations

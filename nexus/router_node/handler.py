@@ -8,7 +8,7 @@ Flow for `POST /v1/chat/completions` and `POST /v1/embeddings`:
 4. Route -> try the decision's ordered candidates (at most 1 + `max_retries`); a failure before the
    first byte moves to the next candidate of the same decision, so the privacy constraint holds;
 5. nothing served -> the fallback chain of the model, each fallback through the full pipeline with the
-   original decision's privacy carried over; then 404 / 503 / 502 / 504 as DESIGN.md section 3 says;
+   original decision's privacy carried over; then 404 / 503 / 502 / 504 as docs/http-contract.md#errors says;
 6. telemetry is recorded after the response, never awaited on the way to it.
 """
 

@@ -6,7 +6,7 @@ first event for a stream), so every failure up to that point is an `UpstreamErro
 on the next candidate without the client having seen anything. After that, failures surface from
 `Exchange.rest()` as `MidStreamError`.
 
-What a backend may not do (DESIGN.md section 8):
+What a backend may not do (docs/architecture.md#trust-boundaries):
 - redirect: redirects are never followed; a 3xx is an upstream failure (fail over);
 - receive a key meant for another origin: a backend's key is only sent to its configured URL's origin;
 - answer a 200 that is not the API's object (HTML, truncated JSON, an error object), or start a stream

@@ -24,7 +24,7 @@ from nexus.core import keys
 from nexus.core.aggregates import Aggregate, MinuteCounts
 from nexus.core.config import GLOBAL_SCOPE, BudgetConfig, RoutingConfig
 from nexus.core.model import BudgetState, QualityStats
-from nexus.core.spend_report import BudgetObservation
+from nexus.core.snapshot import BudgetObservation
 from nexus.core.telemetry_store import NodeHeartbeat
 
 __all__ = ["LivenessPlan", "observe_budgets", "plan_liveness", "quality_stats"]

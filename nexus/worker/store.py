@@ -37,7 +37,6 @@ __all__ = [
     "mark_nodes_gone",
     "read_health_raw",
     "read_heartbeats_raw",
-    "read_ticks",
     "replace_quality",
 ]
 
@@ -72,13 +71,6 @@ async def claim_tick(redis: Redis, job: str, tick_ms: int) -> int:
             pipe.expire(key, keys.WORKER_TICKS_TTL_SECONDS)
             count, _ = await pipe.execute()
     return int(count)
-
-
-async def read_ticks(redis: Redis, job: str, day: str) -> dict[int, int]:
-    """Tick (unix ms) -> runs of `job` on UTC day `day`: the audit trail of "each tick ran once"."""
-    with guard("reading worker ticks"):
-        reply = await redis.hgetall(keys.worker_ticks(job, day))
-    return {int(tick): int(n) for tick, n in decode_hash(reply).items()}
 
 
 async def compare_and_set(redis: Redis, key: str, changes: Sequence[Change]) -> list[str]:

@@ -1,7 +1,7 @@
 """The gateway benchmark harness runs end to end and writes what it promises.
 
 A smoke run of `bench/gateway.py --quick --no-cluster` into a temporary directory: plausible numbers and
-the expected keys only. Speed goals live in the benchmark's output, never here (DESIGN.md section 6).
+the expected keys only. Speed goals live in the benchmark's output, never here (docs/architecture.md#performance-goals).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_runs_and_writes_both_json_files(run) -> None:
     assert len(stamped) == 1
     assert stamped[0].read_text() == (out / "latest.json").read_text()
     assert "JSON chat: direct to the fake backend vs through the gateway" in proc.stdout
-    assert "goals (DESIGN.md section 6" in proc.stdout
+    assert "goals (docs/architecture.md#performance-goals" in proc.stdout
 
 
 def test_result_has_the_expected_shape_and_plausible_numbers(run) -> None:

@@ -15,10 +15,10 @@ from nexus.core.aggregates import (
     parse_quality_hour,
     quality_increments,
     record_increments,
-    sum_increments,
     to_nano,
 )
 from nexus.core.telemetry_store import TelemetryRecord
+from tests.stored import sum_increments
 
 NOW = 1_795_566_000.0  # 2026-11-25 00:20:00 UTC
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from nexus.core.periods import BudgetCalendar, PeriodRule, period_of
-from nexus.core.reservations import read_reserved, release_node, reserve, return_lease
+from nexus.core.reservations import read_reserved, reserve, return_lease, settle_node
 from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, write_records
 
 NOW = time.time()
@@ -72,7 +72,7 @@ async def test_key_scope_limit_refuses_independently(redis):
 async def test_gone_node_leases_are_released(redis):
     await reserve(redis, "dead", 3.0, 3.0, limits(("global", 10.0)))
     await reserve(redis, "alive", 2.0, 2.0, limits(("global", 10.0)))
-    assert await release_node(redis, [PERIOD], "dead") == 1
+    assert await settle_node(redis, [PERIOD], "dead") == {}  # it reported nothing admitted: nothing to charge
     assert await read_reserved(redis, PERIOD) == {"global": 2.0}
 
 

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from nexus.core import keys
-from nexus.core.aggregates import parse_aggregate, sum_increments, to_nano
+from nexus.core.aggregates import parse_aggregate, to_nano
 from nexus.core.model import BudgetStatus
 from nexus.core.periods import BudgetCalendar, PeriodRule, day_of, period_of
 from nexus.core.rollup import (
@@ -25,9 +25,11 @@ from nexus.core.rollup import (
     rollup_day,
     rollup_pending,
 )
-from nexus.core.spend_report import BudgetObservation, read_spend_report, write_budget_observations
+from nexus.core.snapshot import BudgetObservation
+from nexus.core.spend_report import read_spend_report, write_budget_observations
 from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, write_records
 from tests.clock import next_day_start
+from tests.stored import sum_increments
 
 
 def _today_at_half_past_noon() -> float:

@@ -25,7 +25,10 @@ from nexus.core.config import (
 from nexus.core.errors import ConfigError, StateError, StateUnavailable
 from nexus.core.model import HealthState, QualityStats
 from nexus.core.periods import period_of
-from nexus.core.snapshot import HealthObservation, Observed, SpendObservation
+from nexus.core.snapshot import BudgetObservation, HealthObservation, Observed
+from nexus.core.spend_report import write_budget_observations
+from nexus.worker.store import replace_quality
+from tests.stored import put_health
 
 NEXUS_TOML = """
 [server]
@@ -134,15 +137,13 @@ async def test_round_trip_toml_seed_snapshot(redis: Redis, settings: NexusSettin
             "laptop": HealthObservation(HealthState.LOADING, NOW - 2),
         },
         quality={"openai": QualityStats(error_rate_1h=0.1, avg_ttfb_ms_1h=350.0, requests_1h=40, requests_24h=900)},
-        spend={"global": SpendObservation(81.25, PERIOD), "team-a": SpendObservation(2.0, PERIOD)},
+        spend={"global": BudgetObservation(81.25, PERIOD), "team-a": BudgetObservation(2.0, PERIOD)},
         inflight={"gpu-box": 5, "openai": 1},
     )
     for name, obs in observed.health.items():
-        await state.write_health(redis, name, obs)
-    for name, stats in observed.quality.items():
-        await state.write_quality(redis, name, stats)
-    for scope, spend in observed.spend.items():
-        await state.write_spend(redis, scope, spend)
+        await put_health(redis, name, obs)
+    await replace_quality(redis, observed.quality)
+    await write_budget_observations(redis, observed.spend)
     await state.write_inflight(redis, "node-a", {"gpu-box": 3, "openai": 1})
     await state.write_inflight(redis, "node-b", {"gpu-box": 2})
 
@@ -298,8 +299,8 @@ async def test_stale_health_reads_back_unknown(redis: Redis, settings: NexusSett
     interval = settings.health_check.interval_seconds
     fresh = HealthObservation(HealthState.UNHEALTHY, NOW - interval, (), 80.0)
     stale = HealthObservation(HealthState.HEALTHY, NOW - 2 * interval - 0.001, (), 5.0)
-    await state.write_health(redis, "gpu-box", fresh, consecutive_failures=3)
-    await state.write_health(redis, "laptop", stale, consecutive_successes=9)
+    await put_health(redis, "gpu-box", fresh, consecutive_failures=3)
+    await put_health(redis, "laptop", stale, consecutive_successes=9)
 
     snapshot = await state.load_snapshot(redis, settings, NOW)
     assert snapshot.backends["gpu-box"].health is HealthState.UNHEALTHY

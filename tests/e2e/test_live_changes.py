@@ -9,7 +9,7 @@ from nexus.tools.devcluster import FakeSpec
 from tests.e2e.conftest import CHAT, chat
 from tests.harness import eventually
 
-BOUND = 1.0  # seconds, DESIGN.md section 6
+BOUND = 1.0  # seconds, docs/architecture.md#performance-goals
 FAKES = [
     FakeSpec("local", type="vllm", backend={"priority": 5, "tier": 2}),
     FakeSpec(

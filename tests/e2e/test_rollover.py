@@ -26,12 +26,13 @@ import pytest
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.observed import read_observed
 from nexus.core.periods import PeriodRule, day_of
-from nexus.core.spend_report import read_budget_observations
-from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, read_records
+from nexus.core.telemetry_store import TelemetryRecord, read_live_spend
 from nexus.tools.devcluster import FakeSpec, LocalCluster
 from tests.clock import knobs_for
 from tests.harness import eventually
+from tests.stored import read_records
 
 PRICE_OUT = 5000.0  # USD per 1M output tokens: max_tokens 2 -> exactly $0.01, estimate and cost alike
 COST = 2 * PRICE_OUT / 1e6
@@ -121,7 +122,7 @@ async def test_a_blocked_cluster_unblocks_on_every_replica_within_a_second_of_th
         assert (await post(http, url))[0] == 503, url
 
     async def observed_hard() -> bool:
-        obs = (await read_budget_observations(redis)).get("global")
+        obs = (await read_observed(redis)).spend.get("global")
         return obs is not None and obs.period == old and obs.status.value == "hard_limit"
 
     await eventually(observed_hard, timeout=5)

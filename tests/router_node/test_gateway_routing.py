@@ -1,4 +1,4 @@
-"""Acceptance tests of the gateway's routing behaviour (DESIGN.md sections 2 and 3).
+"""Acceptance tests of the gateway's routing behaviour (docs/architecture.md#a-request, docs/http-contract.md).
 
 Everything runs over real HTTP on 127.0.0.1 against real Redis: fake OpenAI-compatible backends, an
 in-process gateway, clients from the official `openai` SDK (what users run) and aiohttp (for raw
@@ -25,13 +25,14 @@ from redis.asyncio import Redis
 
 from nexus.core.config import BackendConfig, RoutingConfig
 from nexus.core.model import BudgetStatus, HealthState, QualityStats
-from nexus.core.observed import write_health, write_quality
 from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation
 from nexus.core.state import put_backend, put_routing
 from nexus.core.telemetry_store import TelemetryRecord, write_records
+from nexus.worker.store import replace_quality
 from tests.clock import knobs_for, steady_period
 from tests.harness import GatewayHarness, eventually
 from tests.router_node.conftest import backend_for
+from tests.stored import put_health
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
 RESTRICTED = {"policies": [{"model_pattern": "m*", "privacy": "restricted"}]}
@@ -247,8 +248,8 @@ async def test_mixed_rejection_names_every_reconciler(fakes, gateways, http, red
     names = ["down", "open-cloud", "pricey", "low-tier", "flaky"]
     fs = {n: await fakes(n) for n in names}
     now = time.time()
-    await write_health(redis, "down", HealthObservation(HealthState.UNHEALTHY, now))
-    await write_quality(redis, "flaky", QualityStats(error_rate_1h=0.9, requests_1h=100, requests_24h=100))
+    await put_health(redis, "down", HealthObservation(HealthState.UNHEALTHY, now))
+    await replace_quality(redis, {"flaky": QualityStats(error_rate_1h=0.9, requests_1h=100, requests_24h=100)})
     priced = [{"name": "m", "input_usd_per_1m": 10.0, "output_usd_per_1m": 30.0}]
     gw = await gateways(
         [
@@ -468,7 +469,7 @@ async def test_budget_block_cloud_with_only_cloud_is_503(fakes, gateways, http, 
 
 async def _unhealthy(redis: Redis, *names: str) -> None:
     for name in names:
-        await write_health(redis, name, HealthObservation(HealthState.UNHEALTHY, time.time()))
+        await put_health(redis, name, HealthObservation(HealthState.UNHEALTHY, time.time()))
 
 
 async def test_fallback_serves_the_next_model(fakes, gateways, redis, sdk):
@@ -601,14 +602,14 @@ async def test_flexible_tier_downgrades_with_warning(fakes, gateways, http, sdk)
 
 async def test_loading_best_candidate_queues_until_healthy(fakes, gateways, redis, sdk):
     loader, other = await fakes("loader"), await fakes("other")
-    await write_health(redis, "loader", HealthObservation(HealthState.LOADING, time.time()))
+    await put_health(redis, "loader", HealthObservation(HealthState.LOADING, time.time()))
     gw = await gateways([backend_for(loader, priority=0), backend_for(other, priority=5)])
     assert gw.node.snapshot.backends["loader"].health is HealthState.LOADING
     task = asyncio.create_task(sdk(gw).chat.completions.with_raw_response.create(**CHAT))
     await eventually(lambda: gw.node.queue.depth == 1 or task.done())
     assert not task.done()
     assert loader.requests == [] and other.requests == []  # waiting, not routed elsewhere
-    await write_health(redis, "loader", HealthObservation(HealthState.HEALTHY, time.time()))
+    await put_health(redis, "loader", HealthObservation(HealthState.HEALTHY, time.time()))
     raw = await asyncio.wait_for(task, 10)
     assert raw.status_code == 200
     assert raw.headers["x-nexus-backend"] == "loader"
@@ -618,7 +619,7 @@ async def test_loading_best_candidate_queues_until_healthy(fakes, gateways, redi
 
 async def test_queue_timeout_is_503_with_retry_after(fakes, gateways, redis, http):
     loader, other = await fakes("loader"), await fakes("other")
-    await write_health(redis, "loader", HealthObservation(HealthState.LOADING, time.time()))
+    await put_health(redis, "loader", HealthObservation(HealthState.LOADING, time.time()))
     gw = await gateways([backend_for(loader, priority=0), backend_for(other, priority=5)],
                         queue={"max_wait_seconds": 0.5})
     status, headers, body = await post(http, gw)

@@ -149,7 +149,7 @@ async def test_the_usage_only_chunk_reaches_only_clients_that_asked_for_it(fakes
 
 async def _records(redis: Any) -> list[Any]:
     from nexus.core.periods import day_of
-    from nexus.core.telemetry_store import read_records
+    from tests.stored import read_records
 
     now = time.time()
     out = []

@@ -18,7 +18,6 @@ from nexus.core import keys
 from nexus.core.config import ServerConfig
 from nexus.core.gateway_errors import UpstreamError
 from nexus.core.model import Backend, BackendType, HealthState, Zone
-from nexus.core.observed import write_health
 from nexus.core.periods import day_of
 from nexus.core.secrets import SecretConfig
 from nexus.core.snapshot import HealthObservation
@@ -27,6 +26,7 @@ from nexus.router_node.breaker import Breakers
 from nexus.router_node.upstream import Upstream
 from tests.harness import eventually
 from tests.router_node.rawhttp import RawServer, chat_completion, connect, read_request, request_head, response
+from tests.stored import put_health
 
 CHAT = "/v1/chat/completions"
 JSON = {"Content-Type": "application/json"}
@@ -105,7 +105,7 @@ async def test_a_dead_only_candidate_gets_fast_503s_and_recovers_within_a_second
         assert len(attempts) == 16
 
         # the health worker now calls it unhealthy: this replica defers to it (no evidence of its own since)
-        await write_health(redis, "solo", HealthObservation(HealthState.UNHEALTHY, clock.now + 0.5))
+        await put_health(redis, "solo", HealthObservation(HealthState.UNHEALTHY, clock.now + 0.5))
         await eventually(lambda: gw.node.snapshot.backends["solo"].health is HealthState.UNHEALTHY)
         status, headers, body = await post(http, gw)
         assert status == 503
@@ -133,7 +133,7 @@ async def test_a_replica_that_saw_a_backend_fail_overrides_a_stale_unhealthy_ver
         clock = Clock(time.time())
         gw.node.breakers = Breakers(gw.node.breakers.settings, clock)
         assert (await post(http, gw))[0] == 502  # one failure seen here
-        await write_health(redis, "solo", HealthObservation(HealthState.UNHEALTHY, clock.now))
+        await put_health(redis, "solo", HealthObservation(HealthState.UNHEALTHY, clock.now))
         await eventually(lambda: gw.node.snapshot.backends["solo"].health is HealthState.UNHEALTHY)
 
         # the worker's verdict plus this replica's own failure: a trial is due now, it fails, and the circuit is
@@ -148,7 +148,7 @@ async def test_a_replica_that_saw_a_backend_fail_overrides_a_stale_unhealthy_ver
         assert "fails its health checks, but this router node saw it answer" in headers["X-Nexus-Warning"]
         assert body["nexus_explain"]["rejection_reasons"] == []
         # traffic flows although the worker still says unhealthy (and repeats it), until its probes agree
-        await write_health(redis, "solo", HealthObservation(HealthState.UNHEALTHY, clock.now + 0.5))
+        await put_health(redis, "solo", HealthObservation(HealthState.UNHEALTHY, clock.now + 0.5))
         assert [(await post(http, gw))[0] for _ in range(5)] == [200] * 5
         assert attempts == [True, True, False, False, False, False, False, False]
     finally:

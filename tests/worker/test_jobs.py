@@ -15,13 +15,12 @@ import pytest
 from redis.asyncio import Redis
 
 from nexus.core import keys
-from nexus.core.aggregates import sum_increments
 from nexus.core.embedded_redis import EmbeddedRedis
 from nexus.core.model import BudgetStatus, HealthState, QualityStats
-from nexus.core.observed import HealthRecord, read_inflight, write_inflight
+from nexus.core.observed import HealthRecord, read_inflight, read_observed, write_inflight
 from nexus.core.periods import day_of, period_of
 from nexus.core.reservations import read_reserved, read_unreconciled, report_admitted, reserve
-from nexus.core.spend_report import read_budget_observations, read_spend_report
+from nexus.core.spend_report import read_spend_report
 from nexus.core.state import load_snapshot, read_health, seed_desired
 from nexus.core.telemetry_store import (
     NodeHeartbeat,
@@ -36,6 +35,7 @@ from nexus.worker.probe import new_session
 from nexus.worker.store import mark_nodes_gone, read_heartbeats_raw
 from tests.clock import next_day_start
 from tests.harness import eventually
+from tests.stored import sum_increments
 from tests.worker.conftest import FakeFactory, RawServer, WorkerFactory, record, run_tick, worker_settings_for
 
 RawFactory = Callable[..., Awaitable[RawServer]]
@@ -144,7 +144,7 @@ async def test_spend_crossing_thresholds_changes_the_status_router_nodes_read(re
     assert await statuses() == (BudgetStatus.SOFT_LIMIT, BudgetStatus.HARD_LIMIT)
     await write_records(redis, [record("r3", now, cost_usd=0.5)])
     assert await statuses() == (BudgetStatus.HARD_LIMIT, BudgetStatus.HARD_LIMIT)
-    observed = await read_budget_observations(redis)
+    observed = (await read_observed(redis)).spend
     assert observed["global"].spend_usd == pytest.approx(1.05)
     assert observed["global"].utilization == pytest.approx(1.05)
     assert observed["team-a"].limit_usd == 0.2
@@ -200,7 +200,7 @@ async def test_a_key_budget_with_its_own_reset_day_rolls_over_on_its_own_day(red
     summary = await run_budget(redis, settings, after)
     assert summary["periods"]["global"] == period_of(before, 1)  # the global period goes on...
     assert summary["periods"]["team-a"] == period_of(after, 15) != period_of(before, 15)  # ...team-a's is new
-    observed = await read_budget_observations(redis)
+    observed = (await read_observed(redis)).spend
     assert observed["global"].spend_usd == pytest.approx(1.1)
     assert (observed["team-a"].period, observed["team-a"].spend_usd) == (period_of(after, 15), pytest.approx(0.3))
     snap = await load_snapshot(redis, settings, after)

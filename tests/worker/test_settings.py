@@ -13,14 +13,13 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from nexus.core import keys
-from nexus.core.aggregates import sum_increments
 from nexus.core.embedded_redis import EmbeddedRedis
 from nexus.core.periods import day_of, period_of
 from nexus.core.telemetry_store import TelemetryRecord, write_records
 from nexus.worker.jobs import BUDGET_JOB, CTX_KEY, HEALTH_JOB, NODES_JOB, QUALITY_JOB, WorkerContext, budget_job
 from nexus.worker.settings import cron_jobs, job_specs, worker_settings
-from nexus.worker.store import read_ticks
 from tests.harness import eventually
+from tests.stored import read_ticks, sum_increments
 from tests.worker.conftest import WorkerFactory, record, run_tick, worker_settings_for
 
 

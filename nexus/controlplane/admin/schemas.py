@@ -7,12 +7,12 @@ shows the NAME of its key variable and whether it is set, never the key.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from nexus.core.config import BackendConfig, BudgetConfig, PolicyConfig, WeightsConfig
-from nexus.core.model import HardLimitAction, Strategy
+from nexus.core.config import BackendConfig, BudgetConfig, PolicyConfig, RoutingConfig, WeightsConfig
+from nexus.core.model import Strategy
 
 __all__ = [
     "BackendCreate",
@@ -43,16 +43,23 @@ class WriteResult(BaseModel):
     version: int
 
 
-class RoutingUpdate(BaseModel):
-    """Fields given replace the current ones; fields left out stay as they are."""
+def _update_of(config: type[BaseModel], name: str, doc: str, fields: tuple[str, ...], **extra: Any) -> Any:
+    """An update body for `config`: each of `fields` optional (None: left as it is) with the config model's
+    own type, bounds and validators, so the admin API cannot drift from what nexus.toml accepts."""
+    optional: dict[str, Any] = {}
+    for field in fields:
+        info = config.model_fields[field]
+        kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        optional[field] = (kind | None, None)
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **optional, **extra)
 
-    model_config = ConfigDict(extra="forbid")
 
-    strategy: Strategy | None = None
-    max_retries: int | None = Field(default=None, ge=0, le=10)
-    aliases: dict[str, str] | None = None
-    fallbacks: dict[str, list[str]] | None = None
-    weights: WeightsConfig | None = None
+RoutingUpdate = _update_of(
+    RoutingConfig,
+    "RoutingUpdate",
+    "Fields given replace the current ones; fields left out stay as they are.",
+    ("strategy", "max_retries", "aliases", "fallbacks", "weights"),
+)
 
 
 class RoutingPublic(BaseModel):
@@ -64,17 +71,13 @@ class RoutingPublic(BaseModel):
     policies: list[PolicyConfig]
 
 
-class BudgetUpdate(BaseModel):
-    """Fields given replace the current ones (`soft_limit_percent` takes 0.75 or 75)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    monthly_limit_usd: float | None = Field(default=None, ge=0)
-    soft_limit_percent: float | None = Field(default=None, ge=0)
-    hard_limit_action: HardLimitAction | None = None
-    reset_day: int | None = Field(default=None, ge=1, le=28)
-    reconciliation_interval_secs: float | None = Field(default=None, gt=0)
-    unlimited: bool = Field(default=False, description="true removes the limit (monthly_limit_usd = null)")
+BudgetUpdate = _update_of(
+    BudgetConfig,
+    "BudgetUpdate",
+    "Fields given replace the current ones (`soft_limit_percent` takes 0.75 or 75).",
+    ("monthly_limit_usd", "soft_limit_percent", "hard_limit_action", "reset_day", "reconciliation_interval_secs"),
+    unlimited=(bool, Field(default=False, description="true removes the limit (monthly_limit_usd = null)")),
+)
 
 
 class BudgetPublic(BudgetConfig):

@@ -1,7 +1,7 @@
 """The routing pipeline: RequestAnalyzer -> Privacy -> Budget -> Tier -> Quality -> Circuit -> Scheduler.
 
 Pure functions of (intent, snapshot). `decide` runs them; `explain` renders a decision for humans and
-for the 503 body. See DESIGN.md section 2.
+for the 503 body. See docs/architecture.md#a-request and docs/http-contract.md#the-503-body.
 """
 
 from nexus.core.pipeline.executor import DEFAULT_RECONCILERS, FILTER_RECONCILERS, decide

@@ -9,7 +9,7 @@ from nexus.core.config import BackendConfig, BudgetConfig, DesiredConfig, Policy
 from nexus.core.model import HealthState, QualityStats, TierMode
 from nexus.core.periods import period_of
 from nexus.core.pipeline import Decision, RoutingIntent, decide, extract_requirements
-from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation, Observed, Snapshot, SpendObservation, build_snapshot
+from nexus.core.snapshot import GLOBAL_SCOPE, BudgetObservation, HealthObservation, Observed, Snapshot, build_snapshot
 
 CLOUD_NEEDS_KEY = {"openai", "anthropic", "google"}
 
@@ -64,7 +64,7 @@ def snapshot(
     observed = Observed(
         health=health_obs,
         quality=dict(quality or {}),
-        spend={scope: SpendObservation(v, period_of(now)) for scope, v in (spend or {}).items()},
+        spend={scope: BudgetObservation(v, period_of(now)) for scope, v in (spend or {}).items()},
         inflight=dict(inflight or {}),
     )
     return build_snapshot(desired, observed, version=1, now=now)
