@@ -487,7 +487,7 @@ _SERVICE_TYPE = r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$"
 
 class DiscoveryConfig(BaseModel):
     """`[discovery]` (names as in Rust Nexus's config): browse mDNS for local inference servers and write what
-    answers into desired state as `source = "discovered"` backends (nexus/worker/discovery.py, docs/fleet.md).
+    answers into desired state as `source = "discovered"` backends (issue 18: the discovery job is not built yet).
     Off unless enabled: an enabled cluster multicasts on `interfaces` (empty: every interface)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

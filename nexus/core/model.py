@@ -56,7 +56,7 @@ class BackendType(StrEnum):
 
 
 class BackendSource(StrEnum):
-    """Who wrote a backend into desired state: an operator, or the discovery job (docs/fleet.md)."""
+    """Who wrote a backend into desired state: an operator, or the discovery job (issue 18, not built yet)."""
 
     STATIC = "static"
     DISCOVERED = "discovered"
