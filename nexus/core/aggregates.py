@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from nexus.core.telemetry_store import TelemetryRecord
+from nexus.core.telemetry_store import Outcome, TelemetryRecord
 
 __all__ = [
     "DIMENSIONS",
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 NANO = 1_000_000_000
-ERROR_OUTCOMES = frozenset({"upstream_error", "midstream_error"})
+ERROR_OUTCOMES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.MIDSTREAM_ERROR})
 METRICS = ("requests", "failed_attempts", "errors", "nusd", "prompt_tokens", "completion_tokens")
 DIMENSIONS = ("total", "backend", "model", "key")
 QUALITY_METRICS = ("requests", "errors", "ttfb_us", "ttfb_count")
@@ -121,7 +121,7 @@ def is_attempt(rec: TelemetryRecord) -> bool:
 def is_error(rec: TelemetryRecord) -> bool:
     if rec.outcome in ERROR_OUTCOMES:
         return True
-    if rec.outcome in ("ok", "client_disconnected"):
+    if rec.outcome in (Outcome.OK, Outcome.CLIENT_DISCONNECTED):
         return False
     return rec.status >= 500 or rec.status == 429
 

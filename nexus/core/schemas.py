@@ -4,10 +4,15 @@ Validation checks what routing and proxying rely on (model, messages and their r
 shapes, stream flags, token limits) and lets every other field through untouched: backends accept
 vendor extensions and newer OpenAI fields that Nexus need not know. A failure becomes a 400 whose
 `param` names the first bad field (`messages[0].role`), never a 500.
+
+The routing headers (`X-Nexus-Strict`, `X-Nexus-Flexible`, `X-Nexus-Priority`, `X-Nexus-Explain`) are
+parsed here too, once for the gateway and the admin explain route (docs/http-contract.md lists them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -15,9 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt
 
 from nexus.core.gateway_errors import BadRequest
 from nexus.core.globs import MAX_MODEL_NAME_LENGTH
+from nexus.core.model import TierMode
 from nexus.core.usage import MAX_TOKENS
 
-__all__ = ["ChatCompletionCreate", "EmbeddingCreate", "parse_chat", "parse_embeddings", "parse_json_object"]
+__all__ = [
+    "ChatCompletionCreate",
+    "EmbeddingCreate",
+    "RoutingHeaders",
+    "parse_chat",
+    "parse_embeddings",
+    "parse_json_object",
+    "parse_routing_headers",
+]
 
 _Open = ConfigDict(extra="allow")
 
@@ -113,3 +127,30 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingCreate:
         return EmbeddingCreate.model_validate(body)
     except ValidationError as exc:
         raise _bad(exc) from None
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+PRIORITIES = ("high", "normal")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingHeaders:
+    """What a request's X-Nexus-* headers ask of routing."""
+
+    tier_mode: TierMode | None = None  # None: the policy's (or the default) tier mode
+    priority: str = "normal"
+    explain: bool = False
+
+
+def parse_routing_headers(header: Callable[[str], str | None]) -> RoutingHeaders:
+    """`header(name)` gives a header's value (lower-case name) or None; 400 naming the header if invalid."""
+
+    def flag(name: str) -> bool:
+        value = header(name)
+        return value is not None and value.strip().lower() in _TRUE
+
+    tier_mode = TierMode.STRICT if flag("x-nexus-strict") else TierMode.FLEXIBLE if flag("x-nexus-flexible") else None
+    priority = (header("x-nexus-priority") or "normal").strip().lower()
+    if priority not in PRIORITIES:
+        raise BadRequest("X-Nexus-Priority must be 'high' or 'normal'", param="X-Nexus-Priority")
+    return RoutingHeaders(tier_mode, priority, flag("x-nexus-explain"))

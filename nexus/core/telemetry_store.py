@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
@@ -30,6 +29,7 @@ from nexus.core.periods import BudgetCalendar, day_of
 
 __all__ = [
     "NodeHeartbeat",
+    "Outcome",
     "TelemetryRecord",
     "read_heartbeats",
     "read_live_spend",
@@ -39,7 +39,18 @@ __all__ = [
     "write_records_replicated",
 ]
 
-Outcome = Literal["ok", "upstream_error", "midstream_error", "client_disconnected", "http_error"]
+class Outcome:
+    """A record's `outcome`: how the request (or one failed attempt of it) ended."""
+
+    OK = "ok"  # answered 200 (a stream: to its end)
+    UPSTREAM_ERROR = "upstream_error"  # an attempt failed before the first byte (the `<id>:<n>` records)
+    MIDSTREAM_ERROR = "midstream_error"  # a stream the upstream broke off after it started
+    CLIENT_DISCONNECTED = "client_disconnected"  # the client left before the answer was complete
+
+    @staticmethod
+    def http(status: int) -> str:
+        """A backend's non-200 answer, relayed to the client as it was."""
+        return f"http_{status}"
 
 
 class TelemetryRecord(BaseModel):
@@ -59,7 +70,7 @@ class TelemetryRecord(BaseModel):
     estimated: bool = False
     latency_ms: float = 0.0
     ttfb_ms: float | None = None
-    outcome: str = "ok"
+    outcome: str = Outcome.OK
     status: int = 200
     stream: bool = False
     fallback_model: str | None = None

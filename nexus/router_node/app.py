@@ -21,7 +21,8 @@ from nexus.core.aliases import follow as follow_alias
 from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
 from nexus.core.model import HealthState
 from nexus.router_node.asgi import send_error, send_json
-from nexus.router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, authenticate, handle_inference
+from nexus.router_node.auth import authenticate
+from nexus.router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, handle_inference
 from nexus.router_node.metrics import CONTENT_TYPE_LATEST
 from nexus.router_node.node import RouterNode
 
@@ -122,7 +123,7 @@ class GatewayApp:
         elif path == "/metrics":
             if not await self._keyed(self._server.metrics_require_key, scope, send):
                 return
-            body = self.node.metrics.render()
+            body = self.node.render_metrics()
             await send(
                 {
                     "type": "http.response.start",
@@ -140,7 +141,7 @@ class GatewayApp:
         """False (a 401 sent) when client keys are set, this endpoint requires one, and it is missing or bad."""
         if required:
             try:
-                authenticate(self.node, scope)
+                authenticate(self.node.api_key_digests, scope)
             except Unauthorized as err:
                 await send_error(send, err)
                 return False

@@ -2,12 +2,10 @@
 
 Each gateway gets its own `CollectorRegistry`, so several nodes in one process (tests, `nexus serve`)
 never share or double-register series. Gauges that mirror state (snapshot age, budget, queue depth,
-in-flight) are set at scrape time by `Metrics.refresh`, not on the hot path.
+in-flight) are set at scrape time by the node (`RouterNode.render_metrics`), not on the hot path.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -91,17 +89,11 @@ class Metrics:
         self.circuit_open = Gauge(
             "nexus_circuit_open", "1 while this replica's circuit for the backend is open", ["backend"], registry=r
         )
-        self._refreshers: list[Callable[[Metrics], None]] = []
         self._included: list[CollectorRegistry] = []
-
-    def on_scrape(self, refresh: Callable[[Metrics], None]) -> None:
-        self._refreshers.append(refresh)
 
     def include(self, registry: CollectorRegistry) -> None:
         """Serve another registry's series here too (`nexus serve`: the worker loops' metrics)."""
         self._included.append(registry)
 
     def render(self) -> bytes:
-        for refresh in self._refreshers:
-            refresh(self)
         return generate_latest(self.registry) + b"".join(generate_latest(r) for r in self._included)

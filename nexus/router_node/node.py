@@ -3,11 +3,14 @@
 `RouterNode.start` seeds the desired state from the TOML if Redis has none, loads the first snapshot
 (tolerating Redis being away: the node then starts unready and keeps trying), and starts the
 background tasks: snapshot refresh (events + poll), telemetry flush (records, in-flight gauges, live
-spend), heartbeat. `stop` turns readiness off, drains in-flight requests up to a deadline, cancels the
-tasks, flushes telemetry one last time and closes the upstream pool.
+spend; then idle leases go back and the spend is re-applied), heartbeat. `stop` turns readiness off,
+drains in-flight requests up to a deadline, cancels the tasks, flushes telemetry one last time and closes
+the upstream pool.
 
 The snapshot requests route from is the refreshed one with the budgets' spend replaced by the live
 spend this node knows (Redis live spend + its own unflushed records), rebuilt only when either changes.
+What it knows is one value, the spend ledger (`nexus.core.ledger`), held in a cell that the telemetry
+buffer and the lease book both move on; the node reads it, nothing calls back into the node.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -28,7 +31,8 @@ from redis.asyncio import Redis
 
 from nexus.core.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from nexus.core.errors import StateError
-from nexus.core.model import Backend, HardLimitAction, HealthState
+from nexus.core.ledger import NO_RESERVATION, LedgerCell, Reservation
+from nexus.core.model import BudgetStatus, HardLimitAction, HealthState
 from nexus.core.observed import read_wire_facts, write_wire_fact
 from nexus.core.periods import BudgetCalendar
 from nexus.core.reservations import settle_node
@@ -42,11 +46,9 @@ from nexus.router_node.metrics import Metrics
 from nexus.router_node.queue import RequestQueue
 from nexus.router_node.refresher import SnapshotRefresher
 from nexus.router_node.telemetry import Telemetry
-from nexus.router_node.upstream import Upstream, Usage
+from nexus.router_node.upstream import Upstream
 
-__all__ = ["Reserved", "RouterNode", "default_node_id"]
-
-Reserved = Mapping[str, str]  # budget scope -> the period a request's lease was taken in
+__all__ = ["RouterNode", "default_node_id"]
 
 log = logging.getLogger("nexus.router")
 HEARTBEAT_SECONDS = 1.0
@@ -90,6 +92,7 @@ class RouterNode:
             self._on_snapshot,
             on_build_failure=self.metrics.snapshot_build_failures.inc,
         )
+        self.ledger = LedgerCell()
         self.telemetry = Telemetry(
             redis,
             self.node_id,
@@ -99,15 +102,13 @@ class RouterNode:
             calendar=self._calendar,
             clock=self.clock,
             on_dropped=self.metrics.telemetry_dropped.inc,
-            on_refresh=self._on_refresh,
-            after_flush=self._after_flush,
+            cell=self.ledger,
             replica_acks=settings.redis.replica_acks,
             ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
             on_unreplicated=self.metrics.telemetry_unreplicated.inc,
         )
-        self.leases = LeaseBook(redis, self.node_id, self.telemetry.note_lease)
+        self.leases = LeaseBook(redis, self.node_id, self.ledger)
         self.admitted = self.telemetry.admitted
-        self.telemetry.on_spend_drop = self.refresher.poke
         self._base: Snapshot | None = None
         q = settings.quality
         self.breakers = Breakers(
@@ -123,7 +124,6 @@ class RouterNode:
         # draining node stops taking them once balancers had drain_delay_seconds to notice /ready (server.py)
         self.active = 0
         self.accepting = True
-        self.metrics.on_scrape(self._scrape)
 
     # -- configuration-derived ------------------------------------------------------------------------
     def _key_digests(self) -> frozenset[str]:
@@ -166,29 +166,19 @@ class RouterNode:
         self._apply_spend()
         self.queue.notify()
 
-    async def _after_flush(self) -> None:
-        await self.leases.return_idle(self.telemetry.live_periods)
-
-    def _on_refresh(self) -> None:
-        self._apply_spend()
-        self.queue.notify()  # cluster load or spend may have changed: queued requests re-decide
-
     def _apply_spend(self) -> None:
         base = self._base
         if base is None:
             return
-        tel = self.telemetry
-        periods = tel.live_periods
-        seen = tuple(
-            (scope, periods.get(scope), tel.spend(scope) - self.leases.unused(scope)) for scope in base.budgets
-        )
+        ledger = self.ledger.ledger
+        periods = ledger.periods
+        # what the cluster spent or leased, less the lease this node holds unused (that is still its to spend)
+        seen = tuple((scope, periods.get(scope), ledger.committed(scope)) for scope in base.budgets)
         if seen == self._spend_seen and self._effective is not None:
             return
         self._spend_seen = seen
         budgets = {}
-        for scope, state in base.budgets.items():
-            # what the cluster spent or leased, less the lease this node holds unused (that is still its to spend)
-            live = tel.spend(scope) - self.leases.unused(scope)
+        for (scope, state), (_, _, live) in zip(base.budgets.items(), seen, strict=True):
             period = periods.get(scope) or state.period
             # the worker's observation counts only while it is of the current period: after a rollover the
             # new period starts from the live counter (zero), not from the last period's total
@@ -240,106 +230,52 @@ class RouterNode:
             state = snap.budgets.get(scope)
             if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
                 continue
-            period = self.telemetry.live_periods.get(scope) or state.rule.name(self.clock())
+            period = self.ledger.ledger.periods.get(scope) or state.rule.name(self.clock())
             out.append((scope, state.monthly_limit_usd, period))
         return out
 
-    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> tuple[bool, float, Reserved]:
-        """(admitted, amount taken from the lease, scope -> period leased in). No blocking limit: admitted,
-        nothing taken. Redis unreachable when the lease is short: refused (the budget holds; local backends
-        still serve)."""
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> Reservation | None:
+        """What the request took from the lease (NO_RESERVATION under no blocking limit), or None when the
+        budget has no room for it. Redis unreachable when the lease is short: refused (the budget holds; local
+        backends still serve)."""
         limits = self.lease_limits(snap, estimate, key_id)
         if not limits:
-            return True, 0.0, {}
+            return NO_RESERVATION
         room = min(limit - snap.budgets[scope].spend_usd for scope, limit, _ in limits)
         try:
             admitted = await self.leases.take(limits, estimate, room)
         except StateError:
-            return False, 0.0, {}
+            return None
         if not admitted:
-            return False, 0.0, {}
+            return None
         periods = {scope: period for scope, _, period in limits}
         self.admitted.admit(periods, estimate)  # settled when its record is written; charged if this node dies
-        return True, estimate, periods
+        return Reservation(estimate, MappingProxyType(periods))
 
     # -- telemetry ------------------------------------------------------------------------------------
-    def record_request(
-        self,
-        *,
-        request_id: str,
-        started: float,
-        backend: Backend,
-        model: str,
-        requested_model: str,
-        key_id: str | None,
-        usage: Usage,
-        estimated: bool,
-        cost: float,
-        latency_ms: float,
-        ttfb_ms: float | None,
-        outcome: str,
-        status: int,
-        stream: bool,
-        fallback: str | None,
-        retries: int,
-        reserved: tuple[float, Reserved] = (0.0, {}),
-        partial: bool = False,
-    ) -> None:
-        self.telemetry.record(
-            TelemetryRecord(
-                id=request_id,
-                ts=started,
-                node=self.node_id,
-                backend=backend.name,
-                backend_type=backend.kind,
-                model=model,
-                requested_model=requested_model,
-                key=key_id,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost,
-                estimated=estimated,
-                latency_ms=latency_ms,
-                ttfb_ms=ttfb_ms,
-                outcome=outcome,
-                status=status,
-                stream=stream,
-                fallback_model=fallback,
-                retries=retries,
-                reserved_usd=reserved[0],
-                reserved_periods=dict(reserved[1]),
-                partial=partial,
-            )
-        )
+    def record(self, rec: TelemetryRecord) -> None:
+        """Buffer a request's record (built by the request: nexus/router_node/inflight.py); its cost and the
+        reservation it releases count in the spend this node routes by at once."""
+        self.telemetry.record(rec)
         self._apply_spend()
 
-    def record_attempt_failure(
-        self,
-        request_id: str,
-        attempt: int | str,
-        backend: Backend,
-        model: str,
-        key_id: str | None,
-        error: str,
-        latency_ms: float,
-        reserved: tuple[float, Reserved] = (0.0, {}),
-    ) -> None:
-        self.telemetry.record(
-            TelemetryRecord(
-                id=f"{request_id}:{attempt}",
-                ts=self.clock(),
-                node=self.node_id,
-                backend=backend.name,
-                backend_type=backend.kind,
-                model=model,
-                key=key_id,
-                latency_ms=latency_ms,
-                outcome="upstream_error",
-                status=502,
-                reserved_usd=reserved[0],
-                reserved_periods=dict(reserved[1]),
-            )
-        )
+    async def _flush_loop(self) -> None:
+        """Every flush interval: write telemetry and read the cluster back, give back idle leases, then route
+        by what was read (queued requests re-decide: cluster load or spend may have changed)."""
+        tel = self.telemetry
+        while True:
+            try:
+                dropped = await tel.flush()
+                await self.leases.return_idle(tel.live_periods)
+            except StateError as exc:
+                delay = tel.flush_failed(exc)
+            else:
+                delay = tel.flushed()
+                if dropped:
+                    self.refresher.poke()  # Redis lost spend: the refresher checks the rest of the state now
+            self._apply_spend()
+            self.queue.notify()
+            await asyncio.sleep(delay)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -355,7 +291,7 @@ class RouterNode:
         self._tasks = [
             asyncio.create_task(self.refresher.run_poll(), name="snapshot-poll"),
             asyncio.create_task(self.refresher.run_events(), name="snapshot-events"),
-            asyncio.create_task(self.telemetry.run(), name="telemetry-flush"),
+            asyncio.create_task(self._flush_loop(), name="telemetry-flush"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
 
@@ -428,7 +364,12 @@ class RouterNode:
             await self._sync_wire_facts()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
-    def _scrape(self, m: Metrics) -> None:
+    def render_metrics(self) -> bytes:
+        """`GET /metrics`: the gauges that mirror this node's state are set now, not on the hot path."""
+        self._set_gauges(self.metrics)
+        return self.metrics.render()
+
+    def _set_gauges(self, m: Metrics) -> None:
         m.queue_depth.set(self.queue.depth)
         m.state_lost.set(1 if self.refresher.lost else 0)
         m.state_restores.set(self.refresher.restores)

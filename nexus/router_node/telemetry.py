@@ -11,21 +11,24 @@ Replays are safe: records are stored by request id exactly once. With
 that many replicas (or the wait timed out: counted), so a primary failover does not lose flushed records.
 
 The spend this node routes by is the live spend read back plus what it has recorded but not yet flushed,
-so a replica cut off from Redis still counts its own spending against the budget.
+so a replica cut off from Redis still counts its own spending against the budget. Those amounts live in the
+node's spend ledger (`nexus.core.ledger`, shared with the lease book through a `LedgerCell`): this module
+buffers, writes and reads, and moves the ledger on at each step. The loop that calls `flush` is the node's
+(`nexus.router_node.node`), which then returns idle leases and re-applies the spend to its snapshot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
 from nexus.core.config import GLOBAL_SCOPE
 from nexus.core.errors import StateError
+from nexus.core.ledger import Ledger, LedgerCell
 from nexus.core.observed import read_inflight, write_inflight
 from nexus.core.periods import BudgetCalendar
 from nexus.core.recovery import restore_spend
@@ -59,8 +62,7 @@ class Telemetry:
         calendar: Callable[[], BudgetCalendar],
         clock: Callable[[], float] = time.time,
         on_dropped: Callable[[int], None] | None = None,
-        on_refresh: Callable[[], None] | None = None,
-        after_flush: Callable[[], Awaitable[None]] | None = None,
+        cell: LedgerCell | None = None,
         replica_acks: int = 0,
         ack_timeout_ms: int = 100,
         on_unreplicated: Callable[[int], None] | None = None,
@@ -73,8 +75,7 @@ class Telemetry:
         self._calendar = calendar
         self._clock = clock
         self._on_dropped = on_dropped
-        self._on_refresh = on_refresh
-        self._after_flush = after_flush
+        self.cell = cell or LedgerCell()
         self._acks = (replica_acks, ack_timeout_ms)
         self._on_unreplicated = on_unreplicated
         self._short_since: float | None = None
@@ -83,15 +84,10 @@ class Telemetry:
         self.peaks: dict[tuple[str, str], float] = {}
         # the peaks as they were when a read found less (Redis lost the spend): put back by the next flush
         self.floors: dict[tuple[str, str], float] = {}
-        self.on_spend_drop: Callable[[], None] | None = None
         self.admitted = AdmittedBook()  # requests' lease amounts not recorded in Redis yet (see router_node.leases)
         self._buffer: deque[TelemetryRecord] = deque()
-        self._pending: dict[str, float] = {}
         self._unseen: list[TelemetryRecord] = []
-        self.live_spend: dict[str, float] = {}
-        self.reserved: dict[str, float] = {}
-        # budget scope -> the period live_spend and reserved are of (each scope's own, as of the last read)
-        self.live_periods: dict[str, str] = {}
+        self._backoff = self._interval
         self.redis_ok = True
         self.dropped = 0
         self._gauge_sent: dict[str, int] | None = None
@@ -101,44 +97,35 @@ class Telemetry:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def ledger(self) -> Ledger:
+        return self.cell.ledger
+
+    @property
+    def live_periods(self) -> dict[str, str]:
+        """Budget scope -> the period the ledger's amounts are of (each scope's own, as of the last read)."""
+        return dict(self.cell.ledger.periods)
+
     def record(self, rec: TelemetryRecord) -> None:
+        ledger = self.cell.ledger
         if len(self._buffer) >= self._max:
             old = self._buffer.popleft()
-            self._adjust_pending(old, -1)
+            ledger = ledger.unrecorded(record_scopes(old), old.cost_usd)
             self.dropped += 1
             if self._on_dropped:
                 self._on_dropped(1)
         self._buffer.append(rec)
-        self._adjust_pending(rec, 1)
-        if rec.reserved_usd > 0:
-            # the record's own cost is pending now; its reservation is released when the record is written
-            for scope in rec.reserved_periods:
-                self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) - rec.reserved_usd)
-
-    def _adjust_pending(self, rec: TelemetryRecord, sign: int) -> None:
-        if rec.cost_usd <= 0:
-            return
-        for scope in record_scopes(rec):
-            value = self._pending.get(scope, 0.0) + sign * rec.cost_usd
-            if abs(value) < 1e-12:
-                self._pending.pop(scope, None)
-            else:
-                self._pending[scope] = value
+        # the record's own cost is pending now; its reservation is released when the record is written
+        self.cell.ledger = ledger.recorded(record_scopes(rec), rec.cost_usd, rec.reserved_usd, rec.reserved_periods)
 
     def spend(self, scope: str) -> float:
         """This period's spend of `scope` as far as this node knows, reservations included: what the
         cluster spent (as last read), what this node spent since, and what in-flight requests reserved."""
-        period = self.live_periods.get(scope)
-        live = max(self.live_spend.get(scope, 0.0), self.peaks.get((scope, period), 0.0) if period else 0.0)
-        return live + self._pending.get(scope, 0.0) + self.reserved.get(scope, 0.0)
+        return self.cell.ledger.spend(scope)
 
-    def note_lease(self, scopes: Sequence[str], amount: float) -> None:
-        """Count a lease this node just took (or gave back: negative) until the next read brings the total."""
-        for scope in scopes:
-            self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) + amount)
-
-    async def flush(self) -> None:
-        """One iteration; raises StateError when Redis is unavailable (records stay buffered)."""
+    async def flush(self) -> bool:
+        """One iteration; raises StateError when Redis is unavailable (records stay buffered). True when the
+        read found less spend than before in a period (Redis lost it: the refresher should check the rest)."""
         # only what is buffered now: records keep arriving while a batch is written (and, with replica_acks,
         # waited for), and chasing them could keep one flush going for as long as traffic lasts
         todo = len(self._buffer)
@@ -162,7 +149,7 @@ class Telemetry:
             await write_inflight(self._redis, self._node_id, self._load.snapshot_local())
             self._gauge_sent, self._gauge_at = local, now
         self._load.update_cluster(await read_inflight(self._redis))
-        await self._read_spend()
+        dropped = await self._read_spend()
         if self.floors:
             floors = self.floors
             raised = await restore_spend(self._redis, floors)
@@ -171,31 +158,33 @@ class Telemetry:
                 log.warning("restored the live spend Redis lost: %s",
                             ", ".join(f"{s} {p}: ${floors[(s, p)]:.6f} put back" for s, p in raised))
                 await self._read_spend()
+        ledger = self.cell.ledger
         for rec in self._unseen:
-            self._adjust_pending(rec, -1)
+            ledger = ledger.unrecorded(record_scopes(rec), rec.cost_usd)
+        self.cell.ledger = ledger
         self._unseen.clear()
-        if self._after_flush is not None:
-            await self._after_flush()
+        return dropped
 
     def periods(self) -> dict[str, str]:
         """Every budget scope's current period by this node's clock."""
         calendar = self._calendar()
         return calendar.periods([GLOBAL_SCOPE, *calendar.scopes], self._clock())
 
-    async def _read_spend(self) -> None:
-        """Each budget scope's live spend and leases, from the hashes of the scope's own current period."""
+    async def _read_spend(self) -> bool:
+        """Each budget scope's live spend and leases, from the hashes of the scope's own current period; True
+        when a scope's spend fell within its period."""
         periods = self.periods()
         spend: dict[str, dict[str, float]] = {}
         leased: dict[str, dict[str, float]] = {}
         for period in sorted(set(periods.values())):
             spend[period] = await read_live_spend(self._redis, period)
             leased[period] = await read_reserved(self._redis, period)
-        self.live_spend = {s: spend[p][s] for s, p in periods.items() if s in spend[p]}
+        live = {s: spend[p][s] for s, p in periods.items() if s in spend[p]}
         dropped = False
         peaks = {}
         for scope, period in periods.items():
             held = self.peaks.get((scope, period), 0.0)
-            now = self.live_spend.get(scope, 0.0)
+            now = live.get(scope, 0.0)
             if now + 1e-6 < held:
                 # live spend never falls within a period: Redis lost it. What this node read before is the
                 # floor to put back (nexus.core.recovery.restore_spend adds it once, on top of what came since)
@@ -203,10 +192,11 @@ class Telemetry:
                 self.floors[(scope, period)] = max(held, self.floors.get((scope, period), 0.0))
             peaks[(scope, period)] = max(held, now)
         self.peaks = peaks  # past periods drop out
-        if dropped and self.on_spend_drop is not None:
-            self.on_spend_drop()  # the refresher checks the rest of the state now
-        self.reserved = {s: leased[p][s] for s, p in periods.items() if s in leased[p]}
-        self.live_periods = periods
+        reserved = {s: leased[p][s] for s, p in periods.items() if s in leased[p]}
+        # a scope's live spend is never below the highest read of its period (what the node still knows)
+        known = {s: peaks[(s, p)] for s, p in periods.items()}
+        self.cell.ledger = self.cell.ledger.read(periods, known, reserved)
+        return dropped
 
     async def _write(self, batch: list[TelemetryRecord]) -> None:
         wanted, timeout_ms = self._acks
@@ -227,20 +217,18 @@ class Telemetry:
             log.warning("telemetry reached %d of %d replicas within %d ms (counted in nexus_telemetry_unreplicated);"
                         " a failover now could lose what was flushed meanwhile", acked, wanted, timeout_ms)
 
-    async def run(self) -> None:
-        backoff = self._interval
-        while True:
-            try:
-                await self.flush()
-                if not self.redis_ok:
-                    log.warning("redis is back; telemetry buffer replayed")
-                self.redis_ok = True
-                backoff = self._interval
-            except StateError as exc:
-                if self.redis_ok:
-                    log.warning("telemetry flush failed, buffering %d records: %s", len(self._buffer), exc)
-                self.redis_ok = False
-                backoff = min(1.0, backoff * 2)
-            if self._on_refresh:
-                self._on_refresh()
-            await asyncio.sleep(backoff if not self.redis_ok else self._interval)
+    def flushed(self) -> float:
+        """The flush loop's last iteration succeeded: the seconds to wait before the next."""
+        if not self.redis_ok:
+            log.warning("redis is back; telemetry buffer replayed")
+        self.redis_ok = True
+        self._backoff = self._interval
+        return self._interval
+
+    def flush_failed(self, exc: StateError) -> float:
+        """It failed (Redis away): records stay buffered; the seconds to wait, backing off up to 1 s."""
+        if self.redis_ok:
+            log.warning("telemetry flush failed, buffering %d records: %s", len(self._buffer), exc)
+        self.redis_ok = False
+        self._backoff = min(1.0, self._backoff * 2)
+        return self._backoff

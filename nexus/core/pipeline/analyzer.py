@@ -32,7 +32,6 @@ def _resolve(intent: RoutingIntent, snapshot: Snapshot) -> bool:
         intent.error = f"alias cycle {' -> '.join(chain.names)}; remove one of these aliases"
         return False
     intent.resolved_model = chain.names[-1]
-    intent.alias_chain = chain.names
     return True
 
 

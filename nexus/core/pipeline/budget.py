@@ -1,7 +1,8 @@
 """BudgetReconciler: estimate the request's cost on each candidate and apply the budget.
 
 Cost = input tokens (analyzer estimate) x input price + output tokens (`max_tokens`, else
-`DEFAULT_OUTPUT_TOKENS`) x output price, prices per 1M tokens from the snapshot (local backends 0).
+`DEFAULT_OUTPUT_TOKENS`, in nexus.core.pipeline.intent) x output price, prices per 1M tokens from the
+snapshot (local backends 0).
 Status comes from the spend and limit in the snapshot: Normal below the soft limit, SoftLimit from the
 soft limit up to the limit, HardLimit at or past it. When the request carries an API key with its own
 budget, the worse of the key's and the global status applies. At HardLimit the action decides:
@@ -14,13 +15,12 @@ was refused (`intent.budget_exhausted`) gets HardLimit whatever the snapshot's s
 from __future__ import annotations
 
 from nexus.core.model import Backend, BudgetState, BudgetStatus, HardLimitAction, Zone
-from nexus.core.pipeline.intent import RoutingIntent
+from nexus.core.pipeline.intent import DEFAULT_OUTPUT_TOKENS, RoutingIntent
 from nexus.core.snapshot import GLOBAL_SCOPE, Snapshot
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "NAME", "estimate_cost", "reconcile"]
 
 NAME = "BudgetReconciler"
-DEFAULT_OUTPUT_TOKENS = 512
 
 
 def estimate_cost(intent: RoutingIntent, snapshot: Snapshot, backend: str) -> float:
@@ -29,8 +29,7 @@ def estimate_cost(intent: RoutingIntent, snapshot: Snapshot, backend: str) -> fl
     if pin == 0.0 and pout == 0.0:
         return 0.0
     req = intent.requirements
-    out = req.max_output_tokens if req.max_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
-    return (req.input_tokens * pin + out * pout) / 1_000_000.0
+    return (req.input_tokens * pin + req.output_estimate * pout) / 1_000_000.0
 
 
 def _governing(intent: RoutingIntent, snapshot: Snapshot) -> tuple[BudgetState | None, BudgetStatus]:

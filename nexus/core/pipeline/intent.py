@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from nexus.core.model import Backend, BudgetStatus, Policy, TierMode, Zone
 
 __all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
     "Decision",
     "Queue",
     "Reject",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 
+DEFAULT_OUTPUT_TOKENS = 512  # the completion a request without max_tokens is estimated (and billed) at
+
+
 @dataclass(frozen=True, slots=True)
 class Requirements:
     """What the request needs from a backend, extracted once before the pipeline."""
@@ -38,7 +42,11 @@ class Requirements:
     json_mode: bool = False
     input_tokens: int = 0
     max_output_tokens: int | None = None
-    stream: bool = False
+
+    @property
+    def output_estimate(self) -> int:
+        """Completion tokens to estimate: `max_tokens`, else `DEFAULT_OUTPUT_TOKENS`."""
+        return self.max_output_tokens if self.max_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,6 @@ class RoutingIntent:
     """Mutable accumulator for one decision; only the pipeline's reconcilers touch it."""
 
     __slots__ = (
-        "alias_chain",
         "api_key_id",
         "budget_exhausted",
         "budget_scope",
@@ -100,7 +107,6 @@ class RoutingIntent:
         "sequence",
         "slow",
         "tier_mode",
-        "tier_mode_explicit",
         "usable_unhealthy",
         "warnings",
     )
@@ -126,9 +132,7 @@ class RoutingIntent:
         self.request_id = request_id
         self.requested_model = model
         self.resolved_model = model
-        self.alias_chain: tuple[str, ...] = (model,)
         self.requirements = requirements or Requirements()
-        self.tier_mode_explicit = tier_mode
         self.tier_mode = tier_mode or TierMode.STRICT
         self.priority = priority
         self.api_key_id = api_key_id

@@ -67,5 +67,4 @@ def extract_requirements(body: Mapping[str, Any]) -> Requirements:
         json_mode=json_mode,
         input_tokens=tokens,
         max_output_tokens=max_tokens,
-        stream=bool(body.get("stream")),
     )

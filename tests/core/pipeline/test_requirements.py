@@ -36,8 +36,7 @@ def test_tokens_count_every_message_part_and_framing() -> None:
     }
     req = extract_requirements(body)
     assert req == Requirements(vision=True, tools=False, json_mode=False,
-                               input_tokens=2 + 4 + 1 + 2 * IMAGE_TOKENS + 3 + 4 + 4, max_output_tokens=None,
-                               stream=False)
+                               input_tokens=2 + 4 + 1 + 2 * IMAGE_TOKENS + 3 + 4 + 4, max_output_tokens=None)
 
 
 def test_a_conversation_without_images_needs_no_vision() -> None:
@@ -60,7 +59,6 @@ def test_a_conversation_without_images_needs_no_vision() -> None:
         pytest.param({"max_tokens": 0}, "max_output_tokens", 0, id="zero-is-a-limit"),
         pytest.param({"max_tokens": -1}, "max_output_tokens", None, id="negative-ignored"),
         pytest.param({"max_tokens": True}, "max_output_tokens", None, id="bool-ignored"),
-        pytest.param({"stream": True}, "stream", True, id="stream"),
     ],
 )
 def test_request_features(extra: dict[str, Any], field: str, value: Any) -> None:

@@ -16,14 +16,12 @@ from nexus.controlplane.admin.deps import Authorized, RedisDep, SettingsDep
 from nexus.controlplane.admin.schemas import ExplainRequest
 from nexus.core.fetch import load_snapshot
 from nexus.core.gateway_errors import BadRequest
-from nexus.core.model import TierMode
 from nexus.core.pipeline import RoutingIntent, decide, explain, extract_requirements
-from nexus.core.schemas import parse_chat
+from nexus.core.schemas import parse_chat, parse_routing_headers
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/route", tags=["explain"], dependencies=[Authorized])
-_TRUE = {"true", "1", "yes", "on"}
 
 
 @router.post("/explain", responses={422: {"description": "invalid chat request"}})
@@ -32,21 +30,17 @@ async def explain_route(body: ExplainRequest, redis: RedisDep, settings: Setting
         chat = parse_chat(body.request)
     except BadRequest as exc:
         raise HTTPException(422, f"request.{exc.message}") from None
-    headers = {k.lower(): v.strip().lower() for k, v in body.headers.items()}
-    tier_mode = None
-    if headers.get("x-nexus-strict") in _TRUE:
-        tier_mode = TierMode.STRICT
-    elif headers.get("x-nexus-flexible") in _TRUE:
-        tier_mode = TierMode.FLEXIBLE
-    priority = headers.get("x-nexus-priority", "normal")
-    if priority not in ("high", "normal"):
-        raise HTTPException(422, "headers.X-Nexus-Priority must be 'high' or 'normal'")
+    headers = {k.lower(): v for k, v in body.headers.items()}
+    try:
+        routing = parse_routing_headers(headers.get)
+    except BadRequest as exc:
+        raise HTTPException(422, f"headers.{exc.message}") from None
     snap = await load_snapshot(redis, settings, time.time())
     intent = RoutingIntent(
         chat.model,
         extract_requirements(body.request),
-        tier_mode=tier_mode,
-        priority=priority,
+        tier_mode=routing.tier_mode,
+        priority=routing.priority,
         api_key_id=body.api_key_id,
     )
     out = explain(decide(intent, snap, trace=True))
