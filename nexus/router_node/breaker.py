@@ -33,6 +33,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 
+from nexus.core.config import QualityConfig
+
 __all__ = [
     "EMPTY_VIEW",
     "BreakerSettings",
@@ -64,6 +66,12 @@ class BreakerSettings:
     max_cooldown_seconds: float = 300.0
     demote_after: int = 3
     demote_seconds: float = 10.0
+
+    @classmethod
+    def of(cls, q: QualityConfig) -> BreakerSettings:
+        """The `[quality]` section's breaker settings."""
+        return cls(q.breaker_failures, q.breaker_retry_seconds, q.max_cooldown_seconds, q.eject_after_failures,
+                   q.eject_seconds)
 
 
 @dataclass(frozen=True, slots=True)

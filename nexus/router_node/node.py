@@ -110,12 +110,7 @@ class RouterNode:
         self.leases = LeaseBook(redis, self.node_id, self.ledger)
         self.admitted = self.telemetry.admitted
         self._base: Snapshot | None = None
-        q = settings.quality
-        self.breakers = Breakers(
-            BreakerSettings(q.breaker_failures, q.breaker_retry_seconds, q.max_cooldown_seconds,
-                            q.eject_after_failures, q.eject_seconds),
-            time.time,
-        )
+        self.breakers = Breakers(BreakerSettings.of(settings.quality), time.time)
         self._effective: Snapshot | None = None
         self._spend_seen: tuple = ()
         self._tasks: list[asyncio.Task] = []
