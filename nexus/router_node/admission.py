@@ -10,23 +10,44 @@ reservation taken is handed to the request (`InFlight.hold`), which releases it 
 
 from __future__ import annotations
 
+import random
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from nexus.core.config import NexusSettings
 from nexus.core.gateway_errors import Unavailable
+from nexus.core.ledger import Reservation
 from nexus.core.model import Zone
 from nexus.core.pipeline import Decision, Queue, Route, RoutingIntent, decide
 from nexus.core.snapshot import Snapshot
+from nexus.router_node.breaker import Breakers
 from nexus.router_node.inflight import InFlight
-from nexus.router_node.queue import QueueFull
+from nexus.router_node.load import LoadTracker
+from nexus.router_node.metrics import Metrics
+from nexus.router_node.queue import QueueFull, RequestQueue
 
-if TYPE_CHECKING:
-    from nexus.router_node.node import RouterNode
-
-__all__ = ["admit"]
+__all__ = ["AdmittingNode", "admit"]
 
 
-def _decide(node: RouterNode, r: InFlight, model: str, privacy: Zone | None,
+class AdmittingNode(Protocol):
+    """What admission uses of the router node (nexus/router_node/node.py)."""
+
+    settings: NexusSettings
+    breakers: Breakers
+    load: LoadTracker
+    rng: random.Random
+    metrics: Metrics
+    queue: RequestQueue
+
+    @property
+    def snapshot(self) -> Snapshot | None: ...
+
+    def next_sequence(self) -> int: ...
+
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> Reservation | None: ...
+
+
+def _decide(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
             exhausted: bool) -> tuple[Decision, Snapshot]:
     snap = node.snapshot
     if snap is None:
@@ -59,7 +80,7 @@ def _decide(node: RouterNode, r: InFlight, model: str, privacy: Zone | None,
     return decision, snap
 
 
-async def _decide_or_wait(node: RouterNode, r: InFlight, model: str, privacy: Zone | None,
+async def _decide_or_wait(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
                           exhausted: bool = False) -> tuple[Decision, Snapshot]:
     decision, snap = _decide(node, r, model, privacy, exhausted)
     if not isinstance(decision, Queue):
@@ -80,7 +101,7 @@ async def _decide_or_wait(node: RouterNode, r: InFlight, model: str, privacy: Zo
     return decision, snap
 
 
-async def admit(node: RouterNode, r: InFlight, model: str, privacy: Zone | None) -> tuple[Decision, Snapshot]:
+async def admit(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None) -> tuple[Decision, Snapshot]:
     """The decision for `model` (waiting if queued); a Route's reservation is held by `r`."""
     decision, snap = await _decide_or_wait(node, r, model, privacy)
     if not isinstance(decision, Route):

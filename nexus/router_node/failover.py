@@ -11,7 +11,7 @@ never under-counted), no answer was delivered. Load counted on a backend is rele
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nexus.core.gateway_errors import ClientDisconnected, UpstreamError
 from nexus.core.model import Backend
@@ -21,17 +21,33 @@ from nexus.core.telemetry_store import Outcome
 from nexus.core.usage import Usage
 from nexus.router_node import pump
 from nexus.router_node.billing import cost, estimated_usage
+from nexus.router_node.breaker import Breakers
 from nexus.router_node.headers import route_headers
 from nexus.router_node.inflight import Attempt, InFlight
-from nexus.router_node.upstream import Exchange
+from nexus.router_node.load import LoadTracker
+from nexus.router_node.metrics import Metrics
+from nexus.router_node.queue import RequestQueue
+from nexus.router_node.upstream import Exchange, Upstream
 
-if TYPE_CHECKING:
-    from nexus.router_node.node import RouterNode
-
-__all__ = ["try_candidates"]
+__all__ = ["ProxyingNode", "try_candidates"]
 
 
-async def try_candidates(node: RouterNode, r: InFlight, decision: Route, snap: Snapshot, fallback: str | None,
+class ProxyingNode(Protocol):
+    """What trying candidates uses of the router node (nexus/router_node/node.py)."""
+
+    breakers: Breakers
+    load: LoadTracker
+    upstream: Upstream
+    metrics: Metrics
+    queue: RequestQueue
+
+    def note_upstream(self, backend: str, ok: bool, why: str = "", retry_after: float | None = None,
+                      rate_limited: bool = False) -> None: ...
+
+    def warn_once(self, topic: str, message: str, *args: object) -> None: ...
+
+
+async def try_candidates(node: ProxyingNode, r: InFlight, decision: Route, snap: Snapshot, fallback: str | None,
                          receive: Any, send: Any) -> bool:
     """True when a candidate answered (and the answer was relayed); False when none could."""
     for n, backend in enumerate(decision.ordered[: 1 + snap.max_retries]):
@@ -46,7 +62,7 @@ async def try_candidates(node: RouterNode, r: InFlight, decision: Route, snap: S
     return False
 
 
-async def _open(node: RouterNode, r: InFlight, snap: Snapshot, attempt: Attempt) -> Exchange | None:
+async def _open(node: ProxyingNode, r: InFlight, snap: Snapshot, attempt: Attempt) -> Exchange | None:
     """The upstream exchange, up to its first byte; None when this candidate failed (the next is tried)."""
     backend = attempt.backend
     node.load.acquire(backend.name)
@@ -78,7 +94,7 @@ async def _open(node: RouterNode, r: InFlight, snap: Snapshot, attempt: Attempt)
     return ex
 
 
-async def _relay(node: RouterNode, r: InFlight, decision: Route, snap: Snapshot, attempt: Attempt, ex: Exchange,
+async def _relay(node: ProxyingNode, r: InFlight, decision: Route, snap: Snapshot, attempt: Attempt, ex: Exchange,
                  receive: Any, send: Any) -> None:
     backend = attempt.backend
     ttfb = time.perf_counter() - attempt.t0
@@ -102,7 +118,7 @@ async def _relay(node: RouterNode, r: InFlight, decision: Route, snap: Snapshot,
                outcome=outcome, status=ex.status, ttfb_ms=ttfb * 1000.0, partial=partial)
 
 
-def _billed_usage(node: RouterNode, r: InFlight, backend: Backend, ex: Exchange, outcome: str,
+def _billed_usage(node: ProxyingNode, r: InFlight, backend: Backend, ex: Exchange, outcome: str,
                   delivered: pump.Delivered) -> tuple[Usage, bool]:
     """(the usage to bill, whether it is a stream's partial count). A metric says why usage was estimated;
     usage that cannot be billed is logged too."""
