@@ -21,10 +21,10 @@ from nexus.core.aliases import follow as follow_alias
 from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
 from nexus.core.model import HealthState
 from nexus.router_node.asgi import send_error, send_json
-from nexus.router_node.auth import authenticate
-from nexus.router_node.handler import CHAT_PATH, EMBEDDINGS_PATH, handle_inference
+from nexus.router_node.handler import handle_inference
 from nexus.router_node.metrics import CONTENT_TYPE_LATEST
 from nexus.router_node.node import RouterNode
+from nexus.router_node.parsing import CHAT_PATH, EMBEDDINGS_PATH, authenticate
 
 __all__ = ["GatewayApp"]
 

@@ -3,7 +3,7 @@
 A candidate whose circuit refuses (its trial is taken by another request) is skipped. A failure before the
 first byte moves to the next candidate of the same decision, so the decision's privacy constraint holds;
 the backend's circuit and the failover metrics learn of it. Once a candidate answers, its answer is
-relayed (nexus/router_node/pump.py) and billed, and the request writes its record. A client that leaves
+relayed (nexus/router_node/response.py) and billed, and the request writes its record. A client that leaves
 while the upstream call runs still leaves one record: the backend had the prompt (billed on the estimate,
 never under-counted), no answer was delivered. Load counted on a backend is released on every path.
 """
@@ -19,11 +19,9 @@ from nexus.core.pipeline import Route
 from nexus.core.snapshot import Snapshot
 from nexus.core.telemetry_store import Outcome
 from nexus.core.usage import Usage
-from nexus.router_node import pump
-from nexus.router_node.billing import cost, estimated_usage
+from nexus.router_node import response
 from nexus.router_node.breaker import Breakers
-from nexus.router_node.headers import route_headers
-from nexus.router_node.inflight import Attempt, InFlight
+from nexus.router_node.inflight import Attempt, InFlight, cost, estimated_usage
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.metrics import Metrics
 from nexus.router_node.queue import RequestQueue
@@ -98,14 +96,14 @@ async def _relay(node: ProxyingNode, r: InFlight, decision: Route, snap: Snapsho
                  receive: Any, send: Any) -> None:
     backend = attempt.backend
     ttfb = time.perf_counter() - attempt.t0
-    headers = route_headers(r, decision, snap, attempt)
-    delivered = pump.Delivered()
+    headers = response.route_headers(r, decision, snap, attempt)
+    delivered = response.Delivered()
     with_explain = r.req.routing.explain
     try:
         if ex.streaming:
-            outcome = await pump.stream(send, receive, ex, headers, decision, with_explain, delivered)
+            outcome = await response.stream(send, receive, ex, headers, decision, with_explain, delivered)
         else:
-            outcome = await pump.answer(send, ex, headers, decision, with_explain)
+            outcome = await response.answer(send, ex, headers, decision, with_explain)
     finally:
         node.load.release(backend.name)
         node.queue.notify()
@@ -119,7 +117,7 @@ async def _relay(node: ProxyingNode, r: InFlight, decision: Route, snap: Snapsho
 
 
 def _billed_usage(node: ProxyingNode, r: InFlight, backend: Backend, ex: Exchange, outcome: str,
-                  delivered: pump.Delivered) -> tuple[Usage, bool]:
+                  delivered: response.Delivered) -> tuple[Usage, bool]:
     """(the usage to bill, whether it is a stream's partial count). A metric says why usage was estimated;
     usage that cannot be billed is logged too."""
     if ex.usage is not None:

@@ -1,16 +1,17 @@
 """Serving one inference request: parse, admit, try the candidates, fall back, answer or fail.
 
 Flow for `POST /v1/chat/completions` and `POST /v1/embeddings`, one module a step:
-1. authenticate, read the bounded body, validate, parse the routing headers (parsing.py, auth.py; a 4xx
-   names the field);
+1. authenticate, read the bounded body, validate, parse the routing headers (parsing.py; a 4xx names
+   the field);
 2. decide over the node's snapshot, waiting in the queue while queued, and reserve the estimate near a
    blocking hard limit (admission.py);
-3. Route -> try the decision's ordered candidates (failover.py), relaying the answer (pump.py) with the
-   X-Nexus-* headers (headers.py), billed (billing.py);
+3. Route -> try the decision's ordered candidates (failover.py), relaying the answer with the X-Nexus-*
+   headers (response.py);
 4. nothing served -> the fallback chain of the model, each fallback through the full pipeline with the
-   original decision's privacy carried over; then 404 / 503 / 502 / 504 as docs/http-contract.md#errors says (here, `_fail`);
-5. the request object (inflight.py) writes its telemetry records to the node's buffer (never awaited on
-   the way to the answer) and releases its reservation exactly once, whatever the path.
+   original decision's privacy carried over; then 404 / 503 / 502 / 504
+   (docs/http-contract.md#errors; here, `_fail`);
+5. the request object (inflight.py) bills the answer, writes its telemetry records to the node's buffer
+   (never awaited on the way to the answer) and releases its reservation exactly once, whatever the path.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Relaying an upstream answer to the client: one JSON body, or an SSE stream pumped event by event.
+"""The response to the client: the X-Nexus-* headers of a routed answer, and its body relayed from the
+upstream (one JSON body, or an SSE stream pumped event by event). docs/http-contract.md lists the headers.
 
 A stream ends one of three ways, returned as the record's outcome: the upstream finished (`ok`), it broke
 off (`midstream_error`: the client gets an OpenAI-style error event unless the upstream already sent one,
@@ -13,13 +14,60 @@ from typing import Any
 
 import orjson
 
-from nexus.core.pipeline import Route, explain
+from nexus.core.model import Backend, BudgetStatus
+from nexus.core.pipeline import Decision, Route, explain
+from nexus.core.snapshot import Snapshot
 from nexus.core.telemetry_store import Outcome
 from nexus.router_node.asgi import Headers, start_response
-from nexus.router_node.headers import SSE_HEADERS
+from nexus.router_node.inflight import Attempt, InFlight, estimated_cost
 from nexus.router_node.upstream import Exchange, MidStreamError
 
-__all__ = ["Delivered", "answer", "stream"]
+__all__ = ["SSE_HEADERS", "Delivered", "answer", "budget_headers", "route_headers", "route_reason", "stream"]
+
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def budget_headers(decision: Decision, snap: Snapshot) -> Headers:
+    if decision.budget_status is BudgetStatus.NORMAL or decision.budget_scope is None:
+        return [(b"x-nexus-budget-status", decision.budget_status.value.encode())]
+    state = snap.budgets[decision.budget_scope]
+    remaining = state.remaining()
+    out = [
+        (b"x-nexus-budget-status", decision.budget_status.value.encode()),
+        (b"x-nexus-budget-utilization", f"{state.utilization():.4f}".encode()),
+    ]
+    if remaining is not None:
+        out.append((b"x-nexus-budget-remaining", f"{remaining:.4f}".encode()))
+    return out
+
+
+def route_reason(decision: Route, attempt: Attempt) -> str:
+    if attempt.n > 0:
+        return "failover"
+    return "fallback" if attempt.fallback is not None else decision.route_reason
+
+
+def route_headers(r: InFlight, decision: Route, snap: Snapshot, attempt: Attempt) -> Headers:
+    backend: Backend = attempt.backend
+    estimate = estimated_cost(decision, backend, snap, r.req.requirements)
+    h: Headers = [
+        (b"x-nexus-request-id", r.request_id.encode()),
+        (b"x-nexus-backend", backend.name.encode()),
+        (b"x-nexus-backend-type", backend.kind.encode()),
+        (b"x-nexus-privacy-zone", backend.zone.value.encode()),
+        (b"x-nexus-route-reason", route_reason(decision, attempt).encode()),
+        (b"x-nexus-cost-estimated", f"{estimate:.6f}".encode()),
+        *budget_headers(decision, snap),
+    ]
+    if attempt.fallback is not None:
+        h.append((b"x-nexus-fallback-model", attempt.fallback.encode()))
+    if decision.warnings:
+        h.append((b"x-nexus-warning", "; ".join(decision.warnings).encode("ascii", "replace")))
+    return h
 
 
 class Delivered:
