@@ -210,7 +210,9 @@ class RouterNode:
             for backend in pending:
                 await write_wire_fact(self.redis, backend, "no_stream_options")
             facts = await read_wire_facts(self.redis)
-            self.upstream.no_stream_options = {b for b, f in facts.items() if "no_stream_options" in f}
+            # what this node learned while the read was under way is not in it yet: kept (published next time)
+            learned = {b for b, f in facts.items() if "no_stream_options" in f}
+            self.upstream.no_stream_options = learned | self._pending_facts
         except StateError:
             self._pending_facts |= pending  # Redis away: publish next time
 
