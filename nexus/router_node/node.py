@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from nexus.core.config import GLOBAL_SCOPE, NexusSettings, resolve_secret
 from nexus.core.errors import StateError
 from nexus.core.ledger import NO_RESERVATION, LedgerCell, Reservation
-from nexus.core.model import BudgetStatus, HardLimitAction, HealthState
+from nexus.core.model import HardLimitAction, HealthState
 from nexus.core.observed import read_wire_facts, write_wire_fact
 from nexus.core.periods import BudgetCalendar
 from nexus.core.reservations import settle_node
