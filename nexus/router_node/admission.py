@@ -44,7 +44,7 @@ class AdmittingNode(Protocol):
 
     def next_sequence(self) -> int: ...
 
-    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> Reservation | None: ...
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None, at: float) -> Reservation | None: ...
 
 
 def _decide(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
@@ -106,7 +106,7 @@ async def admit(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | No
     decision, snap = await _decide_or_wait(node, r, model, privacy)
     if not isinstance(decision, Route):
         return decision, snap
-    reservation = await node.reserve(snap, decision.cost_estimate, r.req.key_id)
+    reservation = await node.reserve(snap, decision.cost_estimate, r.req.key_id, r.started)
     if reservation is not None:
         r.hold(reservation, decision)
         return decision, snap

@@ -217,9 +217,13 @@ class RouterNode:
             self._pending_facts |= pending  # Redis away: publish next time
 
     # -- budget leases for blocking hard limits (nexus.core.reservations) ------------------------------
-    def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None) -> list[tuple[str, float, str]]:
+    def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None,
+                     at: float) -> list[tuple[str, float, str]]:
         """(scope, limit, period) of every blocking hard limit this priced request must be admitted under,
-        each scope in its current period."""
+        each scope in the period its rule gives `at`, the request's own timestamp: its record's spend counts
+        in that period (nexus.core.telemetry_store), so its lease must be of the same one. (Not the period of
+        the ledger's last read: just after a rollover that is still the old one, and a lease taken there would
+        hide the request from the new period's limit.)"""
         if estimate <= 0:
             return []
         out = []
@@ -227,15 +231,14 @@ class RouterNode:
             state = snap.budgets.get(scope)
             if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
                 continue
-            period = self.ledger.ledger.periods.get(scope) or state.rule.name(self.clock())
-            out.append((scope, state.monthly_limit_usd, period))
+            out.append((scope, state.monthly_limit_usd, state.rule.name(at)))
         return out
 
-    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None) -> Reservation | None:
+    async def reserve(self, snap: Snapshot, estimate: float, key_id: str | None, at: float) -> Reservation | None:
         """What the request took from the lease (NO_RESERVATION under no blocking limit), or None when the
         budget has no room for it. Redis unreachable when the lease is short: refused (the budget holds; local
         backends still serve)."""
-        limits = self.lease_limits(snap, estimate, key_id)
+        limits = self.lease_limits(snap, estimate, key_id, at)
         if not limits:
             return NO_RESERVATION
         room = min(limit - snap.budgets[scope].spend_usd for scope, limit, _ in limits)

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from nexus.core import keys
 from nexus.core.observed import read_observed
 from nexus.core.periods import PeriodRule, day_of
-from nexus.core.telemetry_store import TelemetryRecord, read_live_spend
+from nexus.core.telemetry_store import TelemetryRecord, read_heartbeats, read_live_spend
 from nexus.tools.devcluster import FakeSpec, LocalCluster
 from tests.clock import knobs_for
 from tests.harness import eventually
@@ -107,6 +107,17 @@ async def test_a_blocked_cluster_unblocks_on_every_replica_within_a_second_of_th
     )
     redis = redis_of(c)
     urls = [r.url for r in c.routers]
+
+    async def routable() -> bool:
+        # every replica's snapshot holds the backend healthy: spending the budget below then takes 5 requests,
+        # not a slow start's worth of 503s that could outlast the period chosen next
+        health = (await read_observed(redis)).health.get("cloud")
+        if health is None or health.state.value != "healthy":
+            return False
+        beats = await read_heartbeats(redis)
+        return len(beats) == len(urls) and all((b.observed_at or 0.0) >= health.checked_at for b in beats)
+
+    await eventually(routable, timeout=30)
     boundary = await start_of_a_period(rule, room=9.0)
     old = rule.name(boundary - 1)
 
@@ -118,6 +129,7 @@ async def test_a_blocked_cluster_unblocks_on_every_replica_within_a_second_of_th
         if served == 5:
             break
     assert served == 5
+    assert time.time() < boundary - 1.0, "spending the budget took most of the period (machine overloaded?)"
     for url in urls:
         assert (await post(http, url))[0] == 503, url
 

@@ -25,6 +25,8 @@ from redis.asyncio import Redis
 
 from nexus.core.config import BackendConfig, RoutingConfig
 from nexus.core.model import BudgetStatus, HealthState, QualityStats
+from nexus.core.periods import PeriodRule
+from nexus.core.reservations import read_reserved
 from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation
 from nexus.core.state import put_backend, put_routing
 from nexus.core.telemetry_store import TelemetryRecord, write_records
@@ -670,3 +672,25 @@ async def test_api_keys_and_body_limit(fakes, gateways, http, sdk):
                          headers={"Authorization": "Bearer sk-good", "Content-Type": "application/json"}) as resp:
         assert resp.status == 413
     assert len(fake.requests) == 1
+
+
+async def test_a_request_just_after_a_rollover_leases_in_the_new_period(fakes, gateways, http, redis):
+    """The lease a request takes is of the period its record's spend counts in (its own timestamp's), even
+    while the node's last read of the spend is still of the old period: a lease left in the old period's
+    hashes would hide the request from the new period's hard limit (found by tests/e2e/test_rollover.py
+    under load: 6 requests served under a limit of 5)."""
+    cloud = await fakes("cloud", ("m",))
+    rule = PeriodRule(seconds=3, anchor=int(time.time()))
+    priced = [{"name": "m", "input_usd_per_1m": 1000.0, "output_usd_per_1m": 1000.0}]
+    gw = await gateways([cloud_backend(cloud, models=priced)], routing=BUDGET, testing=knobs_for(rule),
+                        telemetry={"flush_interval_ms": 60_000})  # no read of the spend after the first
+    await eventually(lambda: "global" in gw.node.ledger.ledger.periods)
+    old = gw.node.ledger.ledger.periods["global"]
+    await eventually(lambda: rule.name(time.time()) != old, timeout=10)
+    new = rule.name(time.time())
+    assert gw.node.ledger.ledger.periods["global"] == old  # the node has not read the new period yet
+
+    status, _, body = await post(http, gw)
+    assert status == 200, body
+    assert (await read_reserved(redis, new)).get(GLOBAL_SCOPE, 0.0) > 0
+    assert (await read_reserved(redis, old)).get(GLOBAL_SCOPE, 0.0) == 0
