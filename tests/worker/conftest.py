@@ -40,13 +40,16 @@ class RawServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.url = ""
+        self.log: list[tuple[str, str]] | None = None  # ("asked" | "given up", url), if a test shares a list
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
             await reader.readuntil(b"\r\n\r\n")
             if self._reply is None:
+                self._note("asked")
                 await reader.read()  # until the client gives up and closes
+                self._note("given up")
             else:
                 writer.write(self._reply)
                 await writer.drain()
@@ -57,6 +60,10 @@ class RawServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def _note(self, event: str) -> None:
+        if self.log is not None:
+            self.log.append((event, self.url))
 
     async def start(self) -> RawServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
