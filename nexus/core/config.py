@@ -154,6 +154,11 @@ class ModelConfig(BaseModel):
     json_mode: bool = True
     input_usd_per_1m: float | None = Field(default=None, ge=0)
     output_usd_per_1m: float | None = Field(default=None, ge=0)
+    # request features as requirements (nexus/core/capabilities.py): a backend type's adapter limits apply on top
+    json_schema: bool = True
+    multiple_choices: bool = True  # n > 1
+    logprobs: bool = True
+    completions: bool = True  # serves the legacy /v1/completions endpoint
 
 
 def _model_entry(value: Any) -> Any:

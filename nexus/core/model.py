@@ -127,8 +127,10 @@ def parse_zone(value: str | None) -> Zone | None:
 class ModelSpec:
     """One model as one backend serves it.
 
-    Undeclared capabilities default to what OpenAI-compatible servers commonly support: tools and
-    JSON mode yes, vision no (it needs a vision model). Unknown context length never excludes.
+    Undeclared capabilities default to what OpenAI-compatible servers commonly support: tools, JSON mode,
+    JSON schemas, `n`, logprobs and text completions yes, vision no (it needs a vision model). Unknown context
+    length never excludes. `lacks` is what this model on its backend cannot serve: the flags that are false plus
+    the backend type's adapter limits (nexus/core/capabilities.py), computed once when the snapshot is built.
     """
 
     name: str
@@ -138,6 +140,11 @@ class ModelSpec:
     json_mode: bool = True
     input_usd_per_1m: float = 0.0
     output_usd_per_1m: float = 0.0
+    json_schema: bool = True
+    multiple_choices: bool = True
+    logprobs: bool = True
+    completions: bool = True
+    lacks: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,11 @@ from nexus.core.usage import MAX_TOKENS
 
 __all__ = [
     "ChatCompletionCreate",
+    "CompletionCreate",
     "EmbeddingCreate",
     "RoutingHeaders",
     "parse_chat",
+    "parse_completion",
     "parse_embeddings",
     "parse_json_object",
     "parse_routing_headers",
@@ -80,6 +82,21 @@ class EmbeddingCreate(BaseModel):
     input: str | list[str] | list[StrictInt] | list[list[StrictInt]]
 
 
+class CompletionCreate(BaseModel):
+    """A legacy text completion (POST /v1/completions), checked as far as routing and billing need."""
+
+    model_config = _Open
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=0, le=MAX_OUTPUT_TOKENS)
+    n: StrictInt | None = Field(default=None, ge=1, le=128)
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, ge=0, le=1)
+
+
 def _param(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -118,6 +135,13 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 def parse_chat(body: dict[str, Any]) -> ChatCompletionCreate:
     try:
         return ChatCompletionCreate.model_validate(body)
+    except ValidationError as exc:
+        raise _bad(exc) from None
+
+
+def parse_completion(body: dict[str, Any]) -> CompletionCreate:
+    try:
+        return CompletionCreate.model_validate(body)
     except ValidationError as exc:
         raise _bad(exc) from None
 

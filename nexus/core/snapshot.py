@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from nexus.core.adapters.registry import is_local_type, zone_for
+from nexus.core.adapters.registry import is_local_type, kind_of, zone_for
+from nexus.core.capabilities import unsupported
 from nexus.core.config import (
     GLOBAL_SCOPE,
     BudgetConfig,
@@ -96,9 +97,7 @@ class ModelFacts:
 
     unhealthy: tuple[Backend, ...]
     min_context: int | None
-    all_vision: bool
-    all_tools: bool
-    all_json: bool
+    lacks_any: frozenset[str]  # request features some backend serving the model lacks (nexus/core/capabilities.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +140,7 @@ class Snapshot:
         return sorted(self.by_model)
 
 
-def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
+def _spec(b_type: str, b_is_local: bool, m: ModelConfig) -> ModelSpec:
     # prices of cloud models only; local backends cost nothing
     if b_is_local:
         pin, pout = 0.0, 0.0
@@ -149,7 +148,7 @@ def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
         dflt = default_price(m.name)
         pin = m.input_usd_per_1m if m.input_usd_per_1m is not None else dflt[0]
         pout = m.output_usd_per_1m if m.output_usd_per_1m is not None else dflt[1]
-    return ModelSpec(
+    spec = ModelSpec(
         name=m.name,
         context_length=m.context_length,
         vision=m.vision,
@@ -157,7 +156,12 @@ def _spec(b_is_local: bool, m: ModelConfig) -> ModelSpec:
         json_mode=m.json_mode,
         input_usd_per_1m=pin,
         output_usd_per_1m=pout,
+        json_schema=m.json_schema,
+        multiple_choices=m.multiple_choices,
+        logprobs=m.logprobs,
+        completions=m.completions,
     )
+    return replace(spec, lacks=unsupported(spec, kind_of(b_type).lacks))
 
 
 def _budget(
@@ -197,7 +201,8 @@ class SnapshotCache:
     def __init__(self, desired: DesiredConfig) -> None:
         self.desired = desired
         self.configs = [
-            (cfg, is_local_type(cfg.type), zone_for(cfg.type, cfg.zone), _specs(is_local_type(cfg.type), cfg.models))
+            (cfg, is_local_type(cfg.type), zone_for(cfg.type, cfg.zone),
+             _specs(cfg.type, is_local_type(cfg.type), cfg.models))
             for cfg in sorted(desired.backends, key=lambda b: b.name)
         ]
         self.policies = tuple(
@@ -224,8 +229,8 @@ class SnapshotCache:
             return found
 
 
-def _specs(local: bool, models: Iterable[ModelConfig]) -> dict[str, ModelSpec]:
-    return {m.name: _spec(local, m) for m in models}
+def _specs(b_type: str, local: bool, models: Iterable[ModelConfig]) -> dict[str, ModelSpec]:
+    return {m.name: _spec(b_type, local, m) for m in models}
 
 
 def _backend(
@@ -246,7 +251,7 @@ def _backend(
     for m in discovered:
         known = models.get(m.name)
         if known is None:
-            models[m.name] = _spec(local, m)
+            models[m.name] = _spec(cfg.type, local, m)
         elif known.context_length is None and m.context_length is not None:
             # configured without a context length: the backend's own report fills it in
             models[m.name] = replace(known, context_length=m.context_length)
@@ -298,9 +303,7 @@ def _derive(
         facts[m] = ModelFacts(
             unhealthy=tuple(b for b in bs if b.health is HealthState.UNHEALTHY),
             min_context=min(contexts) if contexts else None,
-            all_vision=all(s.vision for s in specs),
-            all_tools=all(s.tools for s in specs),
-            all_json=all(s.json_mode for s in specs),
+            lacks_any=frozenset().union(*(s.lacks for s in specs)),
         )
     failing, slow = set(), set()
     for b in backends.values():

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_TOKENS", "Usage", "count", "openai_usage"]
+__all__ = ["MAX_TOKENS", "RESPONSES_USAGE_KEYS", "Usage", "count", "openai_usage"]
 
+RESPONSES_USAGE_KEYS = ("input_tokens", "output_tokens")  # the Responses API's names of the two counts
 MAX_TOKENS = 100_000_000  # far above any context window; a larger "count" is garbage
 
 
@@ -43,15 +44,17 @@ def count(value: Any) -> int | None:
     return None
 
 
-def openai_usage(usage: Any) -> tuple[Usage | None, str | None]:
+def openai_usage(usage: Any, keys: tuple[str, str] = ("prompt_tokens", "completion_tokens"),
+                 ) -> tuple[Usage | None, str | None]:
     """(usage, problem) of an OpenAI `usage` value: (None, None) when absent or null, (None, why) when
-    invalid, (Usage, None) when every count present is valid (a missing count is 0)."""
+    invalid, (Usage, None) when every count present is valid (a missing count is 0). `keys` name the
+    prompt and completion counts (the Responses API says `input_tokens` / `output_tokens`)."""
     if usage is None:
         return None, None
     if not isinstance(usage, Mapping):
         return None, f"usage is {type(usage).__name__}, not an object"
     counts = []
-    for key in ("prompt_tokens", "completion_tokens"):
+    for key in keys:
         raw = usage.get(key)
         value = 0 if raw is None else count(raw)
         if value is None:

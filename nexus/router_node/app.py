@@ -1,10 +1,12 @@
 """The router node's ASGI application.
 
-A plain dispatcher over the OpenAI-compatible endpoints and the node's operational ones; `/admin`
-is handed to a mounted admin app when one is given (`nexus serve`). The ASGI lifespan owns the node:
-start on startup, drain and stop on shutdown.
+A plain dispatcher over the inference endpoints of every client protocol (nexus/router_node/fronts.py), the
+model lists and the node's operational endpoints; `/admin` is handed to a mounted admin app when one is given
+(`nexus serve`). The ASGI lifespan owns the node: start on startup, drain and stop on shutdown.
 
-    POST /v1/chat/completions   POST /v1/embeddings   GET /v1/models
+    POST /v1/chat/completions   POST /v1/embeddings   POST /v1/completions   GET /v1/models[/{id}]
+    POST /v1/messages   POST /v1/messages/count_tokens   POST /v1/responses
+    POST /api/chat   POST /api/generate   POST /api/embed   GET /api/tags   POST /api/show   GET /api/version
     GET /health (liveness)      GET /ready (snapshot loaded, not draining)      GET /metrics
 """
 
@@ -21,10 +23,13 @@ from nexus.core.aliases import follow as follow_alias
 from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
 from nexus.core.model import HealthState
 from nexus.router_node.asgi import send_error, send_json
+from nexus.router_node.fronts import FRONTS
 from nexus.router_node.handler import handle_inference
+from nexus.router_node.listing import ModelListing
 from nexus.router_node.metrics import CONTENT_TYPE_LATEST
 from nexus.router_node.node import RouterNode
-from nexus.router_node.parsing import CHAT_PATH, EMBEDDINGS_PATH, authenticate
+from nexus.router_node.parsing import authenticate
+from nexus.router_node.response import send_front_error
 
 __all__ = ["GatewayApp"]
 
@@ -49,6 +54,7 @@ class GatewayApp:
         self._drain = drain_seconds
         self._server = node.settings.server
         self._max_active = self._server.max_concurrent_requests
+        self._listing = ModelListing(node, self._routable)
 
     @property
     def drain_seconds(self) -> float:
@@ -91,31 +97,15 @@ class GatewayApp:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path in (CHAT_PATH, EMBEDDINGS_PATH):
-            if method != "POST":
-                await send_error(send, MethodNotAllowed(f"{method} {path} is not supported; use POST"))
-                return
-            node = self.node
-            if not node.accepting:
-                # shutting down and past the drain delay: new work goes to another replica, at once
-                await send_error(send, Unavailable(
-                    "this replica is shutting down; retry (another replica will answer)",
-                    headers={"Retry-After": "1", "Connection": "close"},
-                ))
-                return
-            if node.active >= self._max_active:
-                await send_error(send, Overloaded(
-                    f"this replica is serving server.max_concurrent_requests ({self._max_active}) requests; "
-                    "retry shortly", headers={"Retry-After": "1"}))
-                return
-            node.active += 1
-            try:
-                await handle_inference(node, scope, receive, send, path)
-            finally:
-                node.active -= 1
+        if path in FRONTS:
+            await self._inference(scope, receive, send, path, method)
         elif path == "/v1/models" and method == "GET":
             if await self._keyed(self._server.models_require_key, scope, send):
                 await send_json(send, 200, self._models())
+        elif self._listing.handles(path):
+            required = self._listing.requires_key(path, self._server.models_require_key)
+            if await self._keyed(required, scope, send, FRONTS[self._listing.front(path)]):
+                await self._listing.serve(scope, receive, send, path, method)
         elif path == "/health":
             await send_json(send, 200, b'{"status":"ok"}')
         elif path == "/ready":
@@ -137,13 +127,40 @@ class GatewayApp:
         else:
             await send_error(send, NotFound(f"no route for {method} {path}"))
 
-    async def _keyed(self, required: bool, scope: dict[str, Any], send: Any) -> bool:
+    async def _inference(self, scope: dict[str, Any], receive: Any, send: Any, path: str, method: str) -> None:
+        front = FRONTS[path]
+        if method != "POST":
+            await send_front_error(send, front, MethodNotAllowed(f"{method} {path} is not supported; use POST"))
+            return
+        node = self.node
+        if not node.accepting:
+            # shutting down and past the drain delay: new work goes to another replica, at once
+            await send_front_error(send, front, Unavailable(
+                "this replica is shutting down; retry (another replica will answer)",
+                headers={"Retry-After": "1", "Connection": "close"},
+            ))
+            return
+        if node.active >= self._max_active:
+            await send_front_error(send, front, Overloaded(
+                f"this replica is serving server.max_concurrent_requests ({self._max_active}) requests; "
+                "retry shortly", headers={"Retry-After": "1"}))
+            return
+        node.active += 1
+        try:
+            await handle_inference(node, scope, receive, send, path)
+        finally:
+            node.active -= 1
+
+    async def _keyed(self, required: bool, scope: dict[str, Any], send: Any, front: Any = None) -> bool:
         """False (a 401 sent) when client keys are set, this endpoint requires one, and it is missing or bad."""
         if required:
             try:
                 authenticate(self.node.api_key_digests, scope)
             except Unauthorized as err:
-                await send_error(send, err)
+                if front is not None:
+                    await send_front_error(send, front, err)
+                else:
+                    await send_error(send, err)
                 return False
         return True
 
@@ -171,6 +188,16 @@ class GatewayApp:
         snap = self.node.snapshot
         if snap is None:
             return orjson.dumps({"object": "list", "data": []})
+        created = int(snap.built_at)
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "nexus"}
+                for name in self._routable()]
+        return orjson.dumps({"object": "list", "data": data})
+
+    def _routable(self) -> list[str]:
+        """The model names (and aliases) with a backend that is not unhealthy, sorted."""
+        snap = self.node.snapshot
+        if snap is None:
+            return []
         routable = {
             model
             for model, backends in snap.by_model.items()
@@ -180,6 +207,4 @@ class GatewayApp:
         for alias in snap.aliases:
             if follow_alias(snap.aliases, alias).target in routable:
                 names.add(alias)
-        created = int(snap.built_at)
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "nexus"} for name in sorted(names)]
-        return orjson.dumps({"object": "list", "data": data})
+        return sorted(names)

@@ -24,6 +24,7 @@ from nexus.router_node.breaker import Breakers
 from nexus.router_node.inflight import Attempt, InFlight, cost, estimated_usage
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.metrics import Metrics
+from nexus.router_node.native import open_native
 from nexus.router_node.queue import RequestQueue
 from nexus.router_node.upstream import Exchange, Upstream
 
@@ -66,10 +67,7 @@ async def _open(node: ProxyingNode, r: InFlight, snap: Snapshot, attempt: Attemp
     node.load.acquire(backend.name)
     try:
         with r.until_client_leaves():
-            ex = await node.upstream.open(
-                backend, r.req.path, r.req.body, r.req.raw, model=attempt.model, stream=r.req.stream,
-                timeout=backend.timeout_seconds,
-            )
+            ex = await _call(node.upstream, r, attempt)
     except UpstreamError as err:
         node.load.release(backend.name)
         node.note_upstream(backend.name, ok=False, why=err.reason, retry_after=err.retry_after,
@@ -92,27 +90,40 @@ async def _open(node: ProxyingNode, r: InFlight, snap: Snapshot, attempt: Attemp
     return ex
 
 
+async def _call(upstream: Upstream, r: InFlight, attempt: Attempt) -> Exchange:
+    backend, req = attempt.backend, r.req
+    if req.front.native is backend.type:  # the client speaks this backend's protocol: sent as it came
+        return await open_native(upstream, backend, req.client, model=attempt.model, stream=req.stream,
+                                 timeout=backend.timeout_seconds, headers=req.protocol_headers)
+    return await upstream.open(backend, req.path, req.body, req.raw, model=attempt.model, stream=req.stream,
+                               timeout=backend.timeout_seconds)
+
+
 async def _relay(node: ProxyingNode, r: InFlight, decision: Route, snap: Snapshot, attempt: Attempt, ex: Exchange,
                  receive: Any, send: Any) -> None:
     backend = attempt.backend
     ttfb = time.perf_counter() - attempt.t0
     headers = response.route_headers(r, decision, snap, attempt)
     delivered = response.Delivered()
-    with_explain = r.req.routing.explain
+
+    def cost_of(usage: Usage) -> float:
+        return cost(snap, backend, attempt.model, usage)
+
     try:
         if ex.streaming:
-            outcome = await response.stream(send, receive, ex, headers, decision, with_explain, delivered)
+            outcome = await response.stream(send, receive, r, ex, headers, decision, delivered, cost_of)
         else:
-            outcome = await response.answer(send, ex, headers, decision, with_explain)
+            if ex.status == 200 and ex.usage is not None:  # the real cost, from the backend's usage
+                headers.append((b"x-nexus-cost", f"{cost_of(ex.usage):.6f}".encode()))
+            outcome = await response.answer(send, r, ex, headers, decision)
     finally:
         node.load.release(backend.name)
         node.queue.notify()
     node.metrics.upstream_seconds.labels(backend.name).observe(time.perf_counter() - attempt.t0)
     node.metrics.ttfb_seconds.labels(backend.name).observe(ttfb)
-    node.metrics.requests.labels(r.req.path, backend.name, str(ex.status)).inc()
+    node.metrics.requests.labels(r.req.front.path, backend.name, str(ex.status)).inc()
     usage, partial = _billed_usage(node, r, backend, ex, outcome, delivered)
-    r.answered(attempt, usage=usage, estimated=ex.usage is None,
-               cost=cost(snap, backend, attempt.model, usage) if ex.status == 200 else 0.0,
+    r.answered(attempt, usage=usage, estimated=ex.usage is None, cost=cost_of(usage) if ex.status == 200 else 0.0,
                outcome=outcome, status=ex.status, ttfb_ms=ttfb * 1000.0, partial=partial)
 
 

@@ -1,8 +1,10 @@
 """Serving one inference request: parse, admit, try the candidates, fall back, answer or fail.
 
-Flow for `POST /v1/chat/completions` and `POST /v1/embeddings`, one module a step:
-1. authenticate, read the bounded body, validate, parse the routing headers (parsing.py; a 4xx names
-   the field);
+Flow for `POST /v1/chat/completions`, `/v1/embeddings`, `/v1/completions` and the other protocols' inference
+endpoints (nexus/router_node/fronts.py: `/v1/messages`, `/v1/responses`, `/api/chat`, `/api/generate`,
+`/api/embed`, each translated to one of those three APIs and back), one module a step:
+1. authenticate, read the bounded body, translate it (the front end), validate, parse the routing headers
+   (parsing.py; a 4xx names the field, in the front's own error envelope);
 2. decide over the node's snapshot, waiting in the queue while queued, and reserve the estimate near a
    blocking hard limit (admission.py);
 3. Route -> try the decision's ordered candidates (failover.py), relaying the answer with the X-Nexus-*
@@ -29,21 +31,24 @@ from nexus.core.gateway_errors import (
 from nexus.core.pipeline import Reject, Route, explain
 from nexus.core.pipeline.explain import rejection_context, waiting_helps
 from nexus.router_node.admission import admit
-from nexus.router_node.asgi import Headers, send_error
+from nexus.router_node.asgi import Headers
 from nexus.router_node.failover import try_candidates
+from nexus.router_node.fronts import FRONTS
 from nexus.router_node.inflight import InFlight
-from nexus.router_node.parsing import CHAT_PATH, EMBEDDINGS_PATH, parse_request
+from nexus.router_node.parsing import parse_request
+from nexus.router_node.response import send_front_error
 
 if TYPE_CHECKING:
     from nexus.router_node.node import RouterNode
 
-__all__ = ["CHAT_PATH", "EMBEDDINGS_PATH", "handle_inference"]
+__all__ = ["handle_inference"]
 
 
 async def handle_inference(node: RouterNode, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
     headers: Headers = []
+    front = FRONTS[path]
     try:
-        req = await parse_request(scope, receive, path, key_digests=node.api_key_digests,
+        req = await parse_request(scope, receive, front, key_digests=node.api_key_digests,
                                   max_body_bytes=node.settings.server.max_body_bytes)
         r = InFlight(req, node.node_id, node.clock, node.record)
         headers.append((b"x-nexus-request-id", r.request_id.encode()))
@@ -54,7 +59,7 @@ async def handle_inference(node: RouterNode, scope: dict[str, Any], receive: Any
     except GatewayError as err:
         node.metrics.errors.labels(type(err).__name__).inc()
         node.metrics.requests.labels(path, "", str(err.status)).inc()
-        await send_error(send, err, headers)
+        await send_front_error(send, front, err, headers)
 
 
 async def _serve(node: RouterNode, r: InFlight, receive: Any, send: Any) -> None:

@@ -34,6 +34,7 @@ from nexus.core.pipeline.requirements import CHARS_PER_TOKEN
 from nexus.core.snapshot import Snapshot
 from nexus.core.telemetry_store import Outcome, TelemetryRecord
 from nexus.core.usage import Usage
+from nexus.router_node.fronts import RequestInfo
 from nexus.router_node.parsing import ParsedRequest
 from nexus.router_node.upstream import Exchange
 
@@ -92,6 +93,11 @@ class InFlight:
 
     def __post_init__(self) -> None:
         self.started = self.clock()
+
+    @property
+    def info(self) -> RequestInfo:
+        """What the front end renders the answer with."""
+        return RequestInfo(self.request_id, self.req.model, self.started, self.req.client)
 
     # -- the reservation ------------------------------------------------------------------------------
     def hold(self, reservation: Reservation, decision: Route) -> None:

@@ -1,11 +1,15 @@
-"""Reading one inference request: authenticate, read the bounded body, validate it, parse the routing headers.
+"""Reading one inference request: authenticate, read the bounded body, translate it from the client's
+protocol (its front end, nexus/router_node/fronts.py), validate it, parse the routing headers.
 
 The result is immutable (`ParsedRequest`); a 4xx names the bad field or header, never a 500. Validation
-itself is the core's (`nexus.core.schemas`, shared with the admin explain route).
+itself is the core's (`nexus.core.schemas`, shared with the admin explain route). Every front end is
+translated to one of three routed APIs (chat completions, completions, embeddings); `client` keeps the body
+as sent, for a backend that speaks the client's own protocol (nexus/router_node/native.py).
 
-A request authenticates with `Authorization: Bearer <key>` when client keys are configured
-(`server.api_keys` as sha256 digests, or `server.api_keys_env`); the key's id is the first 12 hex chars of
-its sha256, never the key. Only a body declared `application/json` is read, so a browser's cross-site form
+A request authenticates when client keys are configured (`server.api_keys` as sha256 digests, or
+`server.api_keys_env`), for every protocol with `Authorization: Bearer <key>` (OpenAI, Ollama, Anthropic auth
+tokens) or `x-api-key: <key>` (Anthropic API keys); the key's id is the first 12 hex chars of its sha256,
+never the key. Only a body declared `application/json` is read, so a browser's cross-site form
 or text/plain post (which needs no CORS preflight) cannot spend the budget.
 """
 
@@ -16,22 +20,30 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from nexus.core.gateway_errors import Unauthorized, UnsupportedMediaType
 from nexus.core.pipeline import Requirements
-from nexus.core.pipeline.requirements import estimate_text_tokens, extract_requirements
-from nexus.core.schemas import RoutingHeaders, parse_chat, parse_embeddings, parse_json_object, parse_routing_headers
+from nexus.core.pipeline.requirements import completion_requirements, estimate_text_tokens, extract_requirements
+from nexus.core.schemas import (
+    RoutingHeaders,
+    parse_chat,
+    parse_completion,
+    parse_embeddings,
+    parse_json_object,
+    parse_routing_headers,
+)
 from nexus.router_node.asgi import read_body
+from nexus.router_node.fronts import CHAT_PATH, COMPLETIONS_PATH, Front
+from nexus.router_node.native import protocol_headers
 from nexus.router_node.protocol import ClientWatch
 
-__all__ = ["CHAT_PATH", "EMBEDDINGS_PATH", "ParsedRequest", "authenticate", "header", "parse_request"]
-
-CHAT_PATH = "/v1/chat/completions"
-EMBEDDINGS_PATH = "/v1/embeddings"
+__all__ = ["ParsedRequest", "authenticate", "header", "parse_request"]
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    path: str
+    path: str  # the routed API's (CHAT_PATH, COMPLETIONS_PATH or EMBEDDINGS_PATH), whatever the front
     key_id: str | None
     body: dict[str, Any]
     raw: bytes
@@ -40,6 +52,9 @@ class ParsedRequest:
     requirements: Requirements
     routing: RoutingHeaders
     watch: ClientWatch | None  # the connection's watch (nexus/router_node/protocol.py), if served by it
+    front: Front  # the client's protocol
+    client: dict[str, Any]  # the body as the client sent it (the native path's)
+    protocol_headers: dict[str, str]  # the native path's (anthropic-version, anthropic-beta)
 
 
 def header(scope: dict[str, Any], name: bytes) -> bytes | None:
@@ -51,13 +66,16 @@ def header(scope: dict[str, Any], name: bytes) -> bytes | None:
 
 
 def authenticate(digests: Set[str], scope: dict[str, Any]) -> str | None:
-    """The key id of the request's bearer key; None when no client keys are configured (`digests` empty)."""
+    """The key id of the request's key; None when no client keys are configured (`digests` empty). The one
+    place a client's key is read, for every protocol."""
     if not digests:
         return None
     auth = header(scope, b"authorization")
-    if not auth or not auth[:7].lower() == b"bearer ":
-        raise Unauthorized("missing API key; send Authorization: Bearer <key>")
-    digest = hashlib.sha256(auth[7:].strip()).hexdigest()
+    if auth and auth[:7].lower() == b"bearer ":
+        key = auth[7:].strip()
+    elif not (key := (header(scope, b"x-api-key") or b"").strip()):
+        raise Unauthorized("missing API key; send Authorization: Bearer <key> (or x-api-key: <key>)")
+    digest = hashlib.sha256(key).hexdigest()
     if digest not in digests:
         raise Unauthorized("invalid API key")
     return digest[:12]
@@ -89,18 +107,29 @@ def _header_text(scope: dict[str, Any]) -> Any:
     return get
 
 
+def _api_body(path: str, body: dict[str, Any]) -> tuple[str, bool, Requirements]:
+    """(model, stream, requirements) of a body of one of the three routed APIs, validated."""
+    if path == CHAT_PATH:
+        req = parse_chat(body)
+        return req.model, req.stream, extract_requirements(body)
+    if path == COMPLETIONS_PATH:
+        completion = parse_completion(body)
+        return completion.model, completion.stream, completion_requirements(body)
+    return parse_embeddings(body).model, False, _embedding_requirements(body)
+
+
 async def parse_request(
-    scope: dict[str, Any], receive: Any, path: str, *, key_digests: Set[str], max_body_bytes: int
+    scope: dict[str, Any], receive: Any, front: Front, *, key_digests: Set[str], max_body_bytes: int
 ) -> ParsedRequest:
     key_id = authenticate(key_digests, scope)
     require_json(scope)
     raw = await read_body(scope, receive, max_body_bytes)
-    body = parse_json_object(raw)
-    if path == CHAT_PATH:
-        req = parse_chat(body)
-        model, stream, requirements = req.model, req.stream, extract_requirements(body)
-    else:
-        model, stream, requirements = parse_embeddings(body).model, False, _embedding_requirements(body)
+    client = parse_json_object(raw)
+    body = front.translate(client)
+    if body is not client:
+        raw = orjson.dumps(body)
+    path = front.api
+    model, stream, requirements = _api_body(path, body)
     return ParsedRequest(
         path=path,
         key_id=key_id,
@@ -111,4 +140,7 @@ async def parse_request(
         requirements=requirements,
         routing=parse_routing_headers(_header_text(scope)),
         watch=scope.get("nexus.client"),
+        front=front,
+        client=client,
+        protocol_headers=protocol_headers(scope["headers"]) if front.native is not None else {},
     )

@@ -1,9 +1,12 @@
 """The response to the client: the X-Nexus-* headers of a routed answer, and its body relayed from the
 upstream (one JSON body, or an SSE stream pumped event by event). docs/http-contract.md lists the headers.
 
-A stream ends one of three ways, returned as the record's outcome: the upstream finished (`ok`), it broke
-off (`midstream_error`: the client gets an OpenAI-style error event unless the upstream already sent one,
-then the end of the body), or the client left (`client_disconnected`: the upstream call is closed at once).
+Bodies and streams pass through the client's front end (nexus/router_node/fronts.py): the OpenAI fronts relay
+the bytes as they came (a stream's usage chunk gains `nexus_cost_usd` when the client asked for usage), the
+others render the answer in their protocol. A stream ends one of three ways, returned as the record's
+outcome: the upstream finished (`ok`), it broke off (`midstream_error`: the client gets the protocol's error
+event unless the upstream already sent one, then the end of the body), or the client left
+(`client_disconnected`: the upstream call is closed at once).
 `Delivered` counts the stream events the client got, which is what a stream cut short is billed by.
 """
 
@@ -14,18 +17,20 @@ from typing import Any
 
 import orjson
 
+from nexus.core.gateway_errors import GatewayError
 from nexus.core.model import Backend, BudgetStatus
 from nexus.core.pipeline import Decision, Route, explain
 from nexus.core.snapshot import Snapshot
 from nexus.core.telemetry_store import Outcome
-from nexus.router_node.asgi import Headers, start_response
+from nexus.router_node.asgi import Headers, send_json, start_response
+from nexus.router_node.fronts import CostOf, Front
 from nexus.router_node.inflight import Attempt, InFlight, estimated_cost
 from nexus.router_node.upstream import Exchange, MidStreamError
 
-__all__ = ["SSE_HEADERS", "Delivered", "answer", "budget_headers", "route_headers", "route_reason", "stream"]
+__all__ = ["SSE_HEADERS", "Delivered", "answer", "budget_headers", "route_headers", "route_reason", "send_front_error",
+           "stream"]
 
-SSE_HEADERS: Headers = [
-    (b"content-type", b"text/event-stream"),
+SSE_HEADERS: Headers = [  # with the front's content type
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
@@ -86,9 +91,16 @@ def _body(body: bytes, more: bool = True) -> dict[str, Any]:
     return {"type": "http.response.body", "body": body, "more_body": more}
 
 
-async def answer(send: Any, ex: Exchange, headers: Headers, decision: Route, with_explain: bool) -> str:
-    body = ex.first
-    if with_explain and ex.status == 200:
+async def send_front_error(send: Any, front: Front, err: GatewayError, headers: Headers | None = None) -> None:
+    """An error in the front's protocol envelope, with the error's headers and the protocol's own."""
+    h = list(headers or [])
+    h.extend((k.lower().encode(), v.encode()) for k, v in {**err.headers, **front.error_headers(err)}.items())
+    await send_json(send, err.status, front.error(err), h)
+
+
+async def answer(send: Any, r: InFlight, ex: Exchange, headers: Headers, decision: Route) -> str:
+    body = r.req.front.answer(r.info, ex.status, ex.first, ex.native)
+    if r.req.routing.explain and ex.status == 200:
         try:
             payload = orjson.loads(body)
             payload["nexus_explain"] = explain(decision)
@@ -101,22 +113,20 @@ async def answer(send: Any, ex: Exchange, headers: Headers, decision: Route, wit
     return Outcome.OK if ex.status == 200 else Outcome.http(ex.status)
 
 
-async def _pump(send: Any, ex: Exchange, delivered: Delivered) -> str:
+async def _out(send: Any, render: Any, chunk: bytes, delivered: Delivered) -> None:
+    delivered.add(chunk)
+    data = render.feed(chunk)
+    if data:
+        await send(_body(data))
+
+
+async def _pump(send: Any, ex: Exchange, render: Any, delivered: Delivered) -> str:
     try:
         async for chunk in ex.rest():
-            await send(_body(chunk))
-            delivered.add(chunk)
+            await _out(send, render, chunk, delivered)
     except MidStreamError as err:
-        if not err.reported:
-            event = {
-                "error": {
-                    "message": f"upstream failed mid-stream: {err}",
-                    "type": "upstream_error",
-                    "param": None,
-                    "code": "upstream_stream_error",
-                }
-            }
-            await send(_body(b"data: " + orjson.dumps(event) + b"\n\n"))
+        if not err.reported:  # else it ended in the protocol's own error event
+            await send(_body(render.fail(f"upstream failed mid-stream: {err}")))
         await send({"type": "http.response.body", "body": b""})
         return Outcome.MIDSTREAM_ERROR
     await send({"type": "http.response.body", "body": b""})
@@ -128,14 +138,15 @@ async def _disconnected(receive: Any) -> None:
         pass
 
 
-async def stream(send: Any, receive: Any, ex: Exchange, headers: Headers, decision: Route, with_explain: bool,
-                 delivered: Delivered) -> str:
-    await start_response(send, 200, [*SSE_HEADERS, *headers])
-    if with_explain:
+async def stream(send: Any, receive: Any, r: InFlight, ex: Exchange, headers: Headers, decision: Route,
+                 delivered: Delivered, cost_of: CostOf) -> str:
+    front = r.req.front
+    render = front.stream(r.info, cost_of, ex.native)
+    await start_response(send, 200, [(b"content-type", front.stream_type), *SSE_HEADERS, *headers])
+    if r.req.routing.explain and front.stream_comments:
         await send(_body(b": nexus-explain " + orjson.dumps(explain(decision)) + b"\n\n"))
-    await send(_body(ex.first))
-    delivered.add(ex.first)
-    pump_task = asyncio.ensure_future(_pump(send, ex, delivered))
+    await _out(send, render, ex.first, delivered)
+    pump_task = asyncio.ensure_future(_pump(send, ex, render, delivered))
     watch = asyncio.ensure_future(_disconnected(receive))
     try:
         done, _ = await asyncio.wait({pump_task, watch}, return_when=asyncio.FIRST_COMPLETED)

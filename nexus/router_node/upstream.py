@@ -104,6 +104,7 @@ class Exchange:
     _translate: StreamTranslator | None = None
     usage_problem: str | None = None  # the backend sent usage that is not valid counts
     completion_chars: int = 0  # text length of the answer, for the estimate when usage is missing
+    native: bool = False  # in the client's own protocol (nexus/router_node/native.py), not a chat completion
 
     async def rest(self) -> AsyncIterator[bytes]:
         """The remaining stream, translated; raises MidStreamError if the backend breaks off."""
@@ -212,7 +213,7 @@ class Upstream:
             call = adapter.encode(body, raw, path=path, model=model, stream=stream, ask_usage=ask_usage)
         except TranslationError as exc:  # the request cannot be expressed for this backend: the client's 400
             return Exchange(400, "application/json", exc.envelope(), False, None, None)
-        url = endpoint_url(backend.url, call.path)
+        url = endpoint_url(adapter.api_base(backend.url), call.path)
         response = await self.request(backend, url, call.body, timeout)
         if ask_usage and response.status == 400:
             payload = await self._read(backend, response)
@@ -228,20 +229,23 @@ class Upstream:
             return _error(adapter, backend, response.status, await self._read(backend, response))
         if not stream:
             return _whole(adapter, backend, await self._read(backend, response), model=model, created=created,
-                          embeddings=path.endswith("/embeddings"))
+                          embeddings=path.endswith("/embeddings"), json_answer=call.json_answer)
         if not response.content_type.startswith(_EVENT_STREAM):
             await self._read(backend, response)
             raise UpstreamError(backend.name, f"answered a stream request with {response.content_type or 'no type'}",
                                 invalid=True)
         translate = adapter.stream(model=model, created=created, asked_usage=ask_usage,
-                                   client_wants_usage=client_wants_usage)
+                                   client_wants_usage=client_wants_usage, json_answer=call.json_answer)
         return await self.first_events(backend, response, translate)
 
-    async def request(self, backend: Backend, url: str, data: bytes, timeout: float | None) -> aiohttp.ClientResponse:
+    async def request(self, backend: Backend, url: str, data: bytes, timeout: float | None,
+                      extra_headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, sock_connect=self._server.connect_timeout_seconds)
         headers = self._headers(backend, url)
+        if extra_headers:  # protocol headers of the native path (never credentials: those are set above)
+            headers.update(extra_headers)
         try:
             response = await self.session.post(url, data=data, headers=headers, allow_redirects=False, **kwargs)
         except TimeoutError as exc:
@@ -323,10 +327,11 @@ def _error(adapter: BackendAdapter, backend: Backend, status: int, payload: byte
 
 
 def _whole(adapter: BackendAdapter, backend: Backend, payload: bytes, *, model: str, created: int,
-           embeddings: bool) -> Exchange:
+           embeddings: bool, json_answer: bool = False) -> Exchange:
     """A 200 JSON answer, checked: the API's object, or an UpstreamError (fail over)."""
     try:
-        answer = adapter.answer(payload, model=model, created=created, embeddings=embeddings)
+        answer = adapter.answer(payload, model=model, created=created, embeddings=embeddings,
+                                json_answer=json_answer)
     except InvalidAnswer as exc:
         raise UpstreamError(backend.name, str(exc), invalid=True) from exc
     return Exchange(200, "application/json", answer.body, False, answer.usage, None,

@@ -6,6 +6,7 @@ it lists the models the key may use; a backend that lists none keeps its configu
 type (OpenAI-compatible) `GET /v1/models`, with `Authorization: Bearer` when the backend has a key. vLLM,
 LM Studio and the fake backend report context lengths there. The reply is read by the same adapter
 (nexus/worker/health.py `parse_models`).
+Google's probe goes under its derived OpenAI-compatible base (`GoogleAdapter.api_base`).
 
 Invariants:
 - A probe never raises: every failure (connect error, timeout, non-2xx, unreadable body) is a FAILED

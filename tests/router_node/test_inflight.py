@@ -18,6 +18,7 @@ from nexus.core.pipeline import Requirements, Route
 from nexus.core.schemas import RoutingHeaders
 from nexus.core.telemetry_store import TelemetryRecord
 from nexus.core.usage import Usage
+from nexus.router_node.fronts import CHAT_PATH, FRONTS
 from nexus.router_node.inflight import Attempt, InFlight
 from nexus.router_node.parsing import ParsedRequest
 from tests.core.pipeline.helpers import backend, run, snapshot
@@ -35,7 +36,8 @@ def _route() -> Route:
 def _request() -> tuple[InFlight, list[TelemetryRecord]]:
     records: list[TelemetryRecord] = []
     req = ParsedRequest(path="/v1/chat/completions", key_id=None, body={}, raw=b"{}", model="m", stream=False,
-                        requirements=Requirements(max_output_tokens=2), routing=RoutingHeaders(), watch=None)
+                        requirements=Requirements(max_output_tokens=2), routing=RoutingHeaders(), watch=None,
+                        front=FRONTS[CHAT_PATH], client={}, protocol_headers={})
     return InFlight(req=req, node_id="n1", clock=lambda: 1000.0, sink=records.append), records
 
 

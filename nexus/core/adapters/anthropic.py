@@ -17,6 +17,7 @@ from nexus.core.adapters.anthropic_messages import (
     check_message,
     from_anthropic,
     from_anthropic_error,
+    json_emulated,
     to_anthropic,
     usage_problem,
 )
@@ -49,21 +50,24 @@ class AnthropicAdapter(BackendAdapter):
 
     def encode(self, body: dict[str, Any], raw: bytes, *, path: str, model: str, stream: bool,
                ask_usage: bool) -> Call:
-        return Call("/v1/messages", orjson.dumps(to_anthropic({**body, "stream": stream}, model)))
+        request = to_anthropic({**body, "stream": stream}, model)
+        return Call("/v1/messages", orjson.dumps(request), json_answer=json_emulated(request))
 
-    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool) -> Answer:
+    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool,
+               json_answer: bool = False) -> Answer:
         message, problem = check_message(payload)
         if message is None:
             raise InvalidAnswer(problem or "answered 200 with something that is not a message")
-        reply = from_anthropic(message, model, created)
+        reply = from_anthropic(message, model, created, json_answer)
         usage, _ = openai_usage(reply.get("usage"))  # the translation leaves invalid usage out
         return Answer(orjson.dumps(reply), usage, usage_problem(message.get("usage")), completion_chars(reply))
 
     def error_body(self, status: int, payload: bytes, backend: str) -> bytes:
         return orjson.dumps(from_anthropic_error(status, payload))
 
-    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool) -> StreamTranslator:
-        return StreamTranslator(model, created, client_wants_usage)
+    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool,
+               json_answer: bool = False) -> StreamTranslator:
+        return StreamTranslator(model, created, client_wants_usage, json_answer)
 
 
 ANTHROPIC = AnthropicAdapter()

@@ -12,6 +12,11 @@ Invariants:
 - Output obeys Anthropic's rules: system messages go to top-level `system` (joined by a blank line);
   roles alternate (same-role neighbours merge, tool results first in a user turn); `max_tokens` is
   always set (default 4096); temperature is clamped to 0..1; empty text blocks/messages are dropped.
+- JSON mode is emulated faithfully: `response_format` json_object / json_schema becomes one forced tool
+  (`JSON_TOOL`, its input_schema the requested schema) whose input comes back as the message's JSON text
+  (`finish_reason` stop), in JSON and in streams (`input_json_delta` becomes content deltas). With tools of
+  its own the request cannot be emulated (the forced tool would disable them): a 400 naming response_format.
+- `tool_choice: "none"` keeps the tools and sends Anthropic's `{"type": "none"}`.
 - `prompt_tokens` counts all input tokens (input + cache writes + cache reads; reads also appear
   as `prompt_tokens_details.cached_tokens`).
 """
@@ -29,19 +34,23 @@ from nexus.core.usage import Usage, count
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "FINISH_REASONS",
+    "JSON_TOOL",
     "USAGE_KEYS",
     "as_object",
     "check_message",
     "error_object",
     "from_anthropic",
     "from_anthropic_error",
+    "json_emulated",
     "loads",
+    "message_usage",
     "to_anthropic",
     "to_usage",
     "usage_problem",
 ]
 
 DEFAULT_MAX_TOKENS = 4096
+JSON_TOOL = "json_response"  # the forced tool that carries an emulated JSON mode answer
 _EMPTY: Mapping[str, Any] = {}
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
                   "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -79,6 +88,12 @@ def to_usage(raw: Mapping[str, Any]) -> Usage:
     cached = _count(raw.get("cache_read_input_tokens"))
     prompt = _count(raw.get("input_tokens")) + _count(raw.get("cache_creation_input_tokens")) + cached
     return Usage(prompt, _count(raw.get("output_tokens")), cached)
+
+
+def message_usage(message: Mapping[str, Any]) -> Usage | None:
+    """The billable usage of an Anthropic message, None when absent or invalid."""
+    raw = message.get("usage")
+    return to_usage(raw) if isinstance(raw, Mapping) and usage_problem(raw) is None else None
 
 
 def check_message(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -149,6 +164,7 @@ def to_anthropic(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     if body.get("stream") is True:
         out["stream"] = True
     _tools(body, out)
+    _json_mode(body, out)
     if isinstance(user := body.get("user"), str) and user:
         out["metadata"] = {"user_id": user}
     return out
@@ -211,9 +227,35 @@ def _tool_result(m: Mapping[str, Any], where: str) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": tool_use_id, **({"content": content} if content else {})}
 
 
+def json_emulated(request: Mapping[str, Any]) -> bool:
+    """The translated request forces `JSON_TOOL`: its answer is JSON text, not a tool call."""
+    choice = request.get("tool_choice")
+    return isinstance(choice, Mapping) and choice.get("type") == "tool" and choice.get("name") == JSON_TOOL
+
+
+def _json_mode(body: Mapping[str, Any], out: dict[str, Any]) -> None:
+    fmt = as_object(body.get("response_format"))
+    kind = fmt.get("type")
+    if kind not in ("json_object", "json_schema"):
+        _need(kind in (None, "text"), "'response_format.type' must be text, json_object or json_schema",
+              "response_format.type")
+        return
+    _need("tools" not in out, "response_format cannot be combined with tools on an Anthropic backend",
+          "response_format")
+    schema: Any = {"type": "object"}
+    if kind == "json_schema":
+        spec = as_object(fmt.get("json_schema"))
+        schema = spec.get("schema")
+        _need(isinstance(schema, Mapping) and schema.get("type", "object") == "object",
+              "response_format.json_schema.schema must be an object schema", "response_format.json_schema.schema")
+    out["tools"] = [{"name": JSON_TOOL, "description": "Answer with the JSON value the user asked for.",
+                     "input_schema": dict(schema)}]
+    out["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+
+
 def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
     tools, choice = body.get("tools"), body.get("tool_choice")
-    if tools is None or choice == "none":
+    if tools is None:
         return
     _need(isinstance(tools, list), "'tools' must be a list", "tools")
     specs = []
@@ -234,6 +276,8 @@ def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
     out["tools"] = specs
     if choice is None or choice == "auto":
         tc: dict[str, Any] = {"type": "auto"}
+    elif choice == "none":
+        tc = {"type": "none"}
     elif choice == "required":
         tc = {"type": "any"}
     elif as_object(choice).get("type") == "function" and isinstance(
@@ -241,15 +285,16 @@ def _tools(body: Mapping[str, Any], out: dict[str, Any]) -> None:
         tc = {"type": "tool", "name": name}
     else:
         raise TranslationError("'tool_choice' must be none, auto, required or a function", "tool_choice")
-    if body.get("parallel_tool_calls") is False:
+    if body.get("parallel_tool_calls") is False and tc["type"] != "none":
         tc["disable_parallel_tool_use"] = True
     if choice is not None or len(tc) > 1:
         out["tool_choice"] = tc
 
 
 # ---- response and errors: Anthropic -> OpenAI -------------------------------------------------
-def from_anthropic(resp: Mapping[str, Any], model: str, created: int) -> dict[str, Any]:
-    """An Anthropic message as an OpenAI `chat.completion` (usage only when Anthropic reported it)."""
+def from_anthropic(resp: Mapping[str, Any], model: str, created: int, json_tool: bool = False) -> dict[str, Any]:
+    """An Anthropic message as an OpenAI `chat.completion` (usage only when Anthropic reported it);
+    `json_tool`: the request emulated JSON mode, so the forced tool's input is the answer's text."""
     resp = as_object(resp)
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -258,6 +303,8 @@ def from_anthropic(resp: Mapping[str, Any], model: str, created: int) -> dict[st
         kind = as_object(block).get("type")
         if kind == "text" and isinstance(text := block.get("text"), str):
             texts.append(text)
+        elif kind == "tool_use" and json_tool and block.get("name") == JSON_TOOL:
+            texts.append(orjson.dumps(block.get("input") or {}).decode())
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append({"id": block.get("id"), "type": "function",
@@ -266,6 +313,7 @@ def from_anthropic(resp: Mapping[str, Any], model: str, created: int) -> dict[st
     message = {"role": "assistant", "content": text if text or not calls else None,
                **({"tool_calls": calls} if calls else {})}
     finish = FINISH_REASONS.get(str(resp.get("stop_reason")), "stop")
+    finish = "stop" if json_tool and finish == "tool_calls" and not calls else finish
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     out = {"id": resp.get("id"), "object": "chat.completion", "created": created, "model": model, "choices": [choice]}
     if isinstance(usage := resp.get("usage"), Mapping) and usage_problem(usage) is None:

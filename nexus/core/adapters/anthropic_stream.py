@@ -4,6 +4,8 @@ Invariants:
 - Pure: no I/O, no clock; `model` and `created` come in as arguments.
 - Stream output depends only on the bytes fed, never on how they are split into chunks; after
   `message_stop` or an error event the translator is `done` and ignores further input.
+- With `json_tool` (JSON mode emulated through the forced `JSON_TOOL`), that tool's input streams as
+  content deltas and the stream finishes with `stop`.
 - Usage counts are checked like a reply's (nexus/core/adapters/anthropic_messages.py `usage_problem`):
   invalid counts are left out and named in `usage_problem`.
 """
@@ -17,6 +19,7 @@ import orjson
 
 from nexus.core.adapters.anthropic_messages import (
     FINISH_REASONS,
+    JSON_TOOL,
     USAGE_KEYS,
     as_object,
     error_object,
@@ -27,7 +30,7 @@ from nexus.core.adapters.anthropic_messages import (
 from nexus.core.adapters.sse import MAX_SSE_LINE, SSEError, SSEParser
 from nexus.core.usage import Usage, count
 
-__all__ = ["MAX_SSE_LINE", "StreamTranslator"]
+__all__ = ["MAX_SSE_LINE", "NativeStream", "StreamTranslator"]
 
 
 class StreamTranslator:
@@ -40,12 +43,14 @@ class StreamTranslator:
     not. SSE lines may end in \\n, \\r\\n or \\r; comments, `id:` and `retry:` are ignored; a line
     longer than `MAX_SSE_LINE` is an upstream error."""
 
-    __slots__ = ("_created", "_done", "_error", "_finish", "_id", "_include_usage", "_model", "_raw_usage", "_sse",
-                 "_started", "_tools", "usage_problem")
+    __slots__ = ("_created", "_done", "_error", "_finish", "_id", "_include_usage", "_json_blocks", "_json_tool",
+                 "_model", "_raw_usage", "_sse", "_started", "_tools", "usage_problem")
     completion_chars = 0  # Anthropic always reports usage: no text to measure for an estimate
 
-    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+    def __init__(self, model: str, created: int, include_usage: bool, json_tool: bool = False) -> None:
         self._model, self._created, self._include_usage = model, created, include_usage
+        self._json_tool = json_tool  # JSON mode emulated: the forced tool's input streams as content
+        self._json_blocks: set[int | None] = set()
         self._sse = SSEParser(MAX_SSE_LINE)
         self._id = ""
         self._started = self._done = False
@@ -105,6 +110,9 @@ class StreamTranslator:
             return b""
         if kind == "content_block_start":
             block = as_object(data.get("content_block"))
+            if block.get("type") == "tool_use" and self._json_tool and block.get("name") == JSON_TOOL:
+                self._json_blocks.add(index)
+                return self._text(orjson.dumps(block["input"]).decode() if block.get("input") else "")
             if block.get("type") == "tool_use":
                 n = self._tools[index] = len(self._tools)
                 args = orjson.dumps(block["input"]).decode() if block.get("input") else ""
@@ -117,13 +125,17 @@ class StreamTranslator:
             if delta.get("type") == "text_delta":
                 return self._text(delta.get("text"))
             args, n = delta.get("partial_json"), self._tools.get(index)
+            if delta.get("type") == "input_json_delta" and index in self._json_blocks:
+                return self._text(args)
             if delta.get("type") == "input_json_delta" and isinstance(args, str) and args and n is not None:
                 return self._chunk({"tool_calls": [{"index": n, "function": {"arguments": args}}]})
             return b""
         if kind == "message_delta":
             self._add_usage(data.get("usage"))
             reason = as_object(data.get("delta")).get("stop_reason")
-            return self._finish_chunk(FINISH_REASONS.get(str(reason), "stop")) if reason else b""
+            finish = FINISH_REASONS.get(str(reason), "stop")
+            finish = "stop" if finish == "tool_calls" and self._json_blocks and not self._tools else finish
+            return self._finish_chunk(finish) if reason else b""
         if kind == "message_stop":
             out = self._finish_chunk("stop")
             if self._include_usage and (usage := self.usage) is not None:
@@ -168,3 +180,38 @@ class StreamTranslator:
         self._done = True
         self._error = error_object(message if isinstance(message, str) else "upstream stream error", kind, 502)
         return b"data: " + orjson.dumps({"error": self._error}) + b"\n\n"
+
+
+class NativeStream(StreamTranslator):
+    """An Anthropic stream for a client that speaks Anthropic (nexus/router_node/native.py): every event passed
+    on as sent (re-framed as `event:` + `data:`), with usage, the end and errors tracked for billing as when
+    translating. An error event ends the stream and is passed on; garbage ends it with Anthropic's own error
+    event."""
+
+    __slots__ = ()
+
+    def _translate(self, name: str, raw: bytes) -> bytes:
+        if not isinstance(data := loads(raw), Mapping):
+            return self._fail("upstream sent an SSE event that is not a JSON object", "upstream_invalid_stream")
+        kind = data.get("type", name)
+        kind = kind if isinstance(kind, str) and kind.isascii() and kind.replace("_", "").isalnum() else "message"
+        if kind == "message_start":
+            self._add_usage(as_object(data.get("message")).get("usage"))
+        elif kind == "message_delta":
+            self._add_usage(data.get("usage"))
+            self._finish = str(as_object(data.get("delta")).get("stop_reason"))
+        elif kind == "error":
+            err = as_object(data.get("error"))
+            self._done = True
+            self._error = error_object(str(err.get("message") or "upstream stream error"), err.get("type"), 502)
+        elif kind == "message_stop":
+            self._done = True
+        if b"\n" in raw:  # sent as several data: lines: one line, the same JSON
+            raw = orjson.dumps(data)
+        return b"event: " + kind.encode() + b"\ndata: " + raw + b"\n\n"
+
+    def _fail(self, message: Any, kind: Any) -> bytes:
+        self._done = True
+        self._error = error_object(message if isinstance(message, str) else "upstream stream error", kind, 502)
+        payload = {"type": "error", "error": {"type": "api_error", "message": self._error["message"]}}
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -78,6 +78,7 @@ class Call:
 
     path: str
     body: bytes
+    json_answer: bool = False  # JSON mode is emulated (Anthropic's forced tool): `answer`/`stream` read it so
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,24 +183,31 @@ class BackendAdapter(ABC):
         when it cannot be expressed."""
 
     @abstractmethod
-    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool) -> Answer:
-        """A 200 body as the client's answer; InvalidAnswer when it is not the API's object."""
+    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool,
+               json_answer: bool = False) -> Answer:
+        """A 200 body as the client's answer; InvalidAnswer when it is not the API's object. `json_answer`
+        is the encoded `Call`'s: the request's JSON mode is emulated and the answer carries it."""
 
     @abstractmethod
     def error_body(self, status: int, payload: bytes, backend: str) -> bytes:
         """A non-retryable error answer (400, 404, 422...) as the OpenAI error envelope."""
 
     @abstractmethod
-    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool) -> StreamTranslator:
+    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool,
+               json_answer: bool = False) -> StreamTranslator:
         """The translator of one stream; `asked_usage`: the gateway asked for usage the client did not."""
 
     def refuses_usage_option(self, payload: bytes) -> bool:
         """A 400 `payload` says the backend refuses the usage option the gateway added (retry without it)."""
         return False
 
+    def api_base(self, base_url: str) -> str:
+        """The base the API paths go under, from the configured URL (the same, unless a vendor says else)."""
+        return base_url
+
     def probe(self, base_url: str, key: str | None) -> ProbeRequest:
         """One cheap authenticated GET that lists the backend's models."""
-        return ProbeRequest(endpoint_url(base_url, self.probe_path),
+        return ProbeRequest(endpoint_url(self.api_base(base_url), self.probe_path),
                             {"Accept": "application/json", **self.auth_headers(key)})
 
     def list_models(self, payload: Any) -> Iterator[ListedModel]:

@@ -89,14 +89,19 @@ def _text_len(part: dict[str, Any]) -> int:
 
 
 def error_envelope(status: int, payload: bytes, backend: str) -> bytes:
-    """A non-200 answer as the OpenAI error envelope: the backend's own when it sent one, else built."""
+    """A non-200 answer as the OpenAI error envelope: the backend's own when it sent one, else built.
+    Gemini wraps its error object in a JSON array (`[{"error": {"code", "message", "status"}}]`)."""
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
         obj = None
+    if isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], dict):
+        obj = obj[0]
     if isinstance(obj, dict) and isinstance(err := obj.get("error"), dict) and isinstance(err.get("message"), str):
-        return orjson.dumps({"error": {"message": err["message"], "type": str(err.get("type") or "upstream_error"),
-                                       "param": err.get("param"), "code": err.get("code")}})
+        kind = err.get("type") or "upstream_error"
+        code = err.get("code") if isinstance(err.get("code"), str) or err.get("code") is None else err.get("status")
+        return orjson.dumps({"error": {"message": err["message"], "type": str(kind), "param": err.get("param"),
+                                       "code": code}})
     detail = obj.get("message") or obj.get("detail") if isinstance(obj, dict) else None
     if not isinstance(detail, str):
         detail = payload[:300].decode("utf-8", "replace")
@@ -220,7 +225,8 @@ class OpenAIAdapter(BackendAdapter):
             patch["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return Call(path, orjson.dumps({**body, **patch}) if patch else raw)  # unchanged: the client's own bytes
 
-    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool) -> Answer:
+    def answer(self, payload: bytes, *, model: str, created: int, embeddings: bool,
+               json_answer: bool = False) -> Answer:
         obj, problem = check_body(payload, embeddings)
         if obj is None:
             raise InvalidAnswer(problem or "answered 200 with an unexpected body")
@@ -230,7 +236,8 @@ class OpenAIAdapter(BackendAdapter):
     def error_body(self, status: int, payload: bytes, backend: str) -> bytes:
         return error_envelope(status, payload, backend)
 
-    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool) -> OpenAIStream:
+    def stream(self, *, model: str, created: int, asked_usage: bool, client_wants_usage: bool,
+               json_answer: bool = False) -> OpenAIStream:
         return OpenAIStream(drop_usage_event=asked_usage, count_content=not (asked_usage or client_wants_usage))
 
     def refuses_usage_option(self, payload: bytes) -> bool:

@@ -24,8 +24,10 @@ from types import MappingProxyType
 
 from nexus.core.adapters.anthropic import ANTHROPIC
 from nexus.core.adapters.base import BackendAdapter
+from nexus.core.adapters.google import GOOGLE
 from nexus.core.adapters.ollama import OLLAMA
 from nexus.core.adapters.openai import OPENAI
+from nexus.core.capabilities import Feature
 from nexus.core.model import BackendType, Zone, parse_zone
 
 __all__ = ["LOCAL_TYPES", "REGISTRY", "BackendKind", "adapter_for", "is_local_type", "kind_of", "zone_for"]
@@ -41,6 +43,8 @@ class BackendKind:
     local: bool = False  # a server on the operator's own hardware: costs nothing, restricted zone by default
     needs_key: bool = False  # a backend of this type must name a secret
     prices: Prices = field(default_factory=dict)  # default prices of the models this type's vendor sells
+    # request features its adapter cannot carry, whatever a model's config says (nexus/core/capabilities.py)
+    lacks: frozenset[Feature] = frozenset()
 
     @property
     def default_zone(self) -> Zone:
@@ -82,13 +86,19 @@ _GOOGLE_PRICES: Prices = {
 }
 
 REGISTRY: Mapping[BackendType, BackendKind] = MappingProxyType({
-    BackendType.OLLAMA: BackendKind(OLLAMA, local=True),
+    # its OpenAI-compatible API takes no `n` (one choice whatever is asked; docs.ollama.com openai-compatibility)
+    BackendType.OLLAMA: BackendKind(OLLAMA, local=True, lacks=frozenset({Feature.MULTIPLE_CHOICES})),
     BackendType.VLLM: BackendKind(OPENAI, local=True),
     BackendType.LLAMACPP: BackendKind(OPENAI, local=True),
     BackendType.LMSTUDIO: BackendKind(OPENAI, local=True),
     BackendType.OPENAI: BackendKind(OPENAI, needs_key=True, prices=_OPENAI_PRICES),
-    BackendType.ANTHROPIC: BackendKind(ANTHROPIC, needs_key=True, prices=_ANTHROPIC_PRICES),
-    BackendType.GOOGLE: BackendKind(OPENAI, needs_key=True, prices=_GOOGLE_PRICES),  # its OpenAI-compatible API
+    # no n > 1, logprobs or text completions in the Messages API (JSON modes are emulated: docs/protocols.md)
+    BackendType.ANTHROPIC: BackendKind(
+        ANTHROPIC, needs_key=True, prices=_ANTHROPIC_PRICES,
+        lacks=frozenset({Feature.MULTIPLE_CHOICES, Feature.LOGPROBS, Feature.COMPLETIONS})),
+    # its OpenAI-compatible API (chat and embeddings; no text completions)
+    BackendType.GOOGLE: BackendKind(GOOGLE, needs_key=True, prices=_GOOGLE_PRICES,
+                                    lacks=frozenset({Feature.COMPLETIONS})),
     BackendType.GENERIC: BackendKind(OPENAI),
 })
 

@@ -3,14 +3,17 @@
 Aliases resolve for at most `MAX_ALIAS_HOPS` hops (a->b->c->d resolves; a fourth hop is an error).
 Config loading refuses cycles and longer chains already; the check here guards snapshots built from
 anything else. Exclusions, one reason per backend, first that applies: unhealthy (unless this router
-node's breakers saw it answer since, or its trial is due: `intent.usable_unhealthy`), missing vision,
-tools or JSON mode, context length too small for the estimated input plus `max_tokens`.
+node's breakers saw it answer since, or its trial is due: `intent.usable_unhealthy`), a request feature the
+model on that backend lacks (vision, tools, JSON mode or schema, `n > 1`, logprobs, text completions: the
+capability check of nexus/core/capabilities.py, never a feature silently dropped), context length too small
+for the estimated input plus `max_tokens`.
 """
 
 from __future__ import annotations
 
 from nexus.core.aliases import MAX_ALIAS_HOPS
 from nexus.core.aliases import follow as follow_alias
+from nexus.core.capabilities import features, rejection
 from nexus.core.model import Backend, HealthState
 from nexus.core.pipeline.intent import RoutingIntent
 from nexus.core.snapshot import Snapshot
@@ -47,12 +50,8 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     req = intent.requirements
     need = req.input_tokens + (req.max_output_tokens or 0)
     facts = snapshot.model_facts[model]
-    if (
-        (not req.vision or facts.all_vision)
-        and (not req.tools or facts.all_tools)
-        and (not req.json_mode or facts.all_json)
-        and (facts.min_context is None or need <= facts.min_context)
-    ):
+    wanted = features(req)
+    if not (wanted & facts.lacks_any) and (facts.min_context is None or need <= facts.min_context):
         # Every backend has what the request needs: only health can exclude.
         checked: tuple[Backend, ...] = facts.unhealthy
     else:
@@ -70,16 +69,8 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
                 f"{b.name} fails its health checks, but this router node saw it answer since or is trying it "
                 "again (circuit breaker); it stays a candidate"
             )
-        if req.vision and not spec.vision:
-            bad.append((b, f"model {model} on this backend does not accept images",
-                        f"send the request without image parts, or declare vision = true for {model} "
-                        "on a backend that supports it"))
-        elif req.tools and not spec.tools:
-            bad.append((b, f"model {model} on this backend does not support tools",
-                        "send the request without tools, or use a backend whose model supports tools"))
-        elif req.json_mode and not spec.json_mode:
-            bad.append((b, f"model {model} on this backend does not support JSON mode",
-                        "drop response_format, or use a backend whose model supports json_mode"))
+        if (missing := rejection(wanted & spec.lacks, model)) is not None:
+            bad.append((b, *missing))
         elif spec.context_length is not None and need > spec.context_length:
             bad.append((b, f"request needs about {need} tokens; context length is {spec.context_length}",
                         "shorten the conversation or lower max_tokens, or use a model with a longer context"))

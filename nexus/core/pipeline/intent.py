@@ -42,6 +42,11 @@ class Requirements:
     json_mode: bool = False
     input_tokens: int = 0
     max_output_tokens: int | None = None
+    stream: bool = False
+    json_schema: bool = False  # response_format json_schema (json_mode is set too)
+    choices: int = 1  # n
+    logprobs: bool = False  # logprobs or top_logprobs asked
+    completions: bool = False  # a legacy text completion (POST /v1/completions)
 
     @property
     def output_estimate(self) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 
 from nexus.core.pipeline.intent import Requirements
 
-__all__ = ["CHARS_PER_TOKEN", "IMAGE_TOKENS", "estimate_text_tokens", "extract_requirements"]
+__all__ = ["CHARS_PER_TOKEN", "IMAGE_TOKENS", "completion_requirements", "estimate_text_tokens",
+           "extract_requirements"]
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -55,16 +56,48 @@ def extract_requirements(body: Mapping[str, Any]) -> Requirements:
         vision = vision or v
     tools = bool(body.get("tools") or body.get("functions"))
     fmt = body.get("response_format")
-    json_mode = isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema")
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    return Requirements(
+        vision=vision,
+        tools=tools,
+        json_mode=kind in ("json_object", "json_schema"),
+        input_tokens=tokens,
+        max_output_tokens=_max_tokens(body),
+        stream=bool(body.get("stream")),
+        json_schema=kind == "json_schema",
+        choices=_choices(body),
+        logprobs=body.get("logprobs") is True or _positive(body.get("top_logprobs")),
+    )
+
+
+def completion_requirements(body: Mapping[str, Any]) -> Requirements:
+    """A legacy text completion (`prompt` a string or a list of strings); `logprobs` there is a count."""
+    prompt = body.get("prompt")
+    texts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)] \
+        if isinstance(prompt, list) else []
+    return Requirements(
+        input_tokens=sum(estimate_text_tokens(t) for t in texts),
+        max_output_tokens=_max_tokens(body),
+        stream=bool(body.get("stream")),
+        choices=_choices(body),
+        logprobs=_positive(body.get("logprobs")),
+        completions=True,
+    )
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _choices(body: Mapping[str, Any]) -> int:
+    n = body.get("n")
+    return n if _positive(n) else 1
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
-        max_tokens = None
-    return Requirements(
-        vision=vision,
-        tools=tools,
-        json_mode=json_mode,
-        input_tokens=tokens,
-        max_output_tokens=max_tokens,
-    )
+        return None
+    return max_tokens

@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from nexus.core.adapters import anthropic_stream as mod
 from nexus.core.adapters.anthropic import (
+    ANTHROPIC,
     DEFAULT_MAX_TOKENS,
     StreamTranslator,
     TranslationError,
@@ -26,6 +27,7 @@ from nexus.core.adapters.anthropic import (
     from_anthropic_error,
     to_anthropic,
 )
+from nexus.core.adapters.anthropic_messages import JSON_TOOL
 from nexus.tools.fake_backend import FakeBackend, FakeBackendOptions
 
 MODEL = "claude-test"
@@ -37,6 +39,10 @@ WEATHER_SPEC = {"name": "get_weather", "description": "Weather in a city",
                 "input_schema": WEATHER["function"]["parameters"]}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 USE = {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+JSON_SPEC = {"name": JSON_TOOL, "description": "Answer with the JSON value the user asked for.",
+             "input_schema": {"type": "object"}}
+JSON_CHOICE = {"type": "tool", "name": JSON_TOOL}
 
 
 def user(content: Any) -> dict[str, Any]:
@@ -94,7 +100,7 @@ REQUESTS = [
     pytest.param(body(HI, stop=["a", "", "b"]), expect(U_HI, stop_sequences=["a", "b"]), id="stop-list"),
     pytest.param(body(HI, stop=None, stream=True), expect(U_HI, stream=True), id="stream"),
     pytest.param(body(HI, user="alice"), expect(U_HI, metadata={"user_id": "alice"}), id="user-to-metadata"),
-    pytest.param(body(HI, n=2, seed=1, logprobs=True, response_format={"type": "json_object"}, frequency_penalty=1,
+    pytest.param(body(HI, n=2, seed=1, logprobs=True, frequency_penalty=1,
                       stream_options={"include_usage": True}, logit_bias={"1": 2}, service_tier="auto", x_custom=1,
                       stream=False),
                  expect(U_HI), id="unknown-fields-dropped"),
@@ -106,7 +112,14 @@ REQUESTS = [
     pytest.param(body(HI, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
                  expect(U_HI, tools=[WEATHER_SPEC], tool_choice={"type": "tool", "name": "get_weather"}),
                  id="tool-choice-named"),
-    pytest.param(body(HI, tools=[WEATHER], tool_choice="none"), expect(U_HI), id="tool-choice-none-omits-tools"),
+    pytest.param(body(HI, tools=[WEATHER], tool_choice="none"),
+                 expect(U_HI, tools=[WEATHER_SPEC], tool_choice={"type": "none"}), id="tool-choice-none-is-sent"),
+    pytest.param(body(HI, response_format={"type": "json_object"}),
+                 expect(U_HI, tools=[JSON_SPEC], tool_choice=JSON_CHOICE), id="json-object-as-forced-tool"),
+    pytest.param(body(HI, response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}),
+                 expect(U_HI, tools=[{**JSON_SPEC, "input_schema": SCHEMA}], tool_choice=JSON_CHOICE),
+                 id="json-schema-as-forced-tool"),
+    pytest.param(body(HI, response_format={"type": "text"}), expect(U_HI), id="text-format-is-the-default"),
     pytest.param(body(HI, tools=[WEATHER], parallel_tool_calls=False),
                  expect(U_HI, tools=[WEATHER_SPEC], tool_choice={"type": "auto", "disable_parallel_tool_use": True}),
                  id="parallel-tool-calls-false"),
@@ -167,6 +180,11 @@ BAD_REQUESTS = [
     pytest.param(body(HI, tools=[{"type": "function", "function": {}}]), "tools[0].function.name",
                  id="tool-without-name"),
     pytest.param(body(HI, tools=[WEATHER], tool_choice="sometimes"), "tool_choice", id="tool-choice-unknown"),
+    pytest.param(body(HI, tools=[WEATHER], response_format={"type": "json_object"}), "response_format",
+                 id="json-mode-with-tools-cannot-be-emulated"),
+    pytest.param(body(HI, response_format={"type": "json_schema", "json_schema": {"schema": {"type": "array"}}}),
+                 "response_format.json_schema.schema", id="json-schema-not-an-object"),
+    pytest.param(body(HI, response_format={"type": "yaml"}), "response_format.type", id="response-format-unknown"),
 ]
 
 
@@ -569,3 +587,35 @@ async def test_fake_backend_stream_without_usage() -> None:
     got = assemble(parse(out))
     assert got["text"] == "echo: hello there, router and you" and got["done"] and got["finish"] == ["stop"]
     assert got["usage"] == [] and tr.usage is None
+
+
+def test_emulated_json_mode_answers_json_text() -> None:
+    used = {"type": "tool_use", "id": "toolu_9", "name": JSON_TOOL, "input": {"city": "Paris"}}
+    out = from_anthropic(message([used], "tool_use"), "m", 1, json_tool=True)
+    choice = out["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": '{"city":"Paris"}'}
+    assert choice["finish_reason"] == "stop"
+    # without the emulation the same block is a tool call
+    assert from_anthropic(message([used], "tool_use"), "m", 1)["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_emulated_json_mode_streams_as_content() -> None:
+    raw = sse(start(), block(0, {"type": "tool_use", "id": "toolu_9", "name": JSON_TOOL, "input": {}}),
+              delta(0, {"type": "input_json_delta", "partial_json": '{"city": '}),
+              delta(0, {"type": "input_json_delta", "partial_json": '"Paris"}'}),
+              {"type": "content_block_stop", "index": 0}, *stop_events("tool_use", 5))
+    tr = StreamTranslator("m", 1, False, json_tool=True)
+    events = parse(tr.feed(raw) + tr.flush())
+    msg = assemble(events)
+    assert (msg["text"], msg["finish"], msg["tool_calls"]) == ('{"city": "Paris"}', ["stop"], [])
+
+
+def test_the_adapter_carries_the_emulation_from_request_to_answer() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}
+    call = ANTHROPIC.encode(body, b"", path="/v1/chat/completions", model="claude", stream=False, ask_usage=False)
+    assert call.json_answer and not ANTHROPIC.encode({**body, "response_format": None}, b"", path="", model="c",
+                                                     stream=False, ask_usage=False).json_answer
+    used = {"type": "tool_use", "id": "toolu_9", "name": JSON_TOOL, "input": {"a": 1}}
+    answer = ANTHROPIC.answer(orjson.dumps(message([used], "tool_use")), model="m", created=1, embeddings=False,
+                              json_answer=call.json_answer)
+    assert orjson.loads(answer.body)["choices"][0]["message"]["content"] == '{"a":1}'

@@ -36,7 +36,7 @@ FACTS = [
     (T.LMSTUDIO, "openai", True, False),
     (T.OPENAI, "openai", False, True),
     (T.ANTHROPIC, "anthropic", False, True),
-    (T.GOOGLE, "openai", False, True),
+    (T.GOOGLE, "google", False, True),  # the OpenAI protocol under Gemini's derived base
     (T.GENERIC, "openai", False, False),
 ]
 
@@ -105,6 +105,7 @@ PROBES = [
                  id="anthropic"),
     pytest.param(T.GOOGLE, "https://g/v1beta/openai", "https://g/v1beta/openai/models", BEARER,
                  id="google-openai-compatible-base"),
+    pytest.param(T.GOOGLE, "https://g", "https://g/v1beta/openai/models", BEARER, id="google-host-only"),
     pytest.param(T.GENERIC, "http://proxy/llm", "http://proxy/llm/v1/models", BEARER, id="generic-under-a-path"),
 ]
 
