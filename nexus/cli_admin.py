@@ -275,6 +275,9 @@ def add_commands(sub: Any) -> None:
         _out(ns, out, text=head + "\n" + _table(rows, ["backend", "usd", "requests", "errors"]))
 
     sp.set_defaults(func=spend, needs=lambda ns: True)
+    from nexus.cli_tenancy import add_tenancy_commands
+
+    add_tenancy_commands(sub, common)
     h = common(sub.add_parser("health", help="backends with health and quality"))
     h.set_defaults(func=_simple("/health", ["name", "type", "zone", "health", "latency_ema_ms"]), needs=lambda ns: True)
 

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nexus.core.telemetry_store import Outcome, TelemetryRecord
+from nexus.core.tenancy import team_scope
 
 __all__ = [
     "DIMENSIONS",
@@ -149,6 +150,8 @@ def record_increments(rec: TelemetryRecord) -> dict[str, int]:
     dims: list[tuple[str, str | None]] = [("total", None), ("backend", rec.backend), ("model", rec.model)]
     if rec.key:
         dims.append(("key", rec.key))
+        if rec.team:  # a team is a budget scope like a key (nexus.core.tenancy): `key.<metric>:team:<name>`
+            dims.append(("key", team_scope(rec.team)))
     return {aggregate_field(d, m, v): n for d, v in dims for m, n in metrics.items() if n}
 
 

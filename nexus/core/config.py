@@ -54,6 +54,7 @@ from nexus.core.secrets import (
     implied_secrets,
     secret_allowed,
 )
+from nexus.core.tenancy import KeyConfig, TeamConfig, team_scope
 from nexus.core.urls import validate_backend_url
 
 __all__ = [
@@ -105,6 +106,8 @@ class Limits:
     fallbacks: int = 10_000
     fallback_chain: int = 16
     key_budgets: int = 10_000
+    keys: int = 10_000  # virtual client keys (nexus.core.tenancy), revoked ones included
+    teams: int = 1_000
     name_length: int = 256  # model, alias and budget-scope names
     admin_body_bytes: int = 16 * 1024 * 1024
 
@@ -303,15 +306,19 @@ class RoutingConfig(BaseModel):
         """Every configured budget by scope: `global` first, then the key budgets."""
         return {GLOBAL_SCOPE: self.budget, **self.key_budgets}
 
-    def calendar(self, testing: TestingConfig | None = None) -> BudgetCalendar:
-        """The period rule of every configured budget scope; other scopes (keys without a budget) follow the
-        global one. `[testing] budget_period_seconds` replaces every rule by fixed-length periods."""
+    def calendar(
+        self, testing: TestingConfig | None = None, budgets: Mapping[str, BudgetConfig] | None = None
+    ) -> BudgetCalendar:
+        """The period rule of every configured budget scope (`budgets`, default this section's); other scopes
+        (keys without a budget) follow the global one. `[testing] budget_period_seconds` replaces every rule by
+        fixed-length periods."""
+        budgets = self.budgets() if budgets is None else budgets
         if testing is not None and testing.budget_period_seconds:
             fixed = PeriodRule(seconds=testing.budget_period_seconds, anchor=testing.budget_period_anchor)
-            return BudgetCalendar(fixed, dict.fromkeys(self.budgets(), fixed))
+            return BudgetCalendar(fixed, dict.fromkeys(budgets, fixed))
         default = PeriodRule(self.budget.reset_day or 1)
         return BudgetCalendar(
-            default, {s: PeriodRule(cfg.reset_day) if cfg.reset_day else default for s, cfg in self.budgets().items()}
+            default, {s: PeriodRule(cfg.reset_day) if cfg.reset_day else default for s, cfg in budgets.items()}
         )
 
     @field_validator("aliases")
@@ -338,6 +345,8 @@ class TestingConfig(BaseModel):
     # instead of a calendar month; a rollover can then be seconds ahead
     budget_period_seconds: int = Field(default=0, ge=0, le=31 * 86400)
     budget_period_anchor: int = Field(default=0, ge=0, le=2**40)
+    # > 0: rate limits (rpm, tpm) count over windows of this many seconds instead of 60 (tests of the bound)
+    rate_window_seconds: float = Field(default=0.0, ge=0, le=3600)
     # added to the wall clock of router nodes and workers: a replica whose clock is off by this much
     clock_offset_seconds: float = Field(default=0.0, ge=-3600, le=3600)
 
@@ -361,6 +370,9 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0, le=2**40)
     api_keys: list[str] = Field(default_factory=list, description="sha256:<hex> digests of client keys")
     api_keys_env: str | None = Field(default=None, description="env var with comma-separated plain keys")
+    # the variable holding the secret that managed client keys are hashed under (HMAC-SHA256, nexus.core.tenancy);
+    # unset: one is generated and kept in Redis (`{config}:key_hash_secret`, docs/tenancy.md)
+    key_hash_secret_env: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # inference requests in progress on this replica (queued ones included) before new ones get a fast 503
@@ -559,6 +571,44 @@ class DesiredConfig(BaseModel):
 
     backends: list[BackendConfig] = Field(default_factory=list, max_length=LIMITS.backends)
     routing: RoutingConfig = RoutingConfig()
+    keys: list[KeyConfig] = Field(default_factory=list, max_length=LIMITS.keys)
+    teams: list[TeamConfig] = Field(default_factory=list, max_length=LIMITS.teams)
+
+    def budgets(self) -> dict[str, BudgetConfig]:
+        """Every budget by scope: `global`, the key budgets of `[routing]`, then each key's and team's own
+        (nexus.core.tenancy: a key's scope is its id, a team's `team:<name>`)."""
+        out = self.routing.budgets()
+        for k in self.keys:
+            if k.budget is not None and k.revoked_at is None:
+                out[k.id] = BudgetConfig.model_validate(k.budget)
+        for t in self.teams:
+            if t.budget is not None:
+                out[team_scope(t.name)] = BudgetConfig.model_validate(t.budget)
+        return out
+
+    def calendar(self, testing: TestingConfig | None = None) -> BudgetCalendar:
+        """`RoutingConfig.calendar` over every budget of `budgets()`."""
+        return self.routing.calendar(testing, self.budgets())
+
+    @model_validator(mode="after")
+    def _tenants(self) -> DesiredConfig:
+        teams = {t.name for t in self.teams}
+        if len(teams) != len(self.teams):
+            raise ValueError("a team name is used twice; team names must be unique")
+        ids: set[str] = set()
+        digests: set[str] = set()
+        for k in self.keys:
+            if k.id in ids:
+                raise ValueError(f"key id {k.id!r} is used twice; key ids must be unique")
+            ids.add(k.id)
+            if k.team is not None and k.team not in teams:
+                raise ValueError(f"key {k.id!r}: team {k.team!r} does not exist; create the team first")
+            for d in (k.digest, k.previous_digest):
+                if d is not None and d in digests:
+                    raise ValueError(f"key {k.id!r}: its digest is another key's; every key needs its own secret")
+                if d is not None:
+                    digests.add(d)
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DesiredConfig:
@@ -618,6 +668,8 @@ class NexusSettings(BaseSettings):
     admin: AdminConfig = AdminConfig()
     backends: list[BackendConfig] = Field(default_factory=list)
     routing: RoutingConfig = RoutingConfig()
+    keys: list[KeyConfig] = Field(default_factory=list)
+    teams: list[TeamConfig] = Field(default_factory=list)
     health_check: HealthCheckConfig = HealthCheckConfig()
     quality: QualityConfig = QualityConfig()
     queue: QueueConfig = QueueConfig()
@@ -652,14 +704,16 @@ class NexusSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> NexusSettings:
-        DesiredConfig(backends=self.backends, routing=self.routing)
+        DesiredConfig(backends=self.backends, routing=self.routing, keys=self.keys, teams=self.teams)
         problems = check_secret_refs(self.backends, self.secrets)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     def desired(self) -> DesiredConfig:
-        return validate_desired({"backends": self.backends, "routing": self.routing}, "nexus.toml")
+        return validate_desired(
+            {"backends": self.backends, "routing": self.routing, "keys": self.keys, "teams": self.teams}, "nexus.toml"
+        )
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from nexus.core.observed import (
 )
 from nexus.core.secrets import legacy_backend
 from nexus.core.snapshot import Observed, Snapshot, SnapshotCache, build_snapshot
+from nexus.core.tenancy import KeyConfig, TeamConfig
 
 __all__ = [
     "CONFIG_KEYS",
@@ -60,18 +61,22 @@ __all__ = [
     "salvage_config",
 ]
 
-# GET/HGETALL/GET in one script: atomic without MULTI, so it can share a pipeline with observed reads
-# (other hash tags) and still keep one round trip. All three keys are in the {config} slot.
-READ_CONFIG = "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}"
-CONFIG_KEYS = (keys.CONFIG_VERSION, keys.CONFIG_BACKENDS, keys.CONFIG_ROUTING)
+# GET/HGETALL/GET/HGETALL/HGETALL in one script: atomic without MULTI, so it can share a pipeline with observed
+# reads (other hash tags) and still keep one round trip. All the keys are in the {config} slot.
+READ_CONFIG = (
+    "return {redis.call('GET', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), "
+    "redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5])}"
+)
+CONFIG_KEYS = (keys.CONFIG_VERSION, keys.CONFIG_BACKENDS, keys.CONFIG_ROUTING, keys.CONFIG_KEYS, keys.CONFIG_TEAMS)
 
-# KEYS: version, backends, routing, epoch. ARGV: the version and epoch the caller holds ("" for none). The
-# backends and routing come back as false (None) when both are those: the caller's decoded copy is current.
+# KEYS: version, backends, routing, keys, teams, epoch. ARGV: the version and epoch the caller holds ("" for
+# none). The config parts come back as false (None) when both are those: the caller's decoded copy is current.
 _READ_STATE = """
 local v = redis.call('GET', KEYS[1])
-local epoch = redis.call('GET', KEYS[4])
-if v and v == ARGV[1] and (epoch or '') == ARGV[2] then return {v, false, false, epoch, 1} end
-return {v, redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), epoch, 0}
+local epoch = redis.call('GET', KEYS[6])
+if v and v == ARGV[1] and (epoch or '') == ARGV[2] then return {v, false, false, epoch, 1, false, false} end
+return {v, redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), epoch, 0, redis.call('HGETALL', KEYS[4]),
+        redis.call('HGETALL', KEYS[5])}
 """
 _KEYS = (*CONFIG_KEYS, keys.CONFIG_EPOCH)
 
@@ -90,10 +95,21 @@ def _json(raw: Any, where: str) -> Any:
         raise StateError(f"malformed value at {where}: {exc}") from exc
 
 
+def _named(flat: Any, where: str, field: str) -> list[Any]:
+    """The values of a stored hash of named entries (keys, teams), sorted by name, each naming itself."""
+    out = []
+    for name, raw in sorted(decode_hash(flat or []).items()):
+        data = _json(raw, f"{where}[{name}]")
+        if not isinstance(data, dict) or data.get(field) != name:
+            raise StateError(f"malformed value at {where}[{name}]: it does not hold {name!r}")
+        out.append(data)
+    return out
+
+
 def decode_config(reply: Any) -> tuple[int, DesiredConfig, bool]:
     """(version, desired config, whether routing is stored) of a READ_CONFIG reply. The whole config goes
     through `validate_desired`, as every write did: StateError naming the value when it does not pass."""
-    raw_version, flat_backends, raw_routing = reply
+    raw_version, flat_backends, raw_routing, flat_keys, flat_teams = reply
     version = decode_version(raw_version)
     backends = []
     # sorted by name: a hash has no order, and readers must see the same config for the same version
@@ -105,8 +121,14 @@ def decode_config(reply: Any) -> tuple[int, DesiredConfig, bool]:
             raise StateError(f"malformed value at {where}: it does not hold backend {name!r}")
         backends.append(data)
     routing = {} if raw_routing is None else _json(raw_routing, keys.CONFIG_ROUTING)
+    data = {
+        "backends": backends,
+        "routing": routing,
+        "keys": _named(flat_keys, keys.CONFIG_KEYS, "id"),
+        "teams": _named(flat_teams, keys.CONFIG_TEAMS, "name"),
+    }
     try:
-        desired = validate_desired({"backends": backends, "routing": routing}, f"config version {version} in Redis")
+        desired = validate_desired(data, f"config version {version} in Redis")
     except ConfigError as exc:
         raise StateError(str(exc)) from exc
     return version, desired, raw_routing is not None
@@ -138,7 +160,7 @@ def _salvage_routing(data: Any, dropped: list[str]) -> RoutingConfig:
 def salvage_config(reply: Any) -> tuple[int, DesiredConfig, bool, list[str]]:
     """`decode_config` for a write over a stored config that does not validate: what of it still does,
     plus the names of what was left out, so an operator can still write the fix."""
-    raw_version, flat_backends, raw_routing = reply
+    raw_version, flat_backends, raw_routing, flat_keys, flat_teams = reply
     version = decode_version(raw_version)
     dropped: list[str] = []
     backends = []
@@ -153,11 +175,32 @@ def salvage_config(reply: Any) -> tuple[int, DesiredConfig, bool, list[str]]:
         else:
             dropped.append(f"backend {name!r}")
     routing = RoutingConfig() if raw_routing is None else _salvage_routing(_safe_json(raw_routing), dropped)
+    teams = _salvage_named(flat_teams, TeamConfig, "name", dropped, "team")
+    names = {t.name for t in teams}
+    tenant_keys = [
+        k for k in _salvage_named(flat_keys, KeyConfig, "id", dropped, "key")
+        if k.team is None or k.team in names or dropped.append(f"key {k.id!r}")
+    ]
     try:
-        desired = DesiredConfig(backends=backends, routing=routing)
+        desired = DesiredConfig(backends=backends, routing=routing, keys=tenant_keys, teams=teams)
     except ValidationError as exc:
         raise StateError(f"config version {version} in Redis cannot be salvaged: {exc}") from exc
     return version, desired, raw_routing is not None, dropped
+
+
+def _salvage_named(flat: Any, model: Any, field: str, dropped: list[str], what: str) -> list[Any]:
+    out = []
+    for name, raw in sorted(decode_hash(flat or []).items()):
+        try:
+            entry = model.model_validate(_safe_json(raw))
+        except ValidationError:
+            dropped.append(f"{what} {name!r}")
+            continue
+        if getattr(entry, field) == name:
+            out.append(entry)
+        else:
+            dropped.append(f"{what} {name!r}")
+    return out
 
 
 def _safe_json(raw: Any) -> Any:
@@ -174,7 +217,7 @@ class StoreState:
     version: int
     epoch: str | None
     unchanged: bool  # the config's version is the one the caller holds: `config` was not read
-    config: tuple[Any, Any] | None  # (raw backends hash, raw routing) when read
+    config: tuple[Any, Any, Any, Any] | None  # (raw backends hash, raw routing, keys hash, teams hash) when read
     observed: Observed
 
 
@@ -187,12 +230,12 @@ async def fetch_state(redis: Redis, held_version: int | None = None, held_epoch:
             queue_observed_reads(pipe)
             config, health, quality, spend, nodes = await pipe.execute()
         inflight = await sum_gauges(redis, nodes)
-    raw_version, raw_backends, raw_routing, raw_epoch, same = config
+    raw_version, raw_backends, raw_routing, raw_epoch, same, raw_keys, raw_teams = config
     return StoreState(
         version=decode_version(raw_version),
         epoch=None if raw_epoch is None else as_text(raw_epoch),
         unchanged=bool(int(same)),
-        config=None if int(same) else (raw_backends or [], raw_routing),
+        config=None if int(same) else (raw_backends or [], raw_routing, raw_keys or [], raw_teams or []),
         observed=decode_observed(health, quality, spend, inflight),
     )
 
@@ -201,8 +244,7 @@ def decode_desired(state: StoreState) -> DesiredConfig:
     """The desired config of a read that has one (StateError when a stored value does not validate)."""
     if state.config is None:
         raise StateError("the config was not read (its version is the one already held)")
-    raw_backends, raw_routing = state.config
-    return decode_config((str(state.version), raw_backends, raw_routing))[1]
+    return decode_config((str(state.version), *state.config))[1]
 
 
 def build_state(

@@ -9,6 +9,7 @@
     ├── PayloadTooLarge   413    body over server.max_body_bytes
     ├── UnsupportedMediaType 415 a body that is not declared application/json (stops cross-site form posts)
     ├── ClientDisconnected 499   the client left before its body arrived (nothing can be sent)
+    ├── RateLimited       429    the key's or team's RPM/TPM is used up (Retry-After, x-ratelimit-* headers)
     ├── UpstreamRateLimited 429  every candidate answered 429 (Retry-After: the soonest cooldown's end)
     ├── UpstreamFailed    502    every candidate failed before the first byte
     ├── UpstreamTimeout   504    the last candidate timed out
@@ -37,6 +38,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "RateLimited",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -138,6 +140,17 @@ class UpstreamRateLimited(GatewayError):
     status = 429
     type_ = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class RateLimited(GatewayError):
+    """A tenant's own limit (nexus.router_node.rates); `type` says which, as OpenAI's do."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.type_ = "requests" if kind == "rpm" else "tokens"
 
 
 class UpstreamTimeout(GatewayError):

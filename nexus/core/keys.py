@@ -18,6 +18,10 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  version   int   bumped by every desired-state write; its existence means "seeded"
                  epoch     str   random id written with the first seed: a Redis that lost its data has
                                  none (or, once restored, another), which is how nodes tell loss from change
+                 keys      hash  key id -> KeyConfig (nexus.core.tenancy: digests only, never a secret)
+                 teams     hash  team name -> TeamConfig
+                 key_hash_secret str  the generated HMAC secret client keys are hashed under, when
+                                 `[server] key_hash_secret_env` names none (docs/tenancy.md)
     {observed}   health    hash  backend name -> health record (state, checked_at, models, counters)
                  quality   hash  backend name -> QualityStats
                  spend     hash  budget scope -> {spend_usd, period} plus, from the budget worker,
@@ -41,6 +45,8 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  nodes            zset  node id -> last gauge write (unix s); index of the gauges
     {nodes}      heartbeats  hash  node id -> heartbeat JSON; stale after NODE_STALE_SECONDS, then
                                    marked `gone` by the liveness worker
+    {rate}       rpm:<scope>  zset  rate-limit allowances granted to router nodes (nexus.core.rates): member
+                 tpm:<scope>  zset  "<count>:<node>:<seq>", score = the unix ms its allowance stops counting
     {worker}     queue              zset  arq's job queue (arq's own `arq:job:*`, `arq:result:*`,
                                           `arq:in-progress:*` keys sit outside this schema)
                  ticks:<job>:<day>  hash  scheduled tick (unix ms) -> times the job body ran
@@ -52,7 +58,10 @@ from __future__ import annotations
 __all__ = [
     "CONFIG_BACKENDS",
     "CONFIG_EPOCH",
+    "CONFIG_KEYS",
+    "CONFIG_KEY_HASH_SECRET",
     "CONFIG_ROUTING",
+    "CONFIG_TEAMS",
     "CONFIG_VERSION",
     "EVENTS_CHANNEL",
     "INFLIGHT_NODES",
@@ -66,6 +75,7 @@ __all__ = [
     "OBSERVED_SPEND",
     "OBSERVED_WIRE",
     "PREFIX",
+    "RATE_WINDOW_SECONDS",
     "TELEMETRY_AGG_TTL_SECONDS",
     "TELEMETRY_QUALITY_TTL_SECONDS",
     "TELEMETRY_QUARANTINE",
@@ -77,6 +87,7 @@ __all__ = [
     "WORKER_QUEUE",
     "WORKER_TICKS_TTL_SECONDS",
     "inflight",
+    "rate_window",
     "telemetry_admitted",
     "telemetry_agg",
     "telemetry_quality",
@@ -109,6 +120,9 @@ CONFIG_BACKENDS = _key("config", "backends")
 CONFIG_ROUTING = _key("config", "routing")
 CONFIG_VERSION = _key("config", "version")
 CONFIG_EPOCH = _key("config", "epoch")
+CONFIG_KEYS = _key("config", "keys")
+CONFIG_TEAMS = _key("config", "teams")
+CONFIG_KEY_HASH_SECRET = _key("config", "key_hash_secret")
 
 EVENTS_CHANNEL = f"{PREFIX}:events"
 
@@ -214,6 +228,18 @@ def telemetry_agg(period: str) -> str:
 def telemetry_quality(backend: str, hour: str) -> str:
     """Hash of `<MM>.<metric>` -> integer for backend `backend` in UTC hour `hour` (`YYYYMMDDHH`)."""
     return _key("telemetry", f"quality:{_part('backend', backend)}:{_part('hour', hour)}")
+
+
+# -- rate limits (router nodes' allowances, nexus.core.rates) -----------------------------------------------
+# RPM and TPM count over sliding windows of this length; a window's zset expires this long after its newest grant.
+RATE_WINDOW_SECONDS = 60
+
+
+def rate_window(kind: str, scope: str) -> str:
+    """Zset of the allowances granted under `scope` (a key id or `team:<name>`) for `kind` (`rpm` or `tpm`)."""
+    if kind not in ("rpm", "tpm"):
+        raise ValueError(f"rate kind must be rpm or tpm, got {kind!r}")
+    return _key("rate", f"{kind}:{_part('scope', scope)}")
 
 
 # -- workers (arq) -----------------------------------------------------------------------------------------

@@ -63,15 +63,16 @@ def judge(store_version: int, store_epoch: str | None, held_version: int | None,
     return Verdict.OK
 
 
-# KEYS: version, backends, routing, epoch. ARGV: version to restore, routing JSON, new epoch, event, then
-# pairs (backend name, JSON). Writes only while the stored version is lower (or absent); keeps an existing
-# epoch (the store was re-seeded: nodes that adopted it stay on it). Returns 1 if it wrote.
+# KEYS: version, backends, routing, epoch, keys, teams. ARGV: version to restore, routing JSON, new epoch, event,
+# then triples (hash index among KEYS, entry name, JSON). Writes only while the stored version is lower (or
+# absent); keeps an existing epoch (the store was re-seeded: nodes that adopted it stay on it). Returns 1 if it
+# wrote.
 _RESTORE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local mine = tonumber(ARGV[1])
 if current >= mine then return 0 end
-redis.call('DEL', KEYS[2])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
+for i = 5, #ARGV, 3 do redis.call('HSET', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2]) end
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[4], ARGV[3], 'NX')
@@ -89,8 +90,15 @@ async def restore_desired(redis: Redis, desired: DesiredConfig, version: int) ->
         orjson.dumps({"version": version, "kind": "restore", "at": time.time()}),
     ]
     for b in desired.backends:
-        argv += [b.name, orjson.dumps(b.model_dump(mode="json"))]
-    config_keys = (keys.CONFIG_VERSION, keys.CONFIG_BACKENDS, keys.CONFIG_ROUTING, keys.CONFIG_EPOCH)
+        argv += [2, b.name, orjson.dumps(b.model_dump(mode="json"))]
+    for k in desired.keys:
+        argv += [5, k.id, orjson.dumps(k.model_dump(mode="json"))]
+    for t in desired.teams:
+        argv += [6, t.name, orjson.dumps(t.model_dump(mode="json"))]
+    config_keys = (
+        keys.CONFIG_VERSION, keys.CONFIG_BACKENDS, keys.CONFIG_ROUTING, keys.CONFIG_EPOCH, keys.CONFIG_KEYS,
+        keys.CONFIG_TEAMS,
+    )
     with guard("restoring desired config"):
         try:
             return bool(await redis.eval(_RESTORE, len(config_keys), *config_keys, *argv))

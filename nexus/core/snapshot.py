@@ -367,10 +367,11 @@ def build_snapshot(
         derived = _derive(cache, backends, quality, weights)
         cache.derived = (key, derived)
 
-    calendar = routing.calendar(testing)
+    configured = desired.budgets()
+    calendar = routing.calendar(testing, configured)
     budgets = {
         scope: _budget(scope, cfg, observed.spend.get(scope), calendar.rule(scope), now)
-        for scope, cfg in routing.budgets().items()
+        for scope, cfg in configured.items()
     }
 
     return Snapshot(

@@ -67,7 +67,7 @@ async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
     """The spend report of budget period `period` (e.g. `2026-11`) as plain JSON-ready data:
 
     `total_usd`, `requests`, `errors`, `failed_attempts`, token counts, `by_backend` / `by_model` /
-    `by_key` (each name -> the same figures with `usd`), `live_spend` (scope -> USD, the router nodes'
+    `by_key` / `by_team` (each name -> the same figures with `usd`), `live_spend` (scope -> USD, the router nodes'
     counter, which also holds records not rolled up yet), `unreconciled_usd` (scope -> USD charged for what
     dead router nodes admitted and never recorded) and `budgets` (scope -> observation, only when
     the budget worker's last observation is of this period)."""
@@ -92,7 +92,9 @@ async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
         "completion_tokens": total.completion_tokens,
         "by_backend": {name: t.as_dict() for name, t in agg.by_backend.items()},
         "by_model": {name: t.as_dict() for name, t in agg.by_model.items()},
-        "by_key": {name: t.as_dict() for name, t in agg.by_key.items()},
+        "by_key": {name: t.as_dict() for name, t in agg.by_key.items() if not name.startswith("team:")},
+        # a team counts every record of its keys (nexus.core.tenancy), in the team budget's own period
+        "by_team": {name[5:]: t.as_dict() for name, t in agg.by_key.items() if name.startswith("team:")},
         "live_spend": dict(sorted(live.items())),
         # charged for requests dead router nodes admitted and never recorded: counted in the budgets' spend
         # (and in live_spend), never in total_usd, which only sums the records

@@ -100,16 +100,26 @@ def _validated(proposed: DesiredConfig, kind: str) -> DesiredConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The writes one `_update` attempt commits (nothing to write: `removed`, `upserts`, `routing` empty)."""
+    """The writes one `_update` attempt commits (nothing to write: `removed`, `upserts`, `routing` empty).
+    `removed` and `upserts` are per hash of named entries (backends, keys, teams)."""
 
     version: int
-    removed: list[str]
-    upserts: dict[str, bytes]
+    removed: dict[str, list[str]]
+    upserts: dict[str, dict[str, bytes]]
     routing: bytes | None
 
     @property
     def empty(self) -> bool:
-        return not self.removed and not self.upserts and self.routing is None
+        return not any(self.removed.values()) and not any(self.upserts.values()) and self.routing is None
+
+
+def _entries(desired: DesiredConfig) -> dict[str, dict[str, Any]]:
+    """Each hash of named entries of the config unit: hash key -> entry name -> JSON-ready value."""
+    return {
+        keys.CONFIG_BACKENDS: {b.name: b.model_dump(mode="json") for b in desired.backends},
+        keys.CONFIG_KEYS: {k.id: k.model_dump(mode="json") for k in desired.keys},
+        keys.CONFIG_TEAMS: {t.name: t.model_dump(mode="json") for t in desired.teams},
+    }
 
 
 def _plan(reply: Any, kind: str, change: Callable[[int, DesiredConfig], DesiredConfig | None]) -> _Plan | int:
@@ -126,20 +136,24 @@ def _plan(reply: Any, kind: str, change: Callable[[int, DesiredConfig], DesiredC
     if proposed is None:
         return version
     new = _validated(proposed, kind)
-    new_b = {b.name: b.model_dump(mode="json") for b in new.backends}
+    new_e = _entries(new)
     new_r = new.routing.model_dump(mode="json")
     if dropped:
         log.warning("desired config version %d in Redis does not validate; %s rewrites it without %s",
                     version, kind, ", ".join(dropped))
-        stored = decode_hash(reply[1])
-        return _Plan(version, [n for n in stored if n not in new_b], {n: orjson.dumps(d) for n, d in new_b.items()},
-                     orjson.dumps(new_r))
+        stored = {keys.CONFIG_BACKENDS: reply[1], keys.CONFIG_KEYS: reply[3], keys.CONFIG_TEAMS: reply[4]}
+        return _Plan(
+            version,
+            {h: [n for n in decode_hash(stored[h] or []) if n not in new_e[h]] for h in new_e},
+            {h: {n: orjson.dumps(d) for n, d in entries.items()} for h, entries in new_e.items()},
+            orjson.dumps(new_r),
+        )
     routing = current.routing if routing_stored else None
-    old_b = {b.name: b.model_dump(mode="json") for b in current.backends}
+    old_e = _entries(current)
     return _Plan(
         version=version,
-        removed=[name for name in old_b if name not in new_b],
-        upserts={name: orjson.dumps(d) for name, d in new_b.items() if old_b.get(name) != d},
+        removed={h: [n for n in old_e[h] if n not in new_e[h]] for h in new_e},
+        upserts={h: {n: orjson.dumps(d) for n, d in new_e[h].items() if old_e[h].get(n) != d} for h in new_e},
         routing=orjson.dumps(new_r) if routing is None or routing.model_dump(mode="json") != new_r else None,
     )
 
@@ -153,7 +167,7 @@ async def _update(
         with guard("writing desired config"):
             async with redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(keys.CONFIG_VERSION)
-                reply = await pipe.eval(READ_CONFIG, 3, *CONFIG_KEYS)
+                reply = await pipe.eval(READ_CONFIG, len(CONFIG_KEYS), *CONFIG_KEYS)
                 plan = await asyncio.to_thread(_plan, reply, kind, change)
                 if isinstance(plan, int):
                     return plan, False
@@ -171,10 +185,12 @@ async def _update(
                     return version, False
                 event = orjson.dumps({"version": version + 1, "kind": kind, "at": time.time()})
                 pipe.multi()
-                if plan.removed:
-                    pipe.hdel(keys.CONFIG_BACKENDS, *plan.removed)
-                if plan.upserts:
-                    pipe.hset(keys.CONFIG_BACKENDS, mapping=plan.upserts)
+                for where, names in plan.removed.items():
+                    if names:
+                        pipe.hdel(where, *names)
+                for where, values in plan.upserts.items():
+                    if values:
+                        pipe.hset(where, mapping=values)
                 if plan.routing is not None:
                     pipe.set(keys.CONFIG_ROUTING, plan.routing)
                 pipe.incr(keys.CONFIG_VERSION)
@@ -199,7 +215,7 @@ async def read_desired(redis: Redis, *, salvage: bool = False) -> tuple[int, Des
     that does not validate is a StateError, unless `salvage`: then what of it validates (the workers' loops
     keep probing and rolling up while an operator fixes a bad write)."""
     with guard("reading desired config"):
-        reply = await redis.eval(READ_CONFIG, 3, *CONFIG_KEYS)
+        reply = await redis.eval(READ_CONFIG, len(CONFIG_KEYS), *CONFIG_KEYS)
     try:
         version, desired, _ = decode_config(reply)
     except StateError:

@@ -26,6 +26,7 @@ from nexus.core import keys
 from nexus.core.config import GLOBAL_SCOPE
 from nexus.core.observed import decode_hash, dump_model, guard, load_json
 from nexus.core.periods import BudgetCalendar, day_of
+from nexus.core.tenancy import team_scope
 
 __all__ = [
     "NodeHeartbeat",
@@ -64,6 +65,7 @@ class TelemetryRecord(BaseModel):
     model: str
     requested_model: str = ""
     key: str | None = None
+    team: str | None = None  # the key's team (nexus.core.tenancy): its spend counts under `team:<name>` too
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -143,8 +145,11 @@ return added
 
 
 def record_scopes(rec: TelemetryRecord) -> tuple[str, ...]:
-    """The budget scopes a record's cost counts under: `global`, and its API key id when it has one."""
-    return (GLOBAL_SCOPE, rec.key) if rec.key else (GLOBAL_SCOPE,)
+    """The budget scopes a record's cost counts under: `global`, its API key id when it has one, and its
+    key's team (`team:<name>`) when that has one."""
+    if not rec.key:
+        return (GLOBAL_SCOPE,)
+    return (GLOBAL_SCOPE, rec.key, team_scope(rec.team)) if rec.team else (GLOBAL_SCOPE, rec.key)
 
 
 class _Keys:

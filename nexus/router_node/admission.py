@@ -1,5 +1,10 @@
-"""Admitting one request: decide over the node's snapshot, wait in the queue while the decision is Queue,
-and, near a blocking hard limit, take the estimate from the node's budget lease.
+"""Admitting one request: under its tenant's rate limits first (`admit_rates`), then decide over the node's
+snapshot, wait in the queue while the decision is Queue, and, near a blocking hard limit, take the estimate
+from the node's budget lease.
+
+Rate limits (RPM/TPM of the key and its team, nexus/router_node/rates.py) count the request's estimate
+(prompt + max output) on the way in, from this replica's allowance, and settle to the real usage when it
+ends (the handler calls `RateGate.settle` on every path); past them, 429 with `Retry-After`.
 
 The pipeline runs over the node's current snapshot and live load, no Redis round trip. A Queue decision
 waits in this replica's queue and re-runs the whole pipeline on every change, until routed or
@@ -25,8 +30,9 @@ from nexus.router_node.inflight import InFlight
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.metrics import Metrics
 from nexus.router_node.queue import QueueFull, RequestQueue
+from nexus.router_node.rates import RateGate
 
-__all__ = ["AdmittingNode", "admit"]
+__all__ = ["AdmittingNode", "admit", "admit_rates"]
 
 
 class AdmittingNode(Protocol):
@@ -38,6 +44,7 @@ class AdmittingNode(Protocol):
     rng: random.Random
     metrics: Metrics
     queue: RequestQueue
+    rates: RateGate
 
     @property
     def snapshot(self) -> Snapshot | None: ...
@@ -71,6 +78,7 @@ def _decide(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
         failing_here=circuits.demoted,
         circuits_open=circuits.open,
         usable_unhealthy=circuits.usable_unhealthy,
+        tenant=req.tenant,
     )
     t0 = time.perf_counter()
     decision = decide(intent, snap, trace=req.routing.explain)
@@ -92,13 +100,19 @@ async def _decide_or_wait(node: AdmittingNode, r: InFlight, model: str, privacy:
         left = deadline - time.monotonic()
         try:
             with r.until_client_leaves():
-                woke = left > 0 and await node.queue.wait(r.req.routing.priority, left)
+                woke = left > 0 and await node.queue.wait(decision.priority, left)
         except QueueFull:
             raise Unavailable(f"{decision.reason}, and this replica's queue is full", headers=retry) from None
         if not woke:
             raise Unavailable(f"{decision.reason}; waited {wait:g}s (queue.max_wait_seconds)", headers=retry)
         decision, snap = _decide(node, r, model, privacy, exhausted)
     return decision, snap
+
+
+async def admit_rates(node: AdmittingNode, r: InFlight) -> None:
+    """Admit `r` under its tenant's RPM/TPM, before anything else is spent on it; `r` holds the ticket."""
+    need = r.req.requirements
+    r.ticket = await node.rates.admit(r.req.tenant, need.input_tokens + need.output_estimate)
 
 
 async def admit(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None) -> tuple[Decision, Snapshot]:

@@ -22,14 +22,15 @@ import orjson
 from nexus.core.aliases import follow as follow_alias
 from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
 from nexus.core.model import HealthState
+from nexus.core.tenancy import Tenant
 from nexus.router_node.asgi import send_error, send_json
 from nexus.router_node.fronts import FRONTS
 from nexus.router_node.handler import handle_inference
 from nexus.router_node.listing import ModelListing
 from nexus.router_node.metrics import CONTENT_TYPE_LATEST
 from nexus.router_node.node import RouterNode
-from nexus.router_node.parsing import authenticate
 from nexus.router_node.response import send_front_error
+from nexus.router_node.tenants import authenticate, presented_key
 
 __all__ = ["GatewayApp"]
 
@@ -100,18 +101,20 @@ class GatewayApp:
         if path in FRONTS:
             await self._inference(scope, receive, send, path, method)
         elif path == "/v1/models" and method == "GET":
-            if await self._keyed(self._server.models_require_key, scope, send):
-                await send_json(send, 200, self._models())
+            ok, tenant = await self._caller(self._server.models_require_key, scope, send)
+            if ok:
+                await send_json(send, 200, self._models(tenant))
         elif self._listing.handles(path):
             required = self._listing.requires_key(path, self._server.models_require_key)
-            if await self._keyed(required, scope, send, FRONTS[self._listing.front(path)]):
-                await self._listing.serve(scope, receive, send, path, method)
+            ok, tenant = await self._caller(required, scope, send, FRONTS[self._listing.front(path)])
+            if ok:
+                await self._listing.serve(scope, receive, send, path, method, tenant)
         elif path == "/health":
             await send_json(send, 200, b'{"status":"ok"}')
         elif path == "/ready":
             await self._ready(send)
         elif path == "/metrics":
-            if not await self._keyed(self._server.metrics_require_key, scope, send):
+            if self._server.metrics_require_key and not (await self._caller(True, scope, send))[0]:
                 return
             body = self.node.render_metrics()
             await send(
@@ -151,18 +154,21 @@ class GatewayApp:
         finally:
             node.active -= 1
 
-    async def _keyed(self, required: bool, scope: dict[str, Any], send: Any, front: Any = None) -> bool:
-        """False (a 401 sent) when client keys are set, this endpoint requires one, and it is missing or bad."""
-        if required:
-            try:
-                authenticate(self.node.api_key_digests, scope)
-            except Unauthorized as err:
-                if front is not None:
-                    await send_front_error(send, front, err)
-                else:
-                    await send_error(send, err)
-                return False
-        return True
+    async def _caller(self, required: bool, scope: dict[str, Any], send: Any,
+                      front: Any = None) -> tuple[bool, Tenant | None]:
+        """(False, None) with a 401 sent when client keys are set, this endpoint requires one, and it is missing
+        or bad; else (True, the caller's tenant). A key that is sent is checked whether or not one is required
+        (its model list is what it may see)."""
+        try:
+            if required or presented_key(scope["headers"]) is not None:
+                return True, authenticate(self.node.tenants, scope["headers"])
+        except Unauthorized as err:
+            if front is not None:
+                await send_front_error(send, front, err)
+            else:
+                await send_error(send, err)
+            return False, None
+        return True, None
 
     async def _ready(self, send: Any) -> None:
         node = self.node
@@ -184,17 +190,18 @@ class GatewayApp:
             body["failing_config_version"] = refresher.failing_version
         await send_json(send, 200 if node.ready else 503, orjson.dumps(body))
 
-    def _models(self) -> bytes:
+    def _models(self, tenant: Tenant | None = None) -> bytes:
         snap = self.node.snapshot
         if snap is None:
             return orjson.dumps({"object": "list", "data": []})
         created = int(snap.built_at)
         data = [{"id": name, "object": "model", "created": created, "owned_by": "nexus"}
-                for name in self._routable()]
+                for name in self._routable(tenant)]
         return orjson.dumps({"object": "list", "data": data})
 
-    def _routable(self) -> list[str]:
-        """The model names (and aliases) with a backend that is not unhealthy, sorted."""
+    def _routable(self, tenant: Tenant | None = None) -> list[str]:
+        """The model names (and aliases) with a backend that is not unhealthy, sorted; of those, only what
+        `tenant` may use when there is one."""
         snap = self.node.snapshot
         if snap is None:
             return []
@@ -207,4 +214,6 @@ class GatewayApp:
         for alias in snap.aliases:
             if follow_alias(snap.aliases, alias).target in routable:
                 names.add(alias)
+        if tenant is not None:  # only what this key may use
+            names = {n for n in names if tenant.allows_model(n)}
         return sorted(names)

@@ -3,8 +3,9 @@
 Flow for `POST /v1/chat/completions`, `/v1/embeddings`, `/v1/completions` and the other protocols' inference
 endpoints (nexus/router_node/fronts.py: `/v1/messages`, `/v1/responses`, `/api/chat`, `/api/generate`,
 `/api/embed`, each translated to one of those three APIs and back), one module a step:
-1. authenticate, read the bounded body, translate it (the front end), validate, parse the routing headers
-   (parsing.py; a 4xx names the field, in the front's own error envelope);
+1. authenticate the caller's tenant (tenants.py), read the bounded body, translate it (the front end),
+   validate, parse the routing headers (parsing.py; a 4xx names the field, in the front's own error envelope);
+   admit it under its tenant's RPM/TPM (admission.py over rates.py: 429 past them), settled at the end;
 2. decide over the node's snapshot, waiting in the queue while queued, and reserve the estimate near a
    blocking hard limit (admission.py);
 3. Route -> try the decision's ordered candidates (failover.py), relaying the answer with the X-Nexus-*
@@ -30,7 +31,7 @@ from nexus.core.gateway_errors import (
 )
 from nexus.core.pipeline import Reject, Route, explain
 from nexus.core.pipeline.explain import rejection_context, waiting_helps
-from nexus.router_node.admission import admit
+from nexus.router_node.admission import admit, admit_rates
 from nexus.router_node.asgi import Headers
 from nexus.router_node.failover import try_candidates
 from nexus.router_node.fronts import FRONTS
@@ -48,14 +49,17 @@ async def handle_inference(node: RouterNode, scope: dict[str, Any], receive: Any
     headers: Headers = []
     front = FRONTS[path]
     try:
-        req = await parse_request(scope, receive, front, key_digests=node.api_key_digests,
+        req = await parse_request(scope, receive, front, tenants=node.tenants,
                                   max_body_bytes=node.settings.server.max_body_bytes)
         r = InFlight(req, node.node_id, node.clock, node.record)
         headers.append((b"x-nexus-request-id", r.request_id.encode()))
         try:
+            await admit_rates(node, r)
+            headers.extend(r.ticket.headers)
             await _serve(node, r, receive, send)
         finally:
             r.close()
+            node.rates.settle(r.ticket, r.used_tokens)
     except GatewayError as err:
         node.metrics.errors.labels(type(err).__name__).inc()
         node.metrics.requests.labels(path, "", str(err.status)).inc()
@@ -99,6 +103,8 @@ def _fail(node: RouterNode, r: InFlight, had_fallbacks: bool) -> None:
     if first.not_found and not first.error:
         snap = node.snapshot
         available = sorted({*snap.models, *snap.aliases}) if snap else []
+        if r.req.tenant is not None:  # only what this key may use
+            available = [m for m in available if r.req.tenant.allows_model(m)]
         suffix = " or its fallbacks" if had_fallbacks else ""
         raise ModelNotFound(
             f"model '{model}'{suffix} is not served by any backend; available models: {', '.join(available)}",

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from nexus.core.allowance import Ticket
 from nexus.core.gateway_errors import ClientDisconnected, UpstreamError
 from nexus.core.ledger import NO_RESERVATION, Reservation
 from nexus.core.model import Backend
@@ -36,6 +37,7 @@ from nexus.core.telemetry_store import Outcome, TelemetryRecord
 from nexus.core.usage import Usage
 from nexus.router_node.fronts import RequestInfo
 from nexus.router_node.parsing import ParsedRequest
+from nexus.router_node.rates import NO_TICKET
 from nexus.router_node.upstream import Exchange
 
 __all__ = ["Attempt", "InFlight", "cost", "estimated_cost", "estimated_usage"]
@@ -88,11 +90,23 @@ class InFlight:
     failures: list[UpstreamError] = field(default_factory=list)  # every attempt that failed before answering
     reservation: Reservation = NO_RESERVATION
     record: TelemetryRecord | None = None  # the answer's record, once written
+    ticket: Ticket = NO_TICKET  # what admission took from the tenant's rate allowances (nexus/router_node/rates.py)
     _reserved_for: Route | None = None  # the decision the reservation was taken for
     _held: tuple[Attempt, float] | None = None  # the last failed attempt (and its milliseconds), not written yet
 
     def __post_init__(self) -> None:
         self.started = self.clock()
+
+    @property
+    def team(self) -> str | None:
+        tenant = self.req.tenant
+        return tenant.team if tenant is not None else None
+
+    @property
+    def used_tokens(self) -> int | None:
+        """Prompt + completion tokens of the answer (what TPM settles to); None when nothing answered."""
+        rec = self.record
+        return rec.prompt_tokens + rec.completion_tokens if rec is not None else None
 
     @property
     def info(self) -> RequestInfo:
@@ -127,7 +141,7 @@ class InFlight:
                  reservation: Reservation = NO_RESERVATION) -> TelemetryRecord:
         return TelemetryRecord(
             id=f"{self.request_id}:{attempt}", ts=self.clock(), node=self.node_id, backend=backend.name,
-            backend_type=backend.kind, model=model, key=self.req.key_id, latency_ms=latency_ms,
+            backend_type=backend.kind, model=model, key=self.req.key_id, team=self.team, latency_ms=latency_ms,
             outcome=Outcome.UPSTREAM_ERROR, status=502, reserved_usd=reservation.amount,
             reserved_periods=dict(reservation.periods),
         )
@@ -157,7 +171,8 @@ class InFlight:
         self.record = TelemetryRecord(
             id=self.request_id, ts=self.started, node=self.node_id, backend=attempt.backend.name,
             backend_type=attempt.backend.kind, model=attempt.model, requested_model=self.req.model,
-            key=self.req.key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            key=self.req.key_id, team=self.team, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
             cost_usd=cost, estimated=estimated, latency_ms=attempt.elapsed_ms(), ttfb_ms=ttfb_ms, outcome=outcome,
             status=status, stream=self.req.stream, fallback_model=attempt.fallback, retries=attempt.n,
             reserved_usd=taken.amount, reserved_periods=dict(taken.periods), partial=partial,

@@ -20,6 +20,7 @@ from nexus.core.inbound import anthropic_messages as am
 from nexus.core.inbound import ollama
 from nexus.core.pipeline.requirements import extract_requirements
 from nexus.core.schemas import parse_json_object
+from nexus.core.tenancy import Tenant
 from nexus.router_node.asgi import read_body, send_json
 from nexus.router_node.fronts import ANTHROPIC, CHAT, FRONTS, OLLAMA_CHAT, Front, iso_now
 from nexus.router_node.response import send_front_error
@@ -36,7 +37,7 @@ _GET = {"/api/tags", "/api/version"}
 
 
 class ModelListing:
-    def __init__(self, node: RouterNode, routable: Callable[[], list[str]]) -> None:
+    def __init__(self, node: RouterNode, routable: Callable[[Tenant | None], list[str]]) -> None:
         self._node = node
         self._routable = routable
 
@@ -49,29 +50,31 @@ class ModelListing:
     def requires_key(self, path: str, models_require_key: bool) -> bool:
         return True if path == _COUNT else models_require_key
 
-    async def serve(self, scope: dict[str, Any], receive: Any, send: Any, path: str, method: str) -> None:
+    async def serve(self, scope: dict[str, Any], receive: Any, send: Any, path: str, method: str,
+                    tenant: Tenant | None = None) -> None:
+        """Answer `path`; a caller's `tenant` sees only the models it may use."""
         front: Front = FRONTS[self.front(path)]
         want = "GET" if path in _GET or path.startswith(_MODEL_PREFIX) else "POST"
         try:
             if method != want:
                 raise MethodNotAllowed(f"{method} {path} is not supported; use {want}")
-            body = await self._answer(scope, receive, path)
+            body = await self._answer(scope, receive, path, tenant)
         except GatewayError as err:
             await send_front_error(send, front, err)
             return
         await send_json(send, 200, orjson.dumps(body))
 
-    async def _answer(self, scope: dict[str, Any], receive: Any, path: str) -> dict[str, Any]:
+    async def _answer(self, scope: dict[str, Any], receive: Any, path: str, tenant: Tenant | None) -> dict[str, Any]:
         snap = self._node.snapshot
         modified = iso_now(snap.built_at if snap is not None else 0.0)
         if path.startswith(_MODEL_PREFIX):
             model = unquote(path[len(_MODEL_PREFIX):])
-            self._known(model)
+            self._known(model, tenant)
             return {"id": model, "object": "model", "created": int(snap.built_at) if snap else 0, "owned_by": "nexus"}
         if path == "/api/version":
             return {"version": OLLAMA_VERSION}
         if path == "/api/tags":
-            return ollama.tags(self._routable(), modified)
+            return ollama.tags(self._routable(tenant), modified)
         body = parse_json_object(await read_body(scope, receive, self._node.settings.server.max_body_bytes))
         if path == _COUNT:
             chat = am.to_chat({**body, "max_tokens": 1, "stream": False})
@@ -79,11 +82,11 @@ class ModelListing:
         model = body.get("model") or body.get("name")
         if not isinstance(model, str) or not model:
             raise BadRequest("model: must be a non-empty string", param="model")
-        self._known(model)
+        self._known(model, tenant)
         return self._show(model, modified)
 
-    def _known(self, model: str) -> None:
-        if model not in self._routable():
+    def _known(self, model: str, tenant: Tenant | None) -> None:
+        if model not in self._routable(tenant):
             raise ModelNotFound(f"model '{model}' not found", param="model")
 
     def _show(self, model: str, modified: str) -> dict[str, Any]:

@@ -35,17 +35,22 @@ from nexus.core.ledger import NO_RESERVATION, LedgerCell, Reservation
 from nexus.core.model import HardLimitAction, HealthState
 from nexus.core.observed import read_wire_facts, write_wire_fact
 from nexus.core.periods import BudgetCalendar
+from nexus.core.rates import window_ms
 from nexus.core.reservations import settle_node
 from nexus.core.snapshot import Snapshot
 from nexus.core.state import seed_desired
 from nexus.core.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
+from nexus.core.tenancy import team_scope
+from nexus.core.tenant_store import load_hash_secret
 from nexus.router_node.breaker import Breakers, BreakerSettings
 from nexus.router_node.leases import LeaseBook
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.metrics import Metrics
 from nexus.router_node.queue import RequestQueue
+from nexus.router_node.rates import RateGate
 from nexus.router_node.refresher import SnapshotRefresher
 from nexus.router_node.telemetry import Telemetry
+from nexus.router_node.tenants import TenantBook
 from nexus.router_node.upstream import Upstream
 
 __all__ = ["RouterNode", "default_node_id"]
@@ -85,7 +90,11 @@ class RouterNode:
         self._pending_facts: set[str] = set()
         self.rng = random.Random(rng_seed)
         self._sequence = itertools.count()
-        self.api_key_digests = self._key_digests()
+        # who may call (nexus.router_node.tenants): managed keys and teams from the snapshot's desired state,
+        # plus the static [server] api_keys; and their rate limits (nexus.router_node.rates)
+        self.tenants = TenantBook(sorted(self._key_digests()), self.clock)
+        self._tenants_from: object = None
+        self.rates = RateGate(redis, self.node_id, window_ms=window_ms(settings.testing.rate_window_seconds))
         self.refresher = SnapshotRefresher(
             redis,
             settings,
@@ -136,7 +145,7 @@ class RouterNode:
         day); the TOML until a snapshot loads."""
         base = self._base
         if base is None or GLOBAL_SCOPE not in base.budgets:
-            return self.settings.routing.calendar(self.settings.testing)
+            return self.settings.desired().calendar(self.settings.testing)
         rules = {scope: state.rule for scope, state in base.budgets.items()}
         return BudgetCalendar(rules[GLOBAL_SCOPE], rules)
 
@@ -154,6 +163,10 @@ class RouterNode:
 
     def _on_snapshot(self, snap: Snapshot) -> None:
         self._base = snap
+        desired = self.refresher.desired
+        if desired is not None and desired is not self._tenants_from:  # a new config: keys or teams may differ
+            self._tenants_from = desired
+            self.tenants.rebuild(desired.keys, desired.teams)
         self.breakers.set_unhealthy({
             b.name: b.health_at or 0.0 for b in snap.backends.values() if b.health is HealthState.UNHEALTHY
         })
@@ -217,6 +230,13 @@ class RouterNode:
             self._pending_facts |= pending  # Redis away: publish next time
 
     # -- budget leases for blocking hard limits (nexus.core.reservations) ------------------------------
+    def budget_scopes(self, key_id: str | None) -> tuple[str, ...]:
+        """The budget scopes a request of `key_id` counts under: global, the key, and the key's team."""
+        if not key_id:
+            return (GLOBAL_SCOPE,)
+        team = self.tenants.team_of(key_id)
+        return (GLOBAL_SCOPE, key_id, team_scope(team)) if team else (GLOBAL_SCOPE, key_id)
+
     def lease_limits(self, snap: Snapshot, estimate: float, key_id: str | None,
                      at: float) -> list[tuple[str, float, str]]:
         """(scope, limit, period) of every blocking hard limit this priced request must be admitted under,
@@ -227,7 +247,7 @@ class RouterNode:
         if estimate <= 0:
             return []
         out = []
-        for scope in (GLOBAL_SCOPE, key_id) if key_id else (GLOBAL_SCOPE,):
+        for scope in self.budget_scopes(key_id):
             state = snap.budgets.get(scope)
             if state is None or state.monthly_limit_usd is None or state.hard_limit_action is HardLimitAction.WARN:
                 continue
@@ -288,7 +308,10 @@ class RouterNode:
             log.warning("router node %s starting without a snapshot (Redis unavailable): %s", self.node_id, exc)
         with contextlib.suppress(StateError):
             await self._reclaim()
+        with contextlib.suppress(StateError):
+            self.tenants.secret = await load_hash_secret(self.redis, self.settings)
         self._tasks = [
+            asyncio.create_task(self.rates.run(), name="rate-allowances"),
             asyncio.create_task(self.refresher.run_poll(), name="snapshot-poll"),
             asyncio.create_task(self.refresher.run_events(), name="snapshot-events"),
             asyncio.create_task(self._flush_loop(), name="telemetry-flush"),
@@ -332,6 +355,8 @@ class RouterNode:
             # every record is written, so nothing is admitted and unrecorded: what is left of the leases goes back
             await asyncio.wait_for(self.leases.return_all(), 1.0)
         with contextlib.suppress(StateError, TimeoutError):
+            await asyncio.wait_for(self.rates.close(), 1.0)
+        with contextlib.suppress(StateError, TimeoutError):
             await asyncio.wait_for(self._beat(), 1.0)
         await self.upstream.close()
 
@@ -361,6 +386,9 @@ class RouterNode:
         while True:
             with contextlib.suppress(StateError):
                 await self._beat()
+            with contextlib.suppress(StateError):
+                # the first read, or (Redis lost it) putting back the one keys were hashed under
+                self.tenants.secret = await load_hash_secret(self.redis, self.settings, self.tenants.secret)
             await self._sync_wire_facts()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 

@@ -6,23 +6,21 @@ itself is the core's (`nexus.core.schemas`, shared with the admin explain route)
 translated to one of three routed APIs (chat completions, completions, embeddings); `client` keeps the body
 as sent, for a backend that speaks the client's own protocol (nexus/router_node/native.py).
 
-A request authenticates when client keys are configured (`server.api_keys` as sha256 digests, or
-`server.api_keys_env`), for every protocol with `Authorization: Bearer <key>` (OpenAI, Ollama, Anthropic auth
-tokens) or `x-api-key: <key>` (Anthropic API keys); the key's id is the first 12 hex chars of its sha256,
-never the key. Only a body declared `application/json` is read, so a browser's cross-site form
-or text/plain post (which needs no CORS preflight) cannot spend the budget.
+A request authenticates through the node's tenant table (nexus/router_node/tenants.py: managed keys, teams and
+the static `[server] api_keys`), for every protocol with `Authorization: Bearer <key>` or `x-api-key: <key>`;
+the request carries its `Tenant` (key id, team, limits), never the key. Only a body declared
+`application/json` is read, so a browser's cross-site form or text/plain post (which needs no CORS
+preflight) cannot spend the budget.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from nexus.core.gateway_errors import Unauthorized, UnsupportedMediaType
+from nexus.core.gateway_errors import UnsupportedMediaType
 from nexus.core.pipeline import Requirements
 from nexus.core.pipeline.requirements import completion_requirements, estimate_text_tokens, extract_requirements
 from nexus.core.schemas import (
@@ -33,18 +31,21 @@ from nexus.core.schemas import (
     parse_json_object,
     parse_routing_headers,
 )
+from nexus.core.tenancy import Tenant
 from nexus.router_node.asgi import read_body
 from nexus.router_node.fronts import CHAT_PATH, COMPLETIONS_PATH, Front
 from nexus.router_node.native import protocol_headers
 from nexus.router_node.protocol import ClientWatch
+from nexus.router_node.tenants import TenantBook, authenticate
 
-__all__ = ["ParsedRequest", "authenticate", "header", "parse_request"]
+__all__ = ["ParsedRequest", "header", "parse_request"]
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
     path: str  # the routed API's (CHAT_PATH, COMPLETIONS_PATH or EMBEDDINGS_PATH), whatever the front
     key_id: str | None
+    tenant: Tenant | None  # the caller (its key's limits and its team's); None when the gateway needs no keys
     body: dict[str, Any]
     raw: bytes
     model: str
@@ -63,22 +64,6 @@ def header(scope: dict[str, Any], name: bytes) -> bytes | None:
         if k == name:
             return v
     return None
-
-
-def authenticate(digests: Set[str], scope: dict[str, Any]) -> str | None:
-    """The key id of the request's key; None when no client keys are configured (`digests` empty). The one
-    place a client's key is read, for every protocol."""
-    if not digests:
-        return None
-    auth = header(scope, b"authorization")
-    if auth and auth[:7].lower() == b"bearer ":
-        key = auth[7:].strip()
-    elif not (key := (header(scope, b"x-api-key") or b"").strip()):
-        raise Unauthorized("missing API key; send Authorization: Bearer <key> (or x-api-key: <key>)")
-    digest = hashlib.sha256(key).hexdigest()
-    if digest not in digests:
-        raise Unauthorized("invalid API key")
-    return digest[:12]
 
 
 def require_json(scope: dict[str, Any]) -> None:
@@ -119,9 +104,9 @@ def _api_body(path: str, body: dict[str, Any]) -> tuple[str, bool, Requirements]
 
 
 async def parse_request(
-    scope: dict[str, Any], receive: Any, front: Front, *, key_digests: Set[str], max_body_bytes: int
+    scope: dict[str, Any], receive: Any, front: Front, *, tenants: TenantBook, max_body_bytes: int
 ) -> ParsedRequest:
-    key_id = authenticate(key_digests, scope)
+    tenant = authenticate(tenants, scope["headers"])
     require_json(scope)
     raw = await read_body(scope, receive, max_body_bytes)
     client = parse_json_object(raw)
@@ -132,7 +117,8 @@ async def parse_request(
     model, stream, requirements = _api_body(path, body)
     return ParsedRequest(
         path=path,
-        key_id=key_id,
+        key_id=tenant.key_id if tenant is not None else None,
+        tenant=tenant,
         body=body,
         raw=raw,
         model=model,

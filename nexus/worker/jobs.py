@@ -132,7 +132,7 @@ async def run_budget(
     on_batch: OnBatch | None = None,
 ) -> dict[str, Any]:
     """Roll up pending telemetry, then observe every budget in its own current period."""
-    routing = (await _desired(redis, settings)).routing
+    routing = await _desired(redis, settings)  # budgets of [routing], keys and teams
     # reset days are desired state like the limits: one source for workers, router nodes and admin
     calendar = routing.calendar(settings.testing)
     rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size, on_batch=on_batch)
@@ -178,7 +178,7 @@ async def run_quality(
 ) -> dict[str, Any]:
     """Roll up pending telemetry (so figures are fresh), then recompute every backend's quality."""
     desired = await _desired(redis, settings)
-    calendar = desired.routing.calendar(settings.testing)
+    calendar = desired.calendar(settings.testing)
     rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size)
     names = [b.name for b in desired.backends]
     minutes = await read_quality_minutes(redis, names, now)
@@ -201,8 +201,8 @@ async def run_nodes(redis: Redis, now: float, settings: NexusSettings | None = N
     if marked:
         # a dead node's admitted requests will never be recorded: charge them as unreconciled, drop its leases
         _, desired = await read_desired(redis, salvage=True)
-        calendar = desired.routing.calendar(settings.testing if settings is not None else None)
-        rules = [calendar.rule(scope) for scope in desired.routing.budgets()]
+        calendar = desired.calendar(settings.testing if settings is not None else None)
+        rules = [calendar.rule(scope) for scope in desired.budgets()]
         # the current and the previous period of every scope: a lease taken just before a rollover
         periods = sorted({name for r in rules for name in (r.name(now), r.previous(now))})
         for node in marked:

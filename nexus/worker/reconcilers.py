@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from nexus.core import keys
 from nexus.core.aggregates import Aggregate, MinuteCounts
-from nexus.core.config import GLOBAL_SCOPE, BudgetConfig, RoutingConfig
+from nexus.core.config import GLOBAL_SCOPE, BudgetConfig, DesiredConfig, RoutingConfig
 from nexus.core.model import BudgetState, QualityStats
 from nexus.core.snapshot import BudgetObservation
 from nexus.core.telemetry_store import NodeHeartbeat
@@ -80,7 +80,7 @@ def _observation(scope: str, cfg: BudgetConfig, spend: float, period: str, now: 
 
 
 def observe_budgets(
-    routing: RoutingConfig,
+    routing: RoutingConfig | DesiredConfig,
     aggregates: Mapping[str, Aggregate],
     periods: Mapping[str, str],
     now: float,

@@ -40,6 +40,7 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
 RESTRICTED = {"policies": [{"model_pattern": "m*", "privacy": "restricted"}]}
 ALL_RECONCILERS = [
     "RequestAnalyzer",
+    "TenantReconciler",
     "PrivacyReconciler",
     "BudgetReconciler",
     "TierReconciler",
@@ -538,7 +539,7 @@ async def test_explain_json_and_stream(fakes, gateways, http, sdk):
     assert payload["choices"][0]["message"]["content"] == "echo: hello there"
     ex = payload["nexus_explain"]
     assert [s["reconciler"] for s in ex["steps"]] == ALL_RECONCILERS
-    privacy = ex["steps"][1]
+    privacy = ex["steps"][2]
     assert [e["agent_id"] for e in privacy["excluded"]] == ["cloud"]
     assert privacy["remaining"] == 2
     assert ex["matched_policy"]["model_pattern"] == "m*"

@@ -35,9 +35,9 @@ def _route() -> Route:
 
 def _request() -> tuple[InFlight, list[TelemetryRecord]]:
     records: list[TelemetryRecord] = []
-    req = ParsedRequest(path="/v1/chat/completions", key_id=None, body={}, raw=b"{}", model="m", stream=False,
-                        requirements=Requirements(max_output_tokens=2), routing=RoutingHeaders(), watch=None,
-                        front=FRONTS[CHAT_PATH], client={}, protocol_headers={})
+    req = ParsedRequest(path="/v1/chat/completions", key_id=None, tenant=None, body={}, raw=b"{}", model="m",
+                        stream=False, requirements=Requirements(max_output_tokens=2), routing=RoutingHeaders(),
+                        watch=None, front=FRONTS[CHAT_PATH], client={}, protocol_headers={})
     return InFlight(req=req, node_id="n1", clock=lambda: 1000.0, sink=records.append), records
 
 

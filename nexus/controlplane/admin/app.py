@@ -23,7 +23,18 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from nexus.controlplane.admin.limits import BodyLimit
-from nexus.controlplane.admin.routers import backends, budgets, config_io, explain, observe, routing, spend, telemetry
+from nexus.controlplane.admin.routers import (
+    backends,
+    budgets,
+    config_io,
+    explain,
+    keys,
+    observe,
+    routing,
+    spend,
+    teams,
+    telemetry,
+)
 from nexus.core.config import LIMITS, NexusSettings, format_errors, format_validation_error
 from nexus.core.errors import ConfigError, StateError, StateUnavailable
 from nexus.core.redis_conn import connect
@@ -140,6 +151,8 @@ def create_admin_app(
         explain.router,
         config_io.router,
         telemetry.router,
+        keys.router,
+        teams.router,
     ):
         app.include_router(router, prefix=PREFIX)
     app.add_middleware(BodyLimit, max_bytes=LIMITS.admin_body_bytes)

@@ -131,4 +131,7 @@ class ExplainRequest(BaseModel):
 
     request: dict[str, Any] = Field(description="an OpenAI chat-completions request body")
     headers: dict[str, str] = Field(default_factory=dict, description="e.g. {'X-Nexus-Flexible': 'true'}")
-    api_key_id: str | None = Field(default=None, description="the key id whose budget applies, if any")
+    api_key_id: str | None = Field(
+        default=None, max_length=128,
+        description="the key id whose constraints (a managed key_...: models, privacy, tier, priority, budgets) apply",
+    )

@@ -1,4 +1,4 @@
-"""The routing pipeline: RequestAnalyzer -> Privacy -> Budget -> Tier -> Quality -> Circuit -> Scheduler.
+"""The routing pipeline: RequestAnalyzer -> Tenant -> Privacy -> Budget -> Tier -> Quality -> Circuit -> Scheduler.
 
 Pure functions of (intent, snapshot). `decide` runs them; `explain` renders a decision for humans and
 for the 503 body. See docs/architecture.md#a-request and docs/http-contract.md#the-503-body.

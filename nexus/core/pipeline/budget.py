@@ -1,15 +1,14 @@
 """BudgetReconciler: estimate the request's cost on each candidate and apply the budget.
 
 Cost = input tokens (analyzer estimate) x input price + output tokens (`max_tokens`, else
-`DEFAULT_OUTPUT_TOKENS`, in nexus.core.pipeline.intent) x output price, prices per 1M tokens from the
-snapshot (local backends 0).
-Status comes from the spend and limit in the snapshot: Normal below the soft limit, SoftLimit from the
-soft limit up to the limit, HardLimit at or past it. When the request carries an API key with its own
-budget, the worse of the key's and the global status applies. At HardLimit the action decides:
-`warn` routes with a warning, `block_cloud` excludes open-zone backends, `block_all` excludes all.
-SoftLimit only tells the scheduler to prefer local backends. A caller whose atomic budget reservation
-was refused (`intent.budget_exhausted`) gets HardLimit whatever the snapshot's spend says. A policy's
-`max_cost_per_request` excludes candidates whose estimate exceeds it.
+`DEFAULT_OUTPUT_TOKENS`, in nexus.core.pipeline.intent) x output price, prices per 1M tokens from the snapshot
+(local backends 0). Status comes from the spend and limit in the snapshot: Normal below the soft limit,
+SoftLimit from the soft limit up to the limit, HardLimit at or past it. When the request carries an API key
+with its own budget (or its team has one), the worst of the key's, the team's and the global status applies.
+At HardLimit the action decides: `warn` routes with a warning, `block_cloud` excludes open-zone backends,
+`block_all` excludes all. SoftLimit only tells the scheduler to prefer local backends. A caller whose atomic
+budget reservation was refused (`intent.budget_exhausted`) gets HardLimit whatever the snapshot's spend says.
+A policy's `max_cost_per_request` excludes candidates whose estimate exceeds it.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from __future__ import annotations
 from nexus.core.model import Backend, BudgetState, BudgetStatus, HardLimitAction, Zone
 from nexus.core.pipeline.intent import DEFAULT_OUTPUT_TOKENS, RoutingIntent
 from nexus.core.snapshot import GLOBAL_SCOPE, Snapshot
+from nexus.core.tenancy import owner_label, team_scope
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "NAME", "estimate_cost", "reconcile"]
 
@@ -36,8 +36,11 @@ def _governing(intent: RoutingIntent, snapshot: Snapshot) -> tuple[BudgetState |
     budgets = snapshot.budgets
     chosen = budgets.get(GLOBAL_SCOPE)
     status = chosen.status() if chosen else BudgetStatus.NORMAL
-    if intent.api_key_id is not None:
-        own = budgets.get(intent.api_key_id)
+    scopes = [intent.api_key_id] if intent.api_key_id is not None else []
+    if intent.tenant is not None and intent.tenant.team is not None:
+        scopes.append(team_scope(intent.tenant.team))
+    for scope in scopes:
+        own = budgets.get(scope)
         if own is not None:
             own_status = own.status()
             if own_status.severity > status.severity:
@@ -48,6 +51,10 @@ def _governing(intent: RoutingIntent, snapshot: Snapshot) -> tuple[BudgetState |
 def _raise_hint(state: BudgetState) -> str:
     if state.scope == GLOBAL_SCOPE:
         return "raise routing.budget.monthly_limit_usd (PUT /admin/v1/budgets/global)"
+    if state.scope.startswith("team:"):
+        return f"raise the budget of {owner_label(state.scope)} (PUT /admin/v1/teams/{state.scope[5:]})"
+    if state.scope.startswith("key_"):
+        return f"raise the budget of key {state.scope} (PATCH /admin/v1/keys/{state.scope})"
     return f"raise the budget of key {state.scope} (PUT /admin/v1/budgets/{state.scope})"
 
 

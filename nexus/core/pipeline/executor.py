@@ -13,7 +13,7 @@ from time import perf_counter_ns
 from typing import Protocol
 
 from nexus.core.model import HealthState
-from nexus.core.pipeline import analyzer, budget, circuit, privacy, quality, scheduler, tier
+from nexus.core.pipeline import analyzer, budget, circuit, privacy, quality, scheduler, tenant, tier
 from nexus.core.pipeline.intent import Decision, Queue, Reject, Route, RoutingIntent, TraceStep
 from nexus.core.snapshot import Snapshot
 
@@ -27,7 +27,7 @@ class Reconciler(Protocol):
 
 
 FILTER_RECONCILERS: tuple[Reconciler, ...] = (privacy, budget, tier, quality, circuit)  # type: ignore[assignment]
-DEFAULT_RECONCILERS: tuple[Reconciler, ...] = (analyzer, *FILTER_RECONCILERS, scheduler)  # type: ignore[assignment]
+DEFAULT_RECONCILERS: tuple[Reconciler, ...] = (analyzer, tenant, *FILTER_RECONCILERS, scheduler)  # type: ignore[assignment]
 
 
 def decide(
@@ -78,6 +78,7 @@ def _conclude(intent: RoutingIntent, snapshot: Snapshot, steps: tuple[TraceStep,
             reason=intent.queue_reason,
             candidates=tuple(intent.ordered),
             privacy_required=intent.privacy_required,
+            priority=intent.priority,
         )
     best = intent.ordered[0]
     return Route(

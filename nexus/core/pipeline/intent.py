@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nexus.core.model import Backend, BudgetStatus, Policy, TierMode, Zone
+from nexus.core.tenancy import Tenant
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
@@ -95,6 +96,7 @@ class RoutingIntent:
         "failing_here",
         "load",
         "min_tier",
+        "model_forbidden",
         "model_known",
         "ordered",
         "policy",
@@ -111,6 +113,7 @@ class RoutingIntent:
         "scores",
         "sequence",
         "slow",
+        "tenant",
         "tier_mode",
         "usable_unhealthy",
         "warnings",
@@ -133,6 +136,7 @@ class RoutingIntent:
         failing_here: frozenset[str] = frozenset(),
         circuits_open: Mapping[str, tuple[str, float]] | None = None,
         usable_unhealthy: frozenset[str] = frozenset(),
+        tenant: Tenant | None = None,
     ) -> None:
         self.request_id = request_id
         self.requested_model = model
@@ -140,7 +144,10 @@ class RoutingIntent:
         self.requirements = requirements or Requirements()
         self.tier_mode = tier_mode or TierMode.STRICT
         self.priority = priority
-        self.api_key_id = api_key_id
+        self.api_key_id = api_key_id if tenant is None else tenant.key_id
+        # the request's key with its team's limits (nexus.core.tenancy): TenantReconciler, Privacy, Budget read it
+        self.tenant = tenant
+        self.model_forbidden = False  # the key may not use the model: not found, for this key
         self.load = load
         self.rng = rng
         self.sequence = sequence
@@ -228,6 +235,7 @@ class Queue(_DecisionBase):
     reason: str
     candidates: tuple[Backend, ...]
     privacy_required: Zone | None = None
+    priority: str = "normal"  # the queue priority the request waits with (the key's caps the header's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,13 @@ SEED = [
     {"name": "cloud", "url": "http://127.0.0.1:9/cloud", "type": "openai", "secret": "TEST_KEY",
      "models": ["m", "gpt-4o"]},
 ]
+# a team and a (TOML-declared, sha256) key exist from the start, so every keys/teams route has something to act on
+SEED_TEAM = "ml"
+SEED_KEY = "key_0000000000aa"
+TENANTS = {
+    "teams": [{"name": SEED_TEAM}],
+    "keys": [{"id": SEED_KEY, "name": "seeded", "team": SEED_TEAM, "digest": "sha256:" + "ab" * 32}],
+}
 # the operator's declaration: the key may only go to loopback
 SECRETS = {"TEST_KEY": {"env": "TEST_KEY", "hosts": ["127.0.0.1"]}}
 
@@ -47,7 +54,7 @@ class Admin:
 
 @pytest.fixture
 async def admin(redis_server: EmbeddedRedis, redis: Redis) -> AsyncIterator[Admin]:
-    settings = settings_for(SEED, redis={"url": redis_server.url}, secrets=SECRETS)
+    settings = settings_for(SEED, redis={"url": redis_server.url}, secrets=SECRETS, **TENANTS)
     await seed_desired(redis, settings.desired())
     server = await AppServer(create_admin_app(settings, token=TOKEN)).start()
     try:

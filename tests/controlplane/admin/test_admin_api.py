@@ -160,7 +160,8 @@ async def test_explain_dry_run_traces_every_reconciler(admin):
     assert status == 200
     assert out["decision"] == "route" and out["backend"] == "local"
     assert out["steps"][0]["reconciler"] == "RequestAnalyzer"
-    assert out["steps"][1]["excluded"][0]["agent_id"] == "cloud"
+    assert out["steps"][2]["reconciler"] == "PrivacyReconciler"
+    assert out["steps"][2]["excluded"][0]["agent_id"] == "cloud"
     assert out["matched_policy"]["privacy"] == "restricted"
     status, out = await admin.call("POST", "/route/explain", json={"request": {"model": "m"}})
     assert status == 422 and "messages" in out["detail"]

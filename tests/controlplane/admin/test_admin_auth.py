@@ -10,7 +10,7 @@ import pytest
 
 from nexus.controlplane.admin import create_admin_app
 from nexus.core.state import read_desired
-from tests.controlplane.admin.conftest import SECRETS, SEED, TOKEN
+from tests.controlplane.admin.conftest import SECRETS, SEED, SEED_KEY, SEED_TEAM, TOKEN
 from tests.harness import settings_for
 
 SCHEMA = create_admin_app(settings_for(SEED, secrets=SECRETS), token=TOKEN).openapi()
@@ -21,7 +21,7 @@ ROUTES = sorted(
     if method in {"get", "put", "post", "patch", "delete"}
 )
 # Path parameters get values that exist, so a route answering without auth would really act on something.
-VALUES = {"name": "local", "scope": "global"}
+VALUES = {"name": "local", "scope": "global", "team": SEED_TEAM, "key_id": SEED_KEY}
 
 
 def concrete(path: str) -> str:

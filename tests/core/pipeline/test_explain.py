@@ -55,9 +55,10 @@ def test_explain_route_has_steps_policy_scores_and_choice():
     assert out["alternatives"] == ["b"]
     assert out["matched_policy"]["model_pattern"] == "m*"
     assert [s["reconciler"] for s in out["steps"]] == [
-        "RequestAnalyzer", "PrivacyReconciler", "BudgetReconciler", "TierReconciler", "QualityReconciler",
+        "RequestAnalyzer", "TenantReconciler", "PrivacyReconciler", "BudgetReconciler", "TierReconciler",
+        "QualityReconciler",
         "CircuitReconciler", "SchedulerReconciler"]
-    assert out["steps"][1]["excluded"][0]["agent_id"] == "c"
+    assert out["steps"][2]["excluded"][0]["agent_id"] == "c"
     assert out["scores"]["a"] > out["scores"]["b"]
     # each step was timed (a call takes more than nothing) in microseconds: together no longer than the
     # whole decision as timed from outside
@@ -93,9 +94,9 @@ def test_explain_route_is_exactly_this_document():
                     policies=[{"model_pattern": "m*", "privacy": "restricted"}])
     out = _without_durations(explain(run(snap)))
     steps = [{"reconciler": name, "excluded": [PRIVACY_REASON] if name == "PrivacyReconciler" else [],
-              "remaining": 3 if name == "RequestAnalyzer" else 2}
-             for name in ("RequestAnalyzer", "PrivacyReconciler", "BudgetReconciler", "TierReconciler",
-                          "QualityReconciler", "CircuitReconciler", "SchedulerReconciler")]
+              "remaining": 3 if name in ("RequestAnalyzer", "TenantReconciler") else 2}
+             for name in ("RequestAnalyzer", "TenantReconciler", "PrivacyReconciler", "BudgetReconciler",
+                          "TierReconciler", "QualityReconciler", "CircuitReconciler", "SchedulerReconciler")]
     assert out == {
         "requested_model": "m",
         "resolved_model": "m",

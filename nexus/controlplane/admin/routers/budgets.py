@@ -29,12 +29,12 @@ Scope = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]
 @router.get("", response_model=list[BudgetPublic])
 async def list_budgets(redis: RedisDep, settings: SettingsDep) -> list[BudgetPublic]:
     _, desired = await read_desired(redis)
-    calendar = desired.routing.calendar(settings.testing)
+    calendar = desired.calendar(settings.testing)
     now = time.time()
     observed = (await read_observed(redis)).spend
     live: dict[str, dict[str, float]] = {}
     out = []
-    for scope, cfg in desired.routing.budgets().items():
+    for scope, cfg in desired.budgets().items():
         rule = calendar.rule(scope)
         period = rule.name(now)
         if period not in live:

@@ -1,9 +1,10 @@
 """`GET /admin/v1/config/export` and `POST /admin/v1/config/import`: the desired config as TOML.
 
-Export writes `[[backends]]` and `[routing]` in nexus.toml's own shape (key variable names only, never
-keys). Import validates the whole document exactly as `nexus.toml` is validated and replaces the desired
-config in one atomic write; an invalid document changes nothing. Sections other than backends and routing
-(server, redis, ...) are per-process settings: import ignores them and says so in its answer.
+Export writes `[[backends]]`, `[routing]`, `[[teams]]` and `[[keys]]` in nexus.toml's own shape (key
+variable names only, never keys; client keys as their digests, never their secrets). Import validates the
+whole document exactly as `nexus.toml` is validated and replaces the desired config in one atomic write; an
+invalid document changes nothing. Other sections (server, redis, ...) are per-process settings: import ignores
+them and says so in its answer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/config", tags=["config"], dependencies=[Authorized])
 TOML_TYPE = "application/toml"
+_DESIRED = ("backends", "routing", "keys", "teams")
 
 
 def _drop_none(value: Any) -> Any:
@@ -53,8 +55,8 @@ async def import_config(
         data = tomllib.loads(body)
     except tomllib.TOMLDecodeError as exc:
         raise HTTPException(422, f"import: not valid TOML: {exc}") from None
-    ignored = sorted(k for k in data if k not in ("backends", "routing"))
-    payload = {k: data[k] for k in ("backends", "routing") if k in data}
+    ignored = sorted(k for k in data if k not in _DESIRED)
+    payload = {k: data[k] for k in _DESIRED if k in data}
     desired = validate_desired(payload, "import")
     problems = check_secret_refs(desired.backends, settings.secrets)
     if problems:

@@ -35,7 +35,7 @@ async def get_spend(
     if period is not None and not _PERIOD.match(period):
         raise HTTPException(422, "period must look like 2026-11 (YYYY-MM)")
     _, desired = await read_desired(redis)
-    current = desired.routing.calendar(settings.testing).period(GLOBAL_SCOPE, time.time())
+    current = desired.calendar(settings.testing).period(GLOBAL_SCOPE, time.time())
     report = await read_spend_report(redis, period or current)
     report["current_period"] = current
     return report

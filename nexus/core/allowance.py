@@ -1,0 +1,203 @@
+"""One router node's rate-limit allowances: the pure bookkeeping behind `nexus.core.rates` (no I/O, clock given).
+
+A request of a limited tenant needs, under each of its limited scopes (key id, `team:<name>`), one request
+(`rpm`) and its estimated tokens (`tpm`). `AllowanceBook.take` admits it from the node's allowances when every
+one has enough left and is still usable; else it says which asks to send to Redis (sized to need: about what the
+node admitted under the scope in the last allowance lifetime, at least what this request needs, at most a quarter
+of the limit), or that the scope is denied until a known time (a refusal's `wait`, at most one allowance lifetime:
+another node's returned allowance may free room sooner). Everything a request takes comes from one grant per
+(kind, scope), and its `Ticket` remembers which (the grant's end), so settling a TPM estimate against the real
+usage corrects exactly that grant.
+
+Invariants:
+- An allowance is used only while `now < usable_until` (local monotonic, from when its request was sent).
+- What an allowance did not admit is returned once (`expire`), scored with the allowance's end; a replaced
+  allowance's rest is returned when the new one arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nexus.core.rates import ALLOWANCE_SECONDS, Correction, GrantReply, ScopeAsk
+
+__all__ = ["MAX_SHARE", "AllowanceBook", "Denied", "Need", "RateView", "Ticket", "format_reset"]
+
+MAX_SHARE = 0.25  # an allowance is at most this share of the limit (so several replicas share a busy key)
+Need = tuple[str, str, int, int]  # (kind, scope, limit, amount)
+
+
+@dataclass(slots=True)
+class _Allowance:
+    left: int = 0
+    usable_until: float = 0.0  # local monotonic
+    end_ms: int = 0  # the Redis time the grant is scored with (corrections go there)
+    counted: int = 0  # the scope's window total as of the last grant (this allowance included)
+    reset_at: float = 0.0  # local monotonic: when the window's oldest entry leaves, as of the last grant
+    denied_until: float = 0.0
+    used_recently: int = 0  # admitted from allowances of this scope in the current lifetime (sizing)
+    used_before: int = 0  # ... and in the previous one
+    lifetime_start: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What one admitted request took: per (kind, scope), (amount, grant end ms)."""
+
+    taken: tuple[tuple[str, str, int, int], ...] = ()
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    kind: str
+    scope: str
+    limit: int
+    retry_after: float  # seconds
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateView:
+    """What the rate headers say about one (kind, scope)."""
+
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+
+def format_reset(seconds: float) -> str:
+    """A duration as OpenAI's reset headers write it: `20ms`, `1.5s`, `1m30s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s}s"
+
+
+@dataclass(slots=True)
+class AllowanceBook:
+    allowances: dict[tuple[str, str], _Allowance] = field(default_factory=dict)
+    corrections: list[Correction] = field(default_factory=list)
+
+    def _get(self, kind: str, scope: str) -> _Allowance:
+        a = self.allowances.get((kind, scope))
+        if a is None:
+            a = self.allowances[(kind, scope)] = _Allowance()
+        return a
+
+    def take(self, needs: Sequence[Need], now: float) -> Ticket | Denied | list[ScopeAsk]:
+        """Admit locally (a Ticket), refuse locally (Denied), or the asks Redis must grant first."""
+        asks: list[ScopeAsk] = []
+        for kind, scope, limit, amount in needs:
+            a = self._get(kind, scope)
+            if amount > limit:
+                return Denied(kind, scope, limit, 60.0, self.headers(needs, now))
+            if a.denied_until > now:
+                return Denied(kind, scope, limit, a.denied_until - now, self.headers(needs, now))
+            if a.usable_until <= now or a.left < amount:
+                asks.append(ScopeAsk(kind, scope, limit, self._want(a, limit, amount, now), amount))
+        if asks:
+            return asks
+        taken = []
+        for kind, scope, _limit, amount in needs:
+            a = self.allowances[(kind, scope)]
+            a.left -= amount
+            self._note_use(a, amount, now)
+            taken.append((kind, scope, amount, a.end_ms))
+        return Ticket(tuple(taken), self.headers(needs, now))
+
+    @staticmethod
+    def _note_use(a: _Allowance, amount: int, now: float) -> None:
+        if now - a.lifetime_start >= ALLOWANCE_SECONDS:
+            a.used_before = a.used_recently if now - a.lifetime_start < 2 * ALLOWANCE_SECONDS else 0
+            a.used_recently = 0
+            a.lifetime_start = now
+        a.used_recently += amount
+
+    @staticmethod
+    def _want(a: _Allowance, limit: int, amount: int, now: float) -> int:
+        recent = max(a.used_recently, a.used_before) if now - a.lifetime_start < 2 * ALLOWANCE_SECONDS else 0
+        return max(amount, min(recent + amount, max(1, int(limit * MAX_SHARE))))
+
+    def granted(self, asks: Sequence[ScopeAsk], reply: GrantReply, sent: float) -> None:
+        """Record a grant of `asks` whose request was sent at local time `sent`."""
+        for ask, got, counted, reset_ms in zip(asks, reply.granted, reply.counted, reply.reset_ms, strict=True):
+            a = self._get(ask.kind, ask.scope)
+            if a.left > 0 and a.end_ms:
+                self.corrections.append(Correction(ask.kind, ask.scope, a.end_ms, -a.left))
+            a.left = got
+            a.usable_until = sent + ALLOWANCE_SECONDS
+            a.end_ms = reply.end_ms
+            a.counted = counted
+            a.reset_at = sent + reset_ms / 1000.0
+            a.denied_until = 0.0
+
+    def refused(self, asks: Sequence[ScopeAsk], reply: GrantReply, sent: float) -> Denied:
+        ask = asks[reply.refused]
+        a = self._get(ask.kind, ask.scope)
+        wait = min(reply.wait_ms / 1000.0, ALLOWANCE_SECONDS)
+        a.denied_until = sent + wait
+        a.counted = reply.counted[0]
+        a.reset_at = sent + reply.wait_ms / 1000.0
+        return Denied(ask.kind, ask.scope, ask.limit, max(reply.wait_ms / 1000.0, 0.001))
+
+    def settle(self, ticket: Ticket, real_tokens: int) -> None:
+        """The request is over: correct each TPM grant it took from by what it really used."""
+        for kind, scope, amount, end_ms in ticket.taken:
+            if kind == "tpm" and real_tokens != amount:
+                delta = real_tokens - amount
+                # fewer tokens: give them back where they were counted; more: count the excess from now on
+                self.corrections.append(Correction(kind, scope, end_ms if delta < 0 else 0, delta))
+
+    def expire(self, now: float) -> None:
+        """Return what allowances past their lifetime did not admit."""
+        for (kind, scope), a in self.allowances.items():
+            if a.usable_until <= now and a.left > 0:
+                self.corrections.append(Correction(kind, scope, a.end_ms, -a.left))
+                a.left = 0
+
+    def release_all(self) -> None:
+        """Return every allowance (the node stops)."""
+        self.expire(float("inf"))
+
+    def drain(self) -> list[Correction]:
+        """The pending corrections, merged per (kind, scope, score): requests settled against one grant become
+        one entry, so the window's zset grows by grants, never by requests."""
+        merged: dict[tuple[str, str, int], int] = {}
+        for c in self.corrections:
+            key = (c.kind, c.scope, c.end_ms)
+            merged[key] = merged.get(key, 0) + c.delta
+        self.corrections = []
+        return [Correction(k, s, e, d) for (k, s, e), d in merged.items() if d]
+
+    def forget(self, live: set[tuple[str, str]]) -> None:
+        """Drop state of scopes no tenant limits any more (returning what they hold)."""
+        for key in [k for k in self.allowances if k not in live]:
+            a = self.allowances.pop(key)
+            if a.left > 0:
+                self.corrections.append(Correction(key[0], key[1], a.end_ms, -a.left))
+
+    def view(self, kind: str, scope: str, limit: int, now: float) -> RateView:
+        a = self.allowances.get((kind, scope))
+        if a is None:
+            return RateView(limit, limit, 0.0)
+        held = a.left if a.usable_until > now else 0
+        return RateView(limit, max(0, min(limit, limit - a.counted + held)), max(0.0, a.reset_at - now))
+
+    def headers(self, needs: Sequence[Need], now: float) -> tuple[tuple[bytes, bytes], ...]:
+        """OpenAI's rate headers: per kind, the scope with the least left."""
+        out: list[tuple[bytes, bytes]] = []
+        for kind, word in (("rpm", b"requests"), ("tpm", b"tokens")):
+            views = [self.view(k, s, limit, now) for k, s, limit, _ in needs if k == kind]
+            if not views:
+                continue
+            v = min(views, key=lambda x: x.remaining)
+            out += [
+                (b"x-ratelimit-limit-" + word, str(v.limit).encode()),
+                (b"x-ratelimit-remaining-" + word, str(v.remaining).encode()),
+                (b"x-ratelimit-reset-" + word, format_reset(v.reset_seconds).encode()),
+            ]
+        return tuple(out)
