@@ -4,7 +4,9 @@
   client saw the content before it (lock-step), so a gateway that buffered would stall it; the client sees
   the content arrive at least 200 ms apart;
 - privacy and budgets: a restricted model asked through any protocol never reaches an open backend (the
-  upstream's own request log says so), and a cloud block at the hard limit holds the same way.
+  upstream's own request log says so), and a cloud block at the hard limit holds the same way;
+- key limits (docs/tenancy.md): a key's RPM holds through every protocol, the 429 in the protocol's own
+  envelope, and a restricted key never reaches an open backend through any of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import openai
 import pytest
 
 from nexus.core.model import BudgetStatus
+from nexus.core.tenancy import sha256_digest
 from tests.harness import eventually
 from tests.router_node.protocols.conftest import standin_backend
 from tests.router_node.test_gateway_routing import STEADY, add_spend, budget_status
@@ -27,39 +30,42 @@ PROMPT = "one two three"
 Mark = Callable[[], None]
 
 
-async def _chat(url: str, mark: Mark, model: str = "m") -> None:
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as c:
+KEY = "nx-protocol-tests-key-0123456789"
+
+
+async def _chat(url: str, mark: Mark, model: str = "m", key: str = "k") -> None:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as c:
         async for chunk in await c.chat.completions.create(model=model, stream=True,
                                                            messages=[{"role": "user", "content": PROMPT}]):
             if chunk.choices and chunk.choices[0].delta.content:
                 mark()
 
 
-async def _completions(url: str, mark: Mark, model: str = "m") -> None:
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as c:
+async def _completions(url: str, mark: Mark, model: str = "m", key: str = "k") -> None:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as c:
         async for chunk in await c.completions.create(model=model, prompt=PROMPT, stream=True):
             if chunk.choices and chunk.choices[0].text:
                 mark()
 
 
-async def _messages(url: str, mark: Mark, model: str = "m") -> None:
-    async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as c, \
+async def _messages(url: str, mark: Mark, model: str = "m", key: str = "k") -> None:
+    async with anthropic.AsyncAnthropic(base_url=url, api_key=key, max_retries=0) as c, \
             c.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": PROMPT}]) as s:
         async for text in s.text_stream:
             if text:
                 mark()
 
 
-async def _responses(url: str, mark: Mark, model: str = "m") -> None:
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as c, \
+async def _responses(url: str, mark: Mark, model: str = "m", key: str = "k") -> None:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as c, \
             c.responses.stream(model=model, input=PROMPT) as s:
         async for event in s:
             if event.type == "response.output_text.delta":
                 mark()
 
 
-async def _ollama(url: str, mark: Mark, model: str = "m") -> None:
-    c = ollama.AsyncClient(host=url)
+async def _ollama(url: str, mark: Mark, model: str = "m", key: str = "k") -> None:
+    c = ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {key}"})
     try:
         async for part in await c.chat(model=model, stream=True, messages=[{"role": "user", "content": PROMPT}]):
             if part.message.content:
@@ -93,9 +99,50 @@ async def test_streams_stay_incremental(gateway_to, protocol: str, kind: str) ->
 
 
 async def _refused(call: Awaitable[None]) -> int:
+    return (await _refusal(call)).status_code
+
+
+async def _refusal(call: Awaitable[None]) -> openai.APIStatusError | anthropic.APIStatusError | ollama.ResponseError:
     with pytest.raises((openai.APIStatusError, anthropic.APIStatusError, ollama.ResponseError)) as info:
         await call
-    return info.value.status_code
+    return info.value
+
+
+def _key(**limits) -> dict:
+    return {"id": "key_0000000000c3", "name": "app", "digest": sha256_digest(KEY), **limits}
+
+
+# what each protocol's own 429 says, as its client library parsed it
+_LIMITED = {
+    "chat": lambda e: e.body["code"] == "rate_limit_exceeded",
+    "completions": lambda e: e.body["code"] == "rate_limit_exceeded",
+    "responses": lambda e: e.body["code"] == "rate_limit_exceeded",
+    "messages": lambda e: e.body["type"] == "error" and e.body["error"]["type"] == "rate_limit_error",
+    "ollama": lambda e: "rate limit" in e.error,
+}
+
+
+@pytest.mark.parametrize("protocol", list(CLIENTS))
+async def test_a_keys_rpm_holds_on_every_protocol_with_the_protocols_own_429(gateways, standins, protocol):
+    up = await standins()
+    gw = await gateways([standin_backend(up, "vllm")], keys=[_key(rpm=2)])
+    for _ in range(2):
+        await CLIENTS[protocol](gw.url, lambda: None, key=KEY)
+    err = await _refusal(CLIENTS[protocol](gw.url, lambda: None, key=KEY))
+    assert err.status_code == 429 and _LIMITED[protocol](err), getattr(err, "body", err)
+    assert len(up.requests) == 2
+    assert await _refused(CLIENTS[protocol](gw.url, lambda: None, key="nx-not-a-key")) == 401
+
+
+@pytest.mark.parametrize("protocol", list(CLIENTS))
+async def test_a_restricted_key_never_reaches_an_open_backend(gateways, standins, monkeypatch, protocol):
+    monkeypatch.setenv("TEST_KEY", "sk-test-secret")
+    local, cloud = await standins(), await standins()
+    await local.stop()  # the one backend the key may use is down: failing over to the cloud would leak
+    gw = await gateways([standin_backend(local, "vllm", "local"),
+                         standin_backend(cloud, "openai", "cloud", priority=100)], keys=[_key(privacy="restricted")])
+    assert await _refused(CLIENTS[protocol](gw.url, lambda: None, key=KEY)) == 502
+    assert cloud.requests == []
 
 
 @pytest.mark.parametrize("protocol", list(CLIENTS))
