@@ -7,7 +7,8 @@ SoftLimit from the soft limit up to the limit, HardLimit at or past it. When the
 with its own budget (or its team has one), the worst of the key's, the team's and the global status applies.
 At HardLimit the action decides: `warn` routes with a warning, `block_cloud` excludes open-zone backends,
 `block_all` excludes all. SoftLimit only tells the scheduler to prefer local backends. A caller whose atomic
-budget reservation was refused (`intent.budget_exhausted`) gets HardLimit whatever the snapshot's spend says.
+budget reservation was refused (`intent.budget_exhausted`) gets HardLimit under the blocking scope with the
+least room (the key's, its team's or the global one), whatever the snapshot says of the others.
 A policy's `max_cost_per_request` excludes candidates whose estimate exceeds it.
 """
 
@@ -34,17 +35,26 @@ def estimate_cost(intent: RoutingIntent, snapshot: Snapshot, backend: str) -> fl
 
 def _governing(intent: RoutingIntent, snapshot: Snapshot) -> tuple[BudgetState | None, BudgetStatus]:
     budgets = snapshot.budgets
-    chosen = budgets.get(GLOBAL_SCOPE)
-    status = chosen.status() if chosen else BudgetStatus.NORMAL
-    scopes = [intent.api_key_id] if intent.api_key_id is not None else []
+    scopes = [GLOBAL_SCOPE]
+    if intent.api_key_id is not None:
+        scopes.append(intent.api_key_id)
     if intent.tenant is not None and intent.tenant.team is not None:
         scopes.append(team_scope(intent.tenant.team))
-    for scope in scopes:
-        own = budgets.get(scope)
-        if own is not None:
-            own_status = own.status()
-            if own_status.severity > status.severity:
-                chosen, status = own, own_status
+    states = [s for s in (budgets.get(scope) for scope in scopes) if s is not None]
+    if intent.budget_exhausted:
+        # a lease was refused under one of the request's blocking limits: that scope governs, whatever the
+        # snapshot's status of the others (the global budget may have no limit at all). The refused one is
+        # the blocking scope with the least room left; unknown (Redis away): the same choice, failing closed.
+        blocking = [s for s in states if s.monthly_limit_usd is not None
+                    and s.hard_limit_action is not HardLimitAction.WARN]
+        if blocking:
+            return min(blocking, key=lambda s: (s.monthly_limit_usd or 0.0) - s.spend_usd), BudgetStatus.HARD_LIMIT
+    chosen = budgets.get(GLOBAL_SCOPE)
+    status = chosen.status() if chosen else BudgetStatus.NORMAL
+    for own in states:
+        own_status = own.status()
+        if own_status.severity > status.severity:
+            chosen, status = own, own_status
     return chosen, status
 
 
@@ -61,8 +71,6 @@ def _raise_hint(state: BudgetState) -> str:
 def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     model = intent.resolved_model
     state, status = _governing(intent, snapshot)
-    if intent.budget_exhausted and state is not None and state.monthly_limit_usd is not None:
-        status = BudgetStatus.HARD_LIMIT  # the budget has no room left for this request's estimate
     intent.budget_status = status
     intent.budget_scope = state.scope if state else None
 

@@ -78,3 +78,19 @@ def test_a_team_budget_at_its_hard_limit_blocks_the_keys_of_the_team():
     d = run(snap, tenant=t)
     assert isinstance(d, Reject) and d.budget_status is BudgetStatus.HARD_LIMIT and d.budget_scope == "team:t"
     assert "PUT /admin/v1/teams/t" in d.reasons[0].suggested_action
+
+
+def test_a_refused_team_lease_blocks_though_the_snapshot_and_the_global_budget_show_room():
+    # the global budget has no limit and the team's spend in the snapshot is far below its limit: only the
+    # refused lease (another replica holds the rest) says the team is out of room, and that must govern
+    team = TeamConfig(name="t", budget={"monthly_limit_usd": 1.0, "hard_limit_action": "block_all"})
+    key = KeyConfig(id=KID, name="app", digest=sha256_digest("k"), team="t")
+    desired = DesiredConfig(backends=[backend("cloud", "openai", secret="TEST_KEY")], routing=RoutingConfig(),
+                            keys=[key], teams=[team])
+    now = 1000.0
+    period = desired.calendar().period("team:t", now)
+    snap = build_snapshot(desired, Observed(spend={"team:t": BudgetObservation(0.2, period)}), version=1, now=now)
+    t = build_tenants([key], [team]).by_id[KID]
+    assert isinstance(run(snap, tenant=t, api_key_id=KID), Route)
+    d = run(snap, tenant=t, api_key_id=KID, budget_exhausted=True)
+    assert isinstance(d, Reject) and d.budget_status is BudgetStatus.HARD_LIMIT and d.budget_scope == "team:t"
