@@ -272,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     fake = sub.add_parser("fake-backend", help="run the fake OpenAI-compatible backend (tests, demo, benchmarks)")
     add_fake_arguments(fake)
     fake.set_defaults(func=_fake_backend)
+
+    from nexus.tools import fake_ollama, mdns_announce
+
+    ollama = sub.add_parser("fake-ollama", help="run a stand-in for Ollama's native and OpenAI-compatible API")
+    fake_ollama.add_arguments(ollama)
+    ollama.set_defaults(func=lambda ns: fake_ollama.run_forever(ns))
+    announce = sub.add_parser("mdns-announce", help="announce one service over mDNS until stopped (discovery demos)")
+    mdns_announce.add_arguments(announce)
+    announce.set_defaults(func=lambda ns: mdns_announce.run_forever(ns))
     return parser
 
 

@@ -20,7 +20,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["EXIT_INVALID", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_UNAUTHORIZED", "EXIT_UNAVAILABLE", "add_commands"]
+__all__ = ["EXIT_INVALID", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_UNAUTHORIZED", "EXIT_UNAVAILABLE", "add_commands", "call",
+           "common", "out"]
 
 EXIT_OK, EXIT_UNAVAILABLE, EXIT_INVALID, EXIT_UNAUTHORIZED, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -49,9 +50,8 @@ def _call(ns: argparse.Namespace, method: str, path: str, body: Any = None) -> A
         detail = exc.read().decode("utf-8", "replace")
         with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(detail).get("detail", detail)
-        code = {401: EXIT_UNAUTHORIZED, 404: EXIT_NOT_FOUND, 422: EXIT_INVALID, 400: EXIT_INVALID}.get(
-            exc.code, EXIT_UNAVAILABLE
-        )
+        codes = {401: EXIT_UNAUTHORIZED, 404: EXIT_NOT_FOUND, 422: EXIT_INVALID, 400: EXIT_INVALID, 409: EXIT_INVALID}
+        code = codes.get(exc.code, EXIT_UNAVAILABLE)
         raise _Failed(code, f"HTTP {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise _Failed(EXIT_UNAVAILABLE, f"cannot reach the admin API at {base}: {exc}") from None
@@ -207,6 +207,9 @@ def _nodes(ns: argparse.Namespace) -> None:
     _out(ns, rows, columns)
 
 
+call, out = _call, _out  # for nexus.cli_fleet
+
+
 def _simple(path: str, columns: Sequence[str]):
     def run(ns: argparse.Namespace) -> None:
         _out(ns, _call(ns, "GET", path), columns)
@@ -214,14 +217,20 @@ def _simple(path: str, columns: Sequence[str]):
     return run
 
 
+def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every operator command takes."""
+    p.add_argument("--admin-url", help="admin API base URL (default: admin.url / NEXUS_ADMIN_URL)")
+    p.add_argument("--token", help="admin token (default: NEXUS_ADMIN_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    p.set_defaults(admin_command=True)
+    return p
+
+
 def add_commands(sub: Any) -> None:
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--admin-url", help="admin API base URL (default: admin.url / NEXUS_ADMIN_URL)")
-        p.add_argument("--token", help="admin token (default: NEXUS_ADMIN_TOKEN)")
-        p.add_argument("--json", action="store_true", help="print the API's JSON")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds")
-        p.set_defaults(admin_command=True)
-        return p
+    from nexus import cli_fleet
+
+    cli_fleet.add_commands(sub)
 
     b = common(sub.add_parser("backends", help="list, add or remove backends"))
     b.add_argument("action", choices=["list", "add", "remove"])

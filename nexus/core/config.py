@@ -517,10 +517,37 @@ class DiscoveryConfig(BaseModel):
     grace_period_seconds: float = Field(default=60.0, ge=0, le=86400)
     # how often the discovery job re-reads what the browser has seen and writes it to desired state
     browse_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # how long one browse listens for answers (mDNS responders answer within about 0.5 s)
+    browse_seconds: float = Field(default=1.5, gt=0, le=60)
     # the addresses to multicast on (IPv4 addresses of local interfaces); empty: every interface
     interfaces: list[str] = Field(default_factory=list, max_length=64)
     # at most this many discovered backends (announcements past it are ignored and logged)
     max_backends: int = Field(default=256, ge=1, le=LIMITS.backends)
+    # announced addresses outside these networks are skipped: anyone on the link can announce a service, and
+    # a discovered local backend gets restricted traffic, so by default only private and link-local ones
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+                                 "fc00::/7", "fe80::/10", "::1/128"],
+        max_length=256,
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network; give CIDRs such as 192.168.0.0/16") from None
+        return v
+
+    def allows(self, address: str) -> bool:
+        """Whether an announced address lies in `allowed_networks`."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.allowed_networks)
 
     @field_validator("interfaces")
     @classmethod
@@ -651,7 +678,7 @@ class _NexusEnvSource(PydanticBaseSettingsSource):
                 raw = env.get(f"NEXUS_{prefix}_{key.upper()}")
                 if raw is None:
                     continue
-                listed = key in ("api_keys", "sentinels", "service_types", "interfaces")
+                listed = key in ("api_keys", "sentinels", "service_types", "interfaces", "allowed_networks")
                 value: Any = [p.strip() for p in raw.split(",") if p.strip()] if listed else raw
                 node = out
                 for part in path:

@@ -228,7 +228,7 @@ async def fetch_state(redis: Redis, held_version: int | None = None, held_epoch:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.eval(_READ_STATE, len(_KEYS), *_KEYS, *held)
             queue_observed_reads(pipe)
-            config, health, quality, spend, nodes = await pipe.execute()
+            config, health, quality, spend, nodes, lifecycle = await pipe.execute()
         inflight = await sum_gauges(redis, nodes)
     raw_version, raw_backends, raw_routing, raw_epoch, same, raw_keys, raw_teams = config
     return StoreState(
@@ -236,7 +236,7 @@ async def fetch_state(redis: Redis, held_version: int | None = None, held_epoch:
         epoch=None if raw_epoch is None else as_text(raw_epoch),
         unchanged=bool(int(same)),
         config=None if int(same) else (raw_backends or [], raw_routing, raw_keys or [], raw_teams or []),
-        observed=decode_observed(health, quality, spend, inflight),
+        observed=decode_observed(health, quality, spend, inflight, lifecycle),
     )
 
 

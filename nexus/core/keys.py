@@ -47,6 +47,17 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                                    marked `gone` by the liveness worker
     {rate}       rpm:<scope>  zset  rate-limit allowances granted to router nodes (nexus.core.rates): member
                  tpm:<scope>  zset  "<count>:<node>:<seq>", score = the unix ms its allowance stops counting
+    {fleet}      discovered  hash  backend name -> {url, service, instance, first_seen, last_seen}: what the
+                                   discovery job last saw of each backend it wrote (`source = discovered`)
+                 ignored     hash  backend URL -> {name, at}: announcements an operator ignored
+                 models      hash  backend name -> {at, models: [{name, size_vram, expires_at}]}, Ollama's
+                                   /api/ps as the lifecycle job last read it
+                 ops         hash  operation id -> lifecycle operation (load, unload, migrate) and its state
+                 lock:<name> str   a lease held by the one worker running job `name` (discovery, an op)
+                 recommendations str pre-warm recommendations of the fleet job, with reasons
+    {observed}   lifecycle   hash  backend name -> {model: {state, op, until}}: models a lifecycle operation
+                                   is loading (`loading`) or about to unload (`draining`) there; ignored
+                                   after `until`, so a worker that dies mid-operation leaves no lasting mark
     {worker}     queue              zset  arq's job queue (arq's own `arq:job:*`, `arq:result:*`,
                                           `arq:in-progress:*` keys sit outside this schema)
                  ticks:<job>:<day>  hash  scheduled tick (unix ms) -> times the job body ran
@@ -64,6 +75,11 @@ __all__ = [
     "CONFIG_TEAMS",
     "CONFIG_VERSION",
     "EVENTS_CHANNEL",
+    "FLEET_DISCOVERED",
+    "FLEET_IGNORED",
+    "FLEET_MODELS",
+    "FLEET_OPS",
+    "FLEET_RECOMMENDATIONS",
     "INFLIGHT_NODES",
     "INFLIGHT_REGISTRY_PRUNE_SECONDS",
     "INFLIGHT_TTL_SECONDS",
@@ -71,6 +87,7 @@ __all__ = [
     "NODE_GONE_RETENTION_SECONDS",
     "NODE_STALE_SECONDS",
     "OBSERVED_HEALTH",
+    "OBSERVED_LIFECYCLE",
     "OBSERVED_QUALITY",
     "OBSERVED_SPEND",
     "OBSERVED_WIRE",
@@ -86,6 +103,7 @@ __all__ = [
     "WIRE_FACT_TTL_SECONDS",
     "WORKER_QUEUE",
     "WORKER_TICKS_TTL_SECONDS",
+    "fleet_lock",
     "inflight",
     "rate_window",
     "telemetry_admitted",
@@ -131,6 +149,7 @@ OBSERVED_HEALTH = _key("observed", "health")
 OBSERVED_QUALITY = _key("observed", "quality")
 OBSERVED_SPEND = _key("observed", "spend")
 OBSERVED_WIRE = _key("observed", "wire")
+OBSERVED_LIFECYCLE = _key("observed", "lifecycle")
 # a learned wire fact is trusted this long: a backend upgraded meanwhile gets the field offered again
 WIRE_FACT_TTL_SECONDS = 24 * 3600
 
@@ -240,6 +259,19 @@ def rate_window(kind: str, scope: str) -> str:
     if kind not in ("rpm", "tpm"):
         raise ValueError(f"rate kind must be rpm or tpm, got {kind!r}")
     return _key("rate", f"{kind}:{_part('scope', scope)}")
+
+
+# -- fleet: discovery and model lifecycle (written by workers and the admin API) ---------------------------
+FLEET_DISCOVERED = _key("fleet", "discovered")
+FLEET_IGNORED = _key("fleet", "ignored")
+FLEET_MODELS = _key("fleet", "models")
+FLEET_OPS = _key("fleet", "ops")
+FLEET_RECOMMENDATIONS = _key("fleet", "recommendations")
+
+
+def fleet_lock(name: str) -> str:
+    """A lease (SET NX PX) naming the worker that runs `name` now: the discovery browse, one lifecycle op."""
+    return _key("fleet", f"lock:{_part('lock name', name)}")
 
 
 # -- workers (arq) -----------------------------------------------------------------------------------------

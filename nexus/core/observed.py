@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from nexus.core import keys
 from nexus.core.config import ModelConfig
 from nexus.core.errors import StateError, StateUnavailable
+from nexus.core.fleet.lifecycle import decode_marks
 from nexus.core.model import HealthState, QualityStats
 from nexus.core.snapshot import BudgetObservation, HealthObservation, Observed
 
@@ -205,9 +206,12 @@ def queue_observed_reads(pipe: Any) -> None:
     pipe.hgetall(keys.OBSERVED_QUALITY)
     pipe.hgetall(keys.OBSERVED_SPEND)
     pipe.zrange(keys.INFLIGHT_NODES, 0, -1)
+    pipe.hgetall(keys.OBSERVED_LIFECYCLE)
 
 
-def decode_observed(health: Any, quality: Any, spend: Any, inflight: dict[str, int]) -> Observed:
+def decode_observed(
+    health: Any, quality: Any, spend: Any, inflight: dict[str, int], lifecycle: Any = None
+) -> Observed:
     q_where, s_where = keys.OBSERVED_QUALITY, keys.OBSERVED_SPEND
     return Observed(
         health={n: r.observation() for n, r in _decode_health(health).items()},
@@ -216,6 +220,7 @@ def decode_observed(health: Any, quality: Any, spend: Any, inflight: dict[str, i
         },
         spend={s: load_json(raw, f"{s_where}[{s}]", _SPEND.validate_python) for s, raw in decode_hash(spend).items()},
         inflight=inflight,
+        lifecycle=decode_marks(lifecycle or {}),
     )
 
 
@@ -224,6 +229,6 @@ async def read_observed(redis: Redis) -> Observed:
     with guard("reading observed state"):
         async with redis.pipeline(transaction=False) as pipe:
             queue_observed_reads(pipe)
-            health, quality, spend, nodes = await pipe.execute()
+            health, quality, spend, nodes, lifecycle = await pipe.execute()
         inflight = await sum_gauges(redis, nodes)
-    return decode_observed(health, quality, spend, inflight)
+    return decode_observed(health, quality, spend, inflight, lifecycle)

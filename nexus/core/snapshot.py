@@ -29,6 +29,7 @@ from nexus.core.config import (
     QualityConfig,
     TestingConfig,
 )
+from nexus.core.fleet.lifecycle import LifecycleMark, MarkState
 from nexus.core.globs import Glob, best_match, compile_glob
 from nexus.core.model import (
     Backend,
@@ -89,6 +90,8 @@ class Observed:
     quality: Mapping[str, QualityStats] = field(default_factory=dict)
     spend: Mapping[str, BudgetObservation] = field(default_factory=dict)
     inflight: Mapping[str, int] = field(default_factory=dict)
+    # backend -> model -> mark of a lifecycle operation (nexus.core.fleet.lifecycle)
+    lifecycle: Mapping[str, Mapping[str, LifecycleMark]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,9 @@ class Snapshot:
     static_scores: Mapping[str, float]
     # newest health observation in the store (None: never probed); its age shows whether workers run
     observed_at: float | None = None
+    # model -> what lifecycle operations do to it now (`loading=gpu-box`, `draining=old-box`): the value of
+    # the X-Nexus-Lifecycle-Status response header
+    lifecycle: Mapping[str, str] = field(default_factory=dict)
 
     def policy_for(self, model: str) -> Policy | None:
         try:
@@ -367,6 +373,10 @@ def build_snapshot(
         derived = _derive(cache, backends, quality, weights)
         cache.derived = (key, derived)
 
+    by_model, lifecycle = derived.by_model, {}
+    if observed.lifecycle:
+        by_model, lifecycle = _apply_marks(by_model, observed.lifecycle, now)
+
     configured = desired.budgets()
     calendar = routing.calendar(testing, configured)
     budgets = {
@@ -387,7 +397,7 @@ def build_snapshot(
         budgets=MappingProxyType(budgets),
         quality_error_threshold=quality.error_rate_threshold,
         inflight=MappingProxyType(dict(observed.inflight)),
-        by_model=derived.by_model,
+        by_model=by_model,
         model_facts=derived.model_facts,
         failing=derived.failing,
         slow=derived.slow,
@@ -396,4 +406,31 @@ def build_snapshot(
         prices=derived.prices,
         static_scores=derived.static_scores,
         observed_at=max((o.checked_at for o in observed.health.values()), default=None),
+        lifecycle=MappingProxyType(lifecycle),
     )
+
+
+def _apply_marks(
+    by_model: Mapping[str, tuple[Backend, ...]], marks: Mapping[str, Mapping[str, LifecycleMark]], now: float
+) -> tuple[Mapping[str, tuple[Backend, ...]], dict[str, str]]:
+    """Per model: a backend a lifecycle operation is loading it on is LOADING for that model (the scheduler
+    queues while it is the best candidate), one about to unload it is left out while another candidate
+    remains. Marks past their deadline count for nothing."""
+    changed = dict(by_model)
+    status: dict[str, list[str]] = {}
+    for model, bs in by_model.items():
+        live = {b.name: m for b in bs if (m := marks.get(b.name, {}).get(model)) is not None and m.until > now}
+        if not live:
+            continue
+        out = []
+        for b in bs:
+            m = live.get(b.name)
+            if m is None:
+                out.append(b)
+            elif m.state is MarkState.LOADING:
+                out.append(b if b.health is HealthState.UNHEALTHY else replace(b, health=HealthState.LOADING))
+        if not out:  # every candidate is about to unload it: better those than none
+            out = list(bs)
+        changed[model] = tuple(out)
+        status[model] = [f"{m.state.value}={name}" for name, m in sorted(live.items())]
+    return MappingProxyType(changed), {model: ", ".join(v) for model, v in status.items()}

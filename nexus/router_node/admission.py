@@ -91,6 +91,8 @@ def _decide(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
 async def _decide_or_wait(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
                           exhausted: bool = False) -> tuple[Decision, Snapshot]:
     decision, snap = _decide(node, r, model, privacy, exhausted)
+    if snap.lifecycle:
+        r.lifecycle = r.lifecycle or snap.lifecycle.get(decision.model)
     if not isinstance(decision, Queue):
         return decision, snap
     wait = node.settings.queue.max_wait_seconds

@@ -91,6 +91,7 @@ class InFlight:
     reservation: Reservation = NO_RESERVATION
     record: TelemetryRecord | None = None  # the answer's record, once written
     ticket: Ticket = NO_TICKET  # what admission took from the tenant's rate allowances (nexus/router_node/rates.py)
+    lifecycle: str | None = None  # what a lifecycle operation did to this request's model (docs/fleet.md)
     _reserved_for: Route | None = None  # the decision the reservation was taken for
     _held: tuple[Attempt, float] | None = None  # the last failed attempt (and its milliseconds), not written yet
 

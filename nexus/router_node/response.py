@@ -71,6 +71,8 @@ def route_headers(r: InFlight, decision: Route, snap: Snapshot, attempt: Attempt
     if attempt.fallback is not None:
         h.append((b"x-nexus-fallback-model", attempt.fallback.encode()))
     h.extend(r.ticket.headers)  # a rate-limited key's x-ratelimit-* (docs/tenancy.md)
+    if r.lifecycle is not None:
+        h.append((b"x-nexus-lifecycle-status", r.lifecycle.encode("ascii", "replace")))
     if decision.warnings:
         h.append((b"x-nexus-warning", "; ".join(decision.warnings).encode("ascii", "replace")))
     return h

@@ -69,6 +69,7 @@ __all__ = [
     "run_health",
     "run_nodes",
     "run_quality",
+    "ticked",
 ]
 
 log = logging.getLogger("nexus.worker")
@@ -237,6 +238,9 @@ async def _ticked(
         return {"duplicate": True}
     wc, tick = claimed
     return {"tick": tick, **await body(wc)}
+
+
+ticked = _ticked  # for job modules of their own (nexus.worker.discovery, nexus.worker.lifecycle)
 
 
 async def health_job(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,9 @@
     budget   every routing.budget.reconciliation_interval_secs (default 60 s)
     quality  every quality.metrics_interval_seconds (default 30 s)
     nodes    every 3 s (a third of keys.NODE_STALE_SECONDS, rounded down to divide a minute)
+    lifecycle  every second: pending model operations (load, unload, migrate), /api/ps readings
+    fleet    every fleet.interval_seconds (default 30 s): pre-warm recommendations (and loads, auto_prewarm)
+    discovery  every discovery.browse_interval_seconds (default 10 s) when [discovery] enabled, also at start-up
 
 Intervals are rounded down to an even wall-clock grid (`nexus.worker.schedule`), evaluated in UTC, so every
 worker process (and `nexus serve`'s in-process worker) computes the same tick times and job ids.
@@ -36,6 +39,8 @@ from nexus.core.config import NexusSettings, load_settings
 from nexus.core.redis_conn import RedisTarget
 from nexus.core.rollup import DEFAULT_BATCH_SIZE
 from nexus.core.state import seed_desired
+from nexus.worker.discovery import DISCOVERY_JOB, discovery_job
+from nexus.worker.fleet import FLEET_JOB, fleet_job
 from nexus.worker.jobs import (
     BUDGET_JOB,
     CTX_KEY,
@@ -48,6 +53,7 @@ from nexus.worker.jobs import (
     nodes_job,
     quality_job,
 )
+from nexus.worker.lifecycle import LIFECYCLE_INTERVAL_SECONDS, LIFECYCLE_JOB, lifecycle_job
 from nexus.worker.probe import new_session
 from nexus.worker.schedule import cron_fields, effective_interval
 
@@ -79,6 +85,16 @@ def job_specs(settings: NexusSettings) -> list[JobSpec]:
         JobSpec(QUALITY_JOB, quality_job, settings.quality.metrics_interval_seconds, 2, 300.0),
         JobSpec(NODES_JOB, nodes_job, NODES_INTERVAL_SECONDS, 6, 30.0),
     ]
+    # lifecycle operations wait at most a second to start; a tick runs whatever is pending, then ends
+    lc = settings.lifecycle
+    timeout = 2 * lc.load_timeout_seconds + lc.pull_timeout_seconds + 120
+    specs.append(JobSpec(LIFECYCLE_JOB, lifecycle_job, LIFECYCLE_INTERVAL_SECONDS, 0, timeout))
+    specs.append(JobSpec(FLEET_JOB, fleet_job, settings.fleet.interval_seconds, 3, 120.0))
+    dc = settings.discovery
+    if dc.enabled:
+        # a tick is one browse window plus the resolution of what answered, under a lease of the same bound
+        timeout = dc.browse_seconds * 4 + 30
+        specs.append(JobSpec(DISCOVERY_JOB, discovery_job, dc.browse_interval_seconds, 1, timeout, True))
     if hc.enabled:
         # A tick is bounded by one probe timeout (probes run concurrently) plus a few Redis calls.
         specs.insert(0, JobSpec(HEALTH_JOB, health_job, hc.interval_seconds, 0, hc.timeout_seconds + 30.0, True))

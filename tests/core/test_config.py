@@ -240,6 +240,7 @@ def test_discovery_fleet_and_lifecycle_sections_take_rust_nexus_names_and_env_ov
     [
         ('[discovery]\nservice_types = ["ollama"]\n', "discovery.service_types[0]"),
         ('[discovery]\ninterfaces = ["eth0"]\n', "discovery.interfaces"),
+        ('[discovery]\nallowed_networks = ["lan"]\n', "discovery.allowed_networks"),
         ("[discovery]\ngrace_period_seconds = -1\n", "discovery.grace_period_seconds"),
         ('[lifecycle]\nkeep_alive = "forever"\n', "lifecycle.keep_alive"),
         ("[fleet]\nauto_prewarn = true\n", "fleet.auto_prewarn"),

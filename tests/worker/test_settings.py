@@ -16,7 +16,10 @@ from nexus.core import keys
 from nexus.core.embedded_redis import EmbeddedRedis
 from nexus.core.periods import day_of, period_of
 from nexus.core.telemetry_store import TelemetryRecord, write_records
+from nexus.worker.discovery import DISCOVERY_JOB
+from nexus.worker.fleet import FLEET_JOB
 from nexus.worker.jobs import BUDGET_JOB, CTX_KEY, HEALTH_JOB, NODES_JOB, QUALITY_JOB, WorkerContext, budget_job
+from nexus.worker.lifecycle import LIFECYCLE_JOB
 from nexus.worker.settings import cron_jobs, job_specs, worker_settings
 from tests.harness import eventually
 from tests.stored import read_ticks, sum_increments
@@ -37,7 +40,10 @@ def test_cron_jobs_follow_the_configured_intervals() -> None:
         quality={"metrics_interval_seconds": 45},
     )
     jobs = {cj.name: cj for cj in cron_jobs(settings)}
-    assert list(jobs) == [HEALTH_JOB, BUDGET_JOB, QUALITY_JOB, NODES_JOB]
+    assert list(jobs) == [HEALTH_JOB, BUDGET_JOB, QUALITY_JOB, NODES_JOB, LIFECYCLE_JOB, FLEET_JOB]
+    assert jobs[LIFECYCLE_JOB].second == set(range(60))
+    with_discovery = worker_settings_for(discovery={"enabled": True, "browse_interval_seconds": 5})
+    assert {cj.name: cj.second for cj in cron_jobs(with_discovery)}[DISCOVERY_JOB] == set(range(1, 60, 5))
     assert jobs[HEALTH_JOB].second == set(range(0, 60, 5)) and jobs[HEALTH_JOB].run_at_startup
     assert (jobs[BUDGET_JOB].second, jobs[BUDGET_JOB].minute) == ({4}, set(range(0, 60, 2)))
     assert jobs[QUALITY_JOB].second == {2, 32}  # 45 s rounds down to 30 s

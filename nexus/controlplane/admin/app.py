@@ -27,8 +27,10 @@ from nexus.controlplane.admin.routers import (
     backends,
     budgets,
     config_io,
+    discovery,
     explain,
     keys,
+    models,
     observe,
     routing,
     spend,
@@ -153,6 +155,9 @@ def create_admin_app(
         telemetry.router,
         keys.router,
         teams.router,
+        discovery.router,
+        models.router,
+        models.fleet_router,
     ):
         app.include_router(router, prefix=PREFIX)
     app.add_middleware(BodyLimit, max_bytes=LIMITS.admin_body_bytes)

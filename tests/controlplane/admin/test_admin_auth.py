@@ -9,6 +9,8 @@ import re
 import pytest
 
 from nexus.controlplane.admin import create_admin_app
+from nexus.core.fleet.lifecycle import Operation
+from nexus.core.fleet.store import write_op
 from nexus.core.state import read_desired
 from tests.controlplane.admin.conftest import SECRETS, SEED, SEED_KEY, SEED_TEAM, TOKEN
 from tests.harness import settings_for
@@ -38,6 +40,7 @@ def test_the_schema_lists_every_router() -> None:
 @pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 @pytest.mark.parametrize("token", [None, "wrong-token-0123456789"], ids=["no-token", "wrong-token"])
 async def test_every_route_and_method_needs_the_admin_token(admin, method: str, path: str, token: str | None):
+    await write_op(admin.redis, Operation(id="x", kind="load", model="m", backend="local", created_at=1, updated_at=1))
     before = await read_desired(admin.redis)
     # a well-formed body where one is taken: the refusal must come from auth, not from validation
     body = {"monthly_limit_usd": 1.0} if "budgets" in path else {}
