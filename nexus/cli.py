@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_CONFIG", "main"]
+
+DEFAULT_CONFIG = "nexus.toml"  # what `nexus serve` reads without --config, in the working directory
 
 
 def _check_config(ns: argparse.Namespace) -> int:
@@ -60,6 +63,9 @@ def _settings(ns: argparse.Namespace, *, demo: bool = False):  # -> NexusSetting
         settings = load_settings(DEMO_CONFIG, overrides=overrides)
     else:
         settings = load_settings(ns.config, overrides=overrides)
+    from nexus.core.logs import configure_logging
+
+    configure_logging(settings.logging)
     knobs = settings.testing.knobs()
     if knobs:
         shown = ", ".join(f"{k} = {v}" for k, v in sorted(knobs.items()))
@@ -73,8 +79,11 @@ def _serve(ns: argparse.Namespace) -> int:
     from nexus.serve import serve
 
     if not ns.demo and not ns.config:
-        print("nexus serve: give --config nexus.toml, or --demo for the built-in demo", file=sys.stderr)
-        return 2
+        if not Path(DEFAULT_CONFIG).is_file():
+            print(f"nexus serve: no ./{DEFAULT_CONFIG}: give --config nexus.toml, run `nexus config init`, or "
+                  "--demo for the built-in demo", file=sys.stderr)
+            return 2
+        ns.config = DEFAULT_CONFIG
     try:
         settings = _settings(ns, demo=ns.demo)
         serve(settings, demo=ns.demo)
@@ -152,30 +161,11 @@ def _dev_cluster(ns: argparse.Namespace) -> int:
     if ns.config:
         with open(ns.config, "rb") as fh:
             config = tomllib.load(fh)
-    else:  # the demo pair
-        fakes = [
-            FakeSpec("local-gpu", ("llama3:8b",), "vllm", {"latency_ms": 20}, {"tier": 2, "priority": 1}),
-            FakeSpec(
-                "cloud-api",
-                ("llama3:8b", "gpt-4o"),
-                "generic",
-                {"latency_ms": 20},
-                {
-                    "tier": 5,
-                    "priority": 5,
-                    "models": [
-                        {"name": "llama3:8b", "input_usd_per_1m": 0.5, "output_usd_per_1m": 1.5},
-                        {"name": "gpt-4o", "input_usd_per_1m": 2.5, "output_usd_per_1m": 10.0},
-                    ],
-                },
-            ),
-        ]
-        config = {
-            "routing": {
-                "policies": [{"model_pattern": "llama3*", "privacy": "restricted"}],
-                "budget": {"monthly_limit_usd": 5.0, "hard_limit_action": "block_cloud"},
-            }
-        }
+    else:  # the demo of `nexus serve --demo`: its config, its backends started as fakes
+        from nexus.serve import DEMO_CONFIG
+        from nexus.tools.devcluster import demo_cluster
+
+        fakes, config = demo_cluster(DEMO_CONFIG)
     base = ns.dir or tempfile.mkdtemp(prefix="nexus-dev-cluster-")
     cluster = LocalCluster(
         base, routers=ns.routers, workers=ns.workers, fakes=fakes, config=config, nginx=ns.nginx, sentinel=ns.sentinel
@@ -222,14 +212,17 @@ def _worker(ns: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
     p.add_argument("--config", "-c", required=config_required, help="path of nexus.toml")
     p.add_argument("--redis-url", help="shared Redis (overrides [redis] url and NEXUS_REDIS_URL)")
-    p.add_argument("--host", help="listen address (overrides [server] host)")
-    p.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+    p.add_argument("--host", "-H", help="listen address (overrides [server] host)")
+    p.add_argument("--port", "-p", type=int, help="listen port (overrides [server] port)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nexus.cli_tools import add_commands as add_tool_commands
+    from nexus.cli_tools import version
     from nexus.tools.fake_backend import add_arguments as add_fake_arguments
 
     parser = argparse.ArgumentParser(prog="nexus", description="Nexus: LLM inference routing control plane")
+    parser.add_argument("--version", "-V", action="version", version=f"nexus {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check-config", help="validate a nexus.toml and exit")
@@ -268,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     from nexus.cli_admin import add_commands
 
     add_commands(sub)
+    add_tool_commands(sub, parser)
 
     fake = sub.add_parser("fake-backend", help="run the fake OpenAI-compatible backend (tests, demo, benchmarks)")
     add_fake_arguments(fake)

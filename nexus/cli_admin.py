@@ -35,7 +35,7 @@ class _Failed(Exception):
 def _call(ns: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     from nexus.core.config import load_settings
 
-    settings = load_settings(None, check_secrets=False)
+    settings = load_settings(None)
     base = (ns.admin_url or settings.admin.url).rstrip("/")
     token = ns.token or settings.admin.token
     data = json.dumps(body).encode() if body is not None else None
@@ -302,11 +302,11 @@ def run(ns: argparse.Namespace) -> int:
         )
         return EXIT_INVALID
     try:
-        ns.func(ns)
+        code = ns.func(ns)  # None, or an exit code of its own (`nexus models` listing a gateway's models)
     except _Failed as exc:
         print(f"nexus: {exc}", file=sys.stderr)
         return exc.code
     except OSError as exc:
         print(f"nexus: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    return EXIT_OK
+    return code or EXIT_OK

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from nexus.cli_admin import call, common, out
+from nexus.cli_tools import gateway_models
 
 __all__ = ["add_commands"]
 
@@ -26,7 +27,9 @@ def _wait(ns: argparse.Namespace, op: dict[str, Any]) -> None:
         raise SystemExit(1)
 
 
-def _models(ns: argparse.Namespace) -> None:
+def _models(ns: argparse.Namespace) -> int | None:
+    if ns.action is None:
+        return gateway_models(ns)
     if ns.action == "list":
         out(ns, call(ns, "GET", "/models")["models"], ["backend", "model", "state", "size_vram", "expires_at"])
         return
@@ -54,8 +57,11 @@ def _discovery(ns: argparse.Namespace) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    m = common(sub.add_parser("models", help="which model is loaded where; load, unload or migrate (Ollama)"))
-    m.add_argument("action", choices=["list", "load", "unload", "migrate"])
+    m = common(sub.add_parser("models", help="the models a gateway serves (no action, --url); list: which is loaded "
+                              "where; load, unload or migrate (Ollama)"))
+    m.add_argument("action", nargs="?", choices=["list", "load", "unload", "migrate"])
+    m.add_argument("--url", default="http://127.0.0.1:8000", help="no action: the gateway's base URL")
+    m.add_argument("--api-key", help="no action: a client key, when the gateway requires one")
     m.add_argument("model", nargs="?")
     m.add_argument("--backend", help="load/unload: the Ollama backend")
     m.add_argument("--from", dest="source", help="migrate: the backend to unload it from")
@@ -64,7 +70,7 @@ def add_commands(sub: Any) -> None:
     m.add_argument("--wait-seconds", type=float, default=900.0)
 
     def models_needs(ns: argparse.Namespace) -> bool:
-        if ns.action == "list":
+        if ns.action in (None, "list"):
             return True
         if ns.action == "migrate":
             return bool(ns.model and ns.source and ns.target)

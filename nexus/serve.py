@@ -58,12 +58,14 @@ def _admin_token(settings: NexusSettings, demo: bool) -> tuple[str | None, str]:
         return None, f"admin API disabled: {exc}"
 
 
-def _admin_factory(settings: NexusSettings, token: str | None):
+def _admin_factory(settings: NexusSettings, token: str | None, built: list):
     if token is None:
         return None
 
     def build(redis: Redis) -> ASGIApp:
-        return create_admin_app(settings, redis, token=token, local_demo=True)
+        app = create_admin_app(settings, redis, token=token, local_demo=True)
+        built.append(app)
+        return app
 
     return build
 
@@ -98,10 +100,15 @@ def serve(settings: NexusSettings, *, demo: bool = False) -> None:
 
         shutdown = [*shutdown, stop_embedded]
     try:
-        app = build_gateway(settings, url, startup=startup, shutdown=shutdown, admin=_admin_factory(settings, token))
+        admins: list = []
+        app = build_gateway(
+            settings, url, startup=startup, shutdown=shutdown, admin=_admin_factory(settings, token, admins)
+        )
         from nexus.worker.metrics import REGISTRY as WORKER_METRICS
 
         app.node.metrics.include(WORKER_METRICS)  # the in-process worker loops' series on the same /metrics
+        for admin in admins:
+            app.node.metrics.include(admin.state.metrics.registry)
         host, port = settings.server.host, settings.server.port
         target = settings.redis.target(url).describe()
         where = f"embedded Redis at {target} (data in {settings.redis.data_dir})" if embedded else f"Redis {target}"

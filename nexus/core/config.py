@@ -18,6 +18,7 @@ Invalid input raises `ConfigError`, whose message names the file, each bad key a
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import os
 import time
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -69,6 +72,7 @@ __all__ = [
     "HealthCheckConfig",
     "LifecycleConfig",
     "Limits",
+    "LoggingConfig",
     "ModelConfig",
     "NexusSettings",
     "PolicyConfig",
@@ -86,6 +90,7 @@ __all__ = [
     "format_validation_error",
     "key_for",
     "load_settings",
+    "missing_key_reasons",
     "resolve_secret",
     "validate_desired",
 ]
@@ -176,7 +181,8 @@ class BackendConfig(BaseModel):
     type: Annotated[BackendType, BeforeValidator(_lower)] = BackendType.GENERIC
     zone: Annotated[Zone | None, BeforeValidator(_zone)] = None
     tier: int = Field(default=1, ge=1, le=5)
-    priority: int = Field(default=1, ge=0, le=1_000_000)
+    # lower is preferred; negative values (Rust Nexus's i32 priorities) sort before 0
+    priority: int = Field(default=1, ge=-1_000_000, le=1_000_000)
     max_concurrency: int = Field(default=8, ge=1, le=1_000_000)
     # the name of a secret declared in nexus.toml [secrets]; its key is only ever sent to that secret's hosts
     secret: str | None = Field(default=None, max_length=200, pattern=SECRET_NAME_PATTERN)
@@ -458,7 +464,10 @@ class HealthCheckConfig(BaseModel):
 class QualityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    # false: quality never excludes or demotes a backend (health, breakers and passive ejection still do)
+    enabled: bool = True
+    # a backend whose 1h error rate is at or above this is excluded; 0.0: any error excludes it
+    error_rate_threshold: float = Field(default=0.5, ge=0, le=1)
     ttft_penalty_threshold_ms: float = Field(default=3000.0, gt=0)
     metrics_interval_seconds: float = Field(default=30.0, gt=0)
     min_requests: int = Field(
@@ -477,18 +486,77 @@ class QualityConfig(BaseModel):
 
 
 class QueueConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Rust Nexus's documented names are accepted as aliases: max_queue_size, default_timeout_seconds
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
 
     enabled: bool = True
-    max_size: int = Field(default=100, ge=0, le=10_000_000)
-    max_wait_seconds: float = Field(default=30.0, gt=0)
+    max_size: int = Field(
+        default=100, ge=0, le=10_000_000, validation_alias=AliasChoices("max_size", "max_queue_size")
+    )
+    max_wait_seconds: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("max_wait_seconds", "default_timeout_seconds")
+    )
 
 
 class TelemetryConfig(BaseModel):
+    """`[telemetry]`: the router node's telemetry buffer, the sampled ring of recent routing decisions the
+    dashboard shows, and the optional OpenTelemetry trace export (the `otel` extra)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     flush_interval_ms: int = Field(default=50, gt=0, le=60_000)
     buffer_max_records: int = Field(default=100_000, gt=0, le=100_000_000)
+    # recent decisions kept per router node (model, backend, reason, trace; never prompt content)
+    decisions_kept: int = Field(default=50, ge=0, le=10_000)
+    decisions_sample_ratio: float = Field(default=0.1, ge=0, le=1)
+    # OpenTelemetry: one span per request, children for the pipeline and each upstream attempt
+    otel_enabled: bool = False
+    otlp_endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces", max_length=2000)
+    otlp_headers: dict[str, str] = Field(default_factory=dict, max_length=32)
+    service_name: str = Field(default="nexus", min_length=1, max_length=200)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
+_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical")
+
+
+class LoggingConfig(BaseModel):
+    """`[logging]`: process logs and the one structured line per request (logger `nexus.request`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    level: Annotated[str, BeforeValidator(_lower)] = "info"
+    format: Annotated[str, BeforeValidator(_lower)] = "pretty"
+    # logger names below `nexus.` (e.g. routing, api, health, request) -> level
+    component_levels: dict[
+        Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.]+$")],
+        Annotated[str, BeforeValidator(_lower)],
+    ] = Field(default_factory=dict, max_length=100)
+    # true: request lines carry the messages (privacy risk; local debugging only). Never secrets.
+    enable_content_logging: bool = False
+    request_log: bool = True  # false: no per-request line
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {v!r}; use one of {', '.join(_LOG_LEVELS)}")
+        return v
+
+    @field_validator("component_levels")
+    @classmethod
+    def _levels(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, level in v.items():
+            if level not in _LOG_LEVELS:
+                raise ValueError(f"{name}: unknown log level {level!r}; use one of {', '.join(_LOG_LEVELS)}")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v not in ("pretty", "json"):
+            raise ValueError(f'unknown log format {v!r}; use "pretty" or "json"')
+        return v
 
 
 class AdminConfig(BaseModel):
@@ -497,9 +565,16 @@ class AdminConfig(BaseModel):
     token: str = ""
     port: int = Field(default=8001, ge=0, le=65535)
     url: str = Field(default="http://127.0.0.1:8000", description="where operator commands find the admin API")
+    # how often the dashboard's one shared reading of the cluster is taken while a page is open
+    dashboard_interval_seconds: float = Field(default=1.0, ge=0.05, le=60)
 
 
 _SERVICE_TYPE = r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$"
+
+
+def _trailing_dot(value: Any) -> Any:
+    # Rust Nexus's example writes "_ollama._tcp.local" and adds the dot itself: so do we
+    return value + "." if isinstance(value, str) and value.endswith(".local") else value
 
 
 class DiscoveryConfig(BaseModel):
@@ -510,7 +585,7 @@ class DiscoveryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = False
-    service_types: list[Annotated[str, Field(pattern=_SERVICE_TYPE)]] = Field(
+    service_types: list[Annotated[str, BeforeValidator(_trailing_dot), Field(pattern=_SERVICE_TYPE)]] = Field(
         default_factory=lambda: ["_ollama._tcp.local.", "_llm._tcp.local."], min_length=1, max_length=16
     )
     # a backend that stops answering (its announcement gone, or its health probe failing) is kept this long
@@ -701,6 +776,7 @@ class NexusSettings(BaseSettings):
     quality: QualityConfig = QualityConfig()
     queue: QueueConfig = QueueConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    logging: LoggingConfig = LoggingConfig()
     testing: TestingConfig = TestingConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     fleet: FleetConfig = FleetConfig()
@@ -708,12 +784,20 @@ class NexusSettings(BaseSettings):
     secrets: dict[Annotated[str, Field(max_length=200, pattern=SECRET_NAME_PATTERN)], SecretConfig] = Field(
         default_factory=dict
     )
+    # secret name -> reason, for secrets whose variable was unset when load_settings read the environment
+    _missing_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def missing_keys(self) -> Mapping[str, str]:
+        """Secret name -> "API key variable X is not set", as `load_settings` found the environment."""
+        return self._missing_keys
 
     @model_validator(mode="before")
     @classmethod
     def _implied_secrets(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             data = dict(data)
+            _check_sections(data)
             implied_secrets(data)
         return data
 
@@ -741,6 +825,27 @@ class NexusSettings(BaseSettings):
         return validate_desired(
             {"backends": self.backends, "routing": self.routing, "keys": self.keys, "teams": self.teams}, "nexus.toml"
         )
+
+
+def _check_sections(data: dict[str, Any]) -> None:
+    """Refuse an unknown top-level section (a typo such as `[helth_check]` used to pass silently), naming the
+    closest known one."""
+    known = list(NexusSettings.model_fields)
+    for name in list(data):
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+            hint = f"did you mean [{close[0]}]?" if close else f"known sections: {', '.join(sorted(known))}"
+            raise ValueError(f"unknown section [{name}]; {hint}")
+
+
+def missing_key_reasons(settings: NexusSettings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Secret name -> why a backend using it cannot be used here: the variable holding its key is unset or
+    empty in this process. Such backends are kept (and shown) but excluded from routing with this reason."""
+    return {
+        name: f"API key variable {s.env} is not set"
+        for name, s in settings.secrets.items()
+        if resolve_secret(s.env, environ) is None
+    }
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -825,9 +930,9 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    check_secrets: bool = True,
 ) -> NexusSettings:
-    """Read `path` (if any), apply NEXUS_* overrides and `overrides`, validate everything."""
+    """Read `path` (if any), apply NEXUS_* overrides and `overrides`, validate everything. A secret whose
+    variable is unset does not stop start-up: its backends are excluded with a reason (`missing_key_reasons`)."""
     env = os.environ if environ is None else environ
     source = str(path) if path is not None else "environment"
     data: dict[str, Any] = {}
@@ -849,12 +954,5 @@ def load_settings(
         settings = NexusSettings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, data)) from None
-    if check_secrets:
-        problems = [
-            f"{source}: secrets.{name}.env: variable {s.env} is not set or empty; export it before starting Nexus"
-            for name, s in settings.secrets.items()
-            if resolve_secret(s.env, env) is None
-        ]
-        if problems:
-            raise ConfigError("\n".join(problems))
+    settings._missing_keys = missing_key_reasons(settings, env)
     return settings

@@ -266,6 +266,7 @@ def build_state(
             quality=settings.quality,
             testing=settings.testing,
             cache=cache,
+            missing_keys=settings.missing_keys,
         )
     except StateError:
         raise

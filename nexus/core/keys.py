@@ -45,6 +45,8 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  nodes            zset  node id -> last gauge write (unix s); index of the gauges
     {nodes}      heartbeats  hash  node id -> heartbeat JSON; stale after NODE_STALE_SECONDS, then
                                    marked `gone` by the liveness worker
+                 decisions:<node> list  recent sampled routing decisions of one node, newest first (LPUSH +
+                                   LTRIM to [telemetry] decisions_kept); expires after DECISIONS_TTL_SECONDS
     {rate}       rpm:<scope>  zset  rate-limit allowances granted to router nodes (nexus.core.rates): member
                  tpm:<scope>  zset  "<count>:<node>:<seq>", score = the unix ms its allowance stops counting
     {fleet}      discovered  hash  backend name -> {url, service, instance, first_seen, last_seen}: what the
@@ -58,6 +60,8 @@ Layout (values are orjson-encoded JSON unless said otherwise):
     {observed}   lifecycle   hash  backend name -> {model: {state, op, until}}: models a lifecycle operation
                                    is loading (`loading`) or about to unload (`draining`) there; ignored
                                    after `until`, so a worker that dies mid-operation leaves no lasting mark
+    {admin}      session:<sha256> str  a dashboard session: {csrf, expires_at}; expires after
+                                   DASHBOARD_SESSION_TTL_SECONDS (the cookie holds the id, Redis its digest)
     {worker}     queue              zset  arq's job queue (arq's own `arq:job:*`, `arq:result:*`,
                                           `arq:in-progress:*` keys sit outside this schema)
                  ticks:<job>:<day>  hash  scheduled tick (unix ms) -> times the job body ran
@@ -74,6 +78,8 @@ __all__ = [
     "CONFIG_ROUTING",
     "CONFIG_TEAMS",
     "CONFIG_VERSION",
+    "DASHBOARD_SESSION_TTL_SECONDS",
+    "DECISIONS_TTL_SECONDS",
     "EVENTS_CHANNEL",
     "FLEET_DISCOVERED",
     "FLEET_IGNORED",
@@ -103,6 +109,8 @@ __all__ = [
     "WIRE_FACT_TTL_SECONDS",
     "WORKER_QUEUE",
     "WORKER_TICKS_TTL_SECONDS",
+    "dashboard_session",
+    "decisions",
     "fleet_lock",
     "inflight",
     "rate_window",
@@ -217,6 +225,22 @@ NODE_STALE_SECONDS = 10.0
 # Gone nodes (marked by the liveness worker) stay listed this long after their last heartbeat, so an
 # operator can still see them in `GET /admin/v1/nodes`; then the worker removes them.
 NODE_GONE_RETENTION_SECONDS = 24 * 3600.0
+# a node's ring of recent decisions outlives the node by this much, then goes with it
+DECISIONS_TTL_SECONDS = 3600
+
+
+def decisions(node_id: str) -> str:
+    """List of router node `node_id`'s recent sampled decisions (JSON), newest first."""
+    return _key("nodes", f"decisions:{_part('node id', node_id)}")
+
+
+# -- dashboard sessions (admin API) ------------------------------------------------------------------------
+DASHBOARD_SESSION_TTL_SECONDS = 8 * 3600
+
+
+def dashboard_session(digest: str) -> str:
+    """A dashboard session, by the sha256 hex digest of its cookie value (the id itself is never stored)."""
+    return _key("admin", f"session:{_part('session digest', digest)}")
 
 
 # -- rolled-up telemetry (written by workers) -------------------------------------------------------------

@@ -49,6 +49,7 @@ class BackendType(StrEnum):
     VLLM = "vllm"
     LLAMACPP = "llamacpp"
     LMSTUDIO = "lmstudio"
+    EXO = "exo"  # an exo cluster of local machines (OpenAI-compatible API)
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     GOOGLE = "google"
@@ -177,6 +178,9 @@ class Backend:
     secret: str | None = None  # name of a secret in nexus.toml [secrets]; sent only to its hosts
     is_local: bool = False  # derived from type by the snapshot builder; a field because it is hot
     timeout_seconds: float | None = None  # per-backend upstream timeout; None: server.request_timeout_seconds
+    # why no request may go to this backend although it is configured (its key's variable is unset on this
+    # process): the RequestAnalyzer excludes it with this reason; None: usable
+    unusable: str | None = None
 
     @property
     def kind(self) -> str:

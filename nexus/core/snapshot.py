@@ -101,6 +101,7 @@ class ModelFacts:
     unhealthy: tuple[Backend, ...]
     min_context: int | None
     lacks_any: frozenset[str]  # request features some backend serving the model lacks (nexus/core/capabilities.py)
+    unusable: tuple[Backend, ...] = ()  # configured but not usable here (`Backend.unusable`: a key unset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,8 @@ def _budget(
 
 def static_score(b: Backend, weights: Weights) -> float:
     """Score parts that do not change between snapshot builds: priority, latency, quality."""
-    prio = 1.0 / (1.0 + b.priority)
+    # lower priority is better; negative priorities (Rust Nexus allows them) rank above 0, still bounded
+    prio = 1.0 / (1.0 + b.priority) if b.priority >= 0 else 2.0 - 1.0 / (1.0 - b.priority)
     lat = 0.5 if b.latency_ema_ms is None else 100.0 / (100.0 + b.latency_ema_ms)
     quality = 1.0 if b.quality is None else max(0.0, 1.0 - b.quality.error_rate_1h)
     return (weights.priority * prio + weights.latency * lat) * quality
@@ -240,7 +242,12 @@ def _specs(b_type: str, local: bool, models: Iterable[ModelConfig]) -> dict[str,
 
 
 def _backend(
-    cache: SnapshotCache, entry: tuple, obs: HealthObservation | None, quality: QualityStats | None, fresh: bool
+    cache: SnapshotCache,
+    entry: tuple,
+    obs: HealthObservation | None,
+    quality: QualityStats | None,
+    fresh: bool,
+    unusable: str | None = None,
 ) -> Backend:
     cfg, local, zone, configured = entry
     state = obs.state if obs is not None and fresh else HealthState.UNKNOWN
@@ -249,7 +256,7 @@ def _backend(
     # a healthy backend's cached object survives every health tick
     health_at = obs.checked_at if obs is not None and state is HealthState.UNHEALTHY else None
     discovered = obs.models if obs is not None else ()
-    key = (cfg, state, latency, discovered, quality, health_at)
+    key = (cfg, state, latency, discovered, quality, health_at, unusable)
     hit = cache.backends.get(cfg.name)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -277,6 +284,7 @@ def _backend(
         secret=cfg.secret,
         is_local=local,
         timeout_seconds=cfg.timeout_seconds,
+        unusable=unusable,
     )
     cache.backends[cfg.name] = (key, b)
     return b
@@ -310,13 +318,15 @@ def _derive(
             unhealthy=tuple(b for b in bs if b.health is HealthState.UNHEALTHY),
             min_context=min(contexts) if contexts else None,
             lacks_any=frozenset().union(*(s.lacks for s in specs)),
+            unusable=tuple(b for b in bs if b.unusable is not None),
         )
     failing, slow = set(), set()
     for b in backends.values():
         q = b.quality
-        if q is None or q.requests_1h < quality.min_requests:
+        if not quality.enabled or q is None or q.requests_1h < quality.min_requests:
             continue
-        if q.error_rate_1h >= quality.error_rate_threshold:
+        # threshold 0.0 (Rust Nexus: "exclude any errors") excludes a backend with any error, not every one
+        if q.error_rate_1h >= quality.error_rate_threshold and q.error_rate_1h > 0:
             failing.add(b.name)
         elif q.avg_ttfb_ms_1h > quality.ttft_penalty_threshold_ms:
             slow.add(b.name)
@@ -345,9 +355,12 @@ def build_snapshot(
     quality: QualityConfig | None = None,
     testing: TestingConfig | None = None,
     cache: SnapshotCache | None = None,
+    missing_keys: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """`cache` (from the previous build of the same `desired`) makes a rebuild reuse what did not change; a
-    cache of another config is ignored. Either way the result equals a build from scratch."""
+    cache of another config is ignored. Either way the result equals a build from scratch. `missing_keys`
+    (secret name -> reason, `NexusSettings.missing_keys`) marks the backends using such a secret unusable."""
+    missing_keys = missing_keys or {}
     health = health or HealthCheckConfig()
     quality = quality or QualityConfig()
     if cache is None or cache.desired is not desired:
@@ -362,7 +375,9 @@ def build_snapshot(
         name = entry[0].name
         obs = observed.health.get(name)
         fresh = obs is not None and now - obs.checked_at <= stale_after
-        backends[name] = _backend(cache, entry, obs, observed.quality.get(name), fresh)
+        secret = entry[0].secret
+        unusable = missing_keys.get(secret) if secret is not None else None
+        backends[name] = _backend(cache, entry, obs, observed.quality.get(name), fresh, unusable)
     if len(cache.backends) > len(backends):
         cache.backends = {n: v for n, v in cache.backends.items() if n in backends}
     # the derived tables depend on the backends (reused objects when unchanged), quality and weights only

@@ -29,6 +29,7 @@ from nexus.router_node.breaker import Breakers
 from nexus.router_node.inflight import InFlight
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.metrics import Metrics
+from nexus.router_node.observability import current as observation
 from nexus.router_node.queue import QueueFull, RequestQueue
 from nexus.router_node.rates import RateGate
 
@@ -80,9 +81,13 @@ def _decide(node: AdmittingNode, r: InFlight, model: str, privacy: Zone | None,
         usable_unhealthy=circuits.usable_unhealthy,
         tenant=req.tenant,
     )
+    obs = observation()
     t0 = time.perf_counter()
-    decision = decide(intent, snap, trace=req.routing.explain)
-    node.metrics.pipeline_seconds.observe(time.perf_counter() - t0)
+    decision = decide(intent, snap, trace=req.routing.explain or (obs is not None and obs.sampled))
+    took = time.perf_counter() - t0
+    node.metrics.pipeline_seconds.observe(took)
+    if obs is not None:  # a sampled decision goes to the dashboard's ring of recent decisions
+        obs.decided(decision, took)
     for reason in decision.reasons:
         node.metrics.exclusions.labels(reason.reconciler).inc()
     return decision, snap

@@ -7,7 +7,8 @@ model lists and the node's operational endpoints; `/admin` is handed to a mounte
     POST /v1/chat/completions   POST /v1/embeddings   POST /v1/completions   GET /v1/models[/{id}]
     POST /v1/messages   POST /v1/messages/count_tokens   POST /v1/responses
     POST /api/chat   POST /api/generate   POST /api/embed   GET /api/tags   POST /api/show   GET /api/version
-    GET /health (liveness)      GET /ready (snapshot loaded, not draining)      GET /metrics
+    GET /v1/stats (cluster-wide)   GET /health (liveness, with details)   GET /ready (snapshot loaded, not draining)
+    GET /metrics
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 from nexus.core.aliases import follow as follow_alias
+from nexus.core.errors import StateUnavailable
 from nexus.core.gateway_errors import MethodNotAllowed, NotFound, Overloaded, Unauthorized, Unavailable
 from nexus.core.model import HealthState
 from nexus.core.tenancy import Tenant
@@ -30,11 +32,14 @@ from nexus.router_node.listing import ModelListing
 from nexus.router_node.metrics import CONTENT_TYPE_LATEST
 from nexus.router_node.node import RouterNode
 from nexus.router_node.response import send_front_error
+from nexus.router_node.stats import StatsCache, health_details
 from nexus.router_node.tenants import authenticate, presented_key
 
 __all__ = ["GatewayApp"]
 
 log = logging.getLogger("nexus.router")
+_ADMIN_ROOTS = ("/admin", "/dashboard")  # paths handed to the mounted admin app (its API and the dashboard)
+_ADMIN_PREFIXES = tuple(f"{root}/" for root in _ADMIN_ROOTS)
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -56,6 +61,7 @@ class GatewayApp:
         self._server = node.settings.server
         self._max_active = self._server.max_concurrent_requests
         self._listing = ModelListing(node, self._routable)
+        self._stats = StatsCache(node.redis)
 
     @property
     def drain_seconds(self) -> float:
@@ -110,7 +116,18 @@ class GatewayApp:
             if ok:
                 await self._listing.serve(scope, receive, send, path, method, tenant)
         elif path == "/health":
-            await send_json(send, 200, b'{"status":"ok"}')
+            # liveness: always 200 while serving; the details come from memory, never from Redis
+            await send_json(send, 200, orjson.dumps(health_details(self.node.snapshot, self.node.started_at,
+                                                                   time.time())))
+        elif path == "/v1/stats" and method == "GET":
+            if not self._server.metrics_require_key or (await self._caller(True, scope, send))[0]:
+                try:
+                    body = await self._stats.get(self.node.snapshot, self.node.started_at, time.time())
+                except StateUnavailable as exc:
+                    await send_error(send, Unavailable(f"shared state unavailable: {exc}",
+                                                       headers={"Retry-After": "1"}))
+                    return
+                await send_json(send, 200, orjson.dumps(body))
         elif path == "/ready":
             await self._ready(send)
         elif path == "/metrics":
@@ -125,7 +142,7 @@ class GatewayApp:
                 }
             )
             await send({"type": "http.response.body", "body": body})
-        elif self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
+        elif self.admin is not None and (path in _ADMIN_ROOTS or path.startswith(_ADMIN_PREFIXES)):
             await self.admin(scope, receive, send)
         else:
             await send_error(send, NotFound(f"no route for {method} {path}"))

@@ -14,7 +14,9 @@ endpoints (nexus/router_node/fronts.py: `/v1/messages`, `/v1/responses`, `/api/c
    original decision's privacy carried over; then 404 / 503 / 502 / 504
    (docs/http-contract.md#errors; here, `_fail`);
 5. the request object (inflight.py) bills the answer, writes its telemetry records to the node's buffer
-   (never awaited on the way to the answer) and releases its reservation exactly once, whatever the path.
+   (never awaited on the way to the answer) and releases its reservation exactly once, whatever the path;
+6. what the request leaves besides its records (observability.py: its log line, its trace, the per-request
+   metrics, a sampled decision for the dashboard) is emitted when it ends, from the same records.
 """
 
 from __future__ import annotations
@@ -48,22 +50,25 @@ __all__ = ["handle_inference"]
 async def handle_inference(node: RouterNode, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
     headers: Headers = []
     front = FRONTS[path]
-    try:
-        req = await parse_request(scope, receive, front, tenants=node.tenants,
-                                  max_body_bytes=node.settings.server.max_body_bytes)
-        r = InFlight(req, node.node_id, node.clock, node.record)
-        headers.append((b"x-nexus-request-id", r.request_id.encode()))
+    with node.observability.request(path) as obs:  # its log line, span and metrics when the request ends
         try:
-            await admit_rates(node, r)
-            headers.extend(r.ticket.headers)
-            await _serve(node, r, receive, send)
-        finally:
-            r.close()
-            node.rates.settle(r.ticket, r.used_tokens)
-    except GatewayError as err:
-        node.metrics.errors.labels(type(err).__name__).inc()
-        node.metrics.requests.labels(path, "", str(err.status)).inc()
-        await send_front_error(send, front, err, headers)
+            req = await parse_request(scope, receive, front, tenants=node.tenants,
+                                      max_body_bytes=node.settings.server.max_body_bytes)
+            r = InFlight(req, node.node_id, node.clock, node.record)
+            obs.begin(r.request_id, req.model, req.key_id, req.stream, req.client)
+            headers.append((b"x-nexus-request-id", r.request_id.encode()))
+            try:
+                await admit_rates(node, r)
+                headers.extend(r.ticket.headers)
+                await _serve(node, r, receive, send)
+            finally:
+                r.close()
+                node.rates.settle(r.ticket, r.used_tokens)
+        except GatewayError as err:
+            obs.failed(err.status, type(err).__name__)
+            node.metrics.errors.labels(type(err).__name__).inc()
+            node.metrics.requests.labels(path, "", str(err.status)).inc()
+            await send_front_error(send, front, err, headers)
 
 
 async def _serve(node: RouterNode, r: InFlight, receive: Any, send: Any) -> None:

@@ -39,13 +39,14 @@ from nexus.core.rates import window_ms
 from nexus.core.reservations import settle_node
 from nexus.core.snapshot import Snapshot
 from nexus.core.state import seed_desired
-from nexus.core.telemetry_store import NodeHeartbeat, TelemetryRecord, write_heartbeat
+from nexus.core.telemetry_store import NodeHeartbeat, Outcome, TelemetryRecord, write_heartbeat
 from nexus.core.tenancy import team_scope
 from nexus.core.tenant_store import load_hash_secret
 from nexus.router_node.breaker import Breakers, BreakerSettings
 from nexus.router_node.leases import LeaseBook
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.metrics import Metrics
+from nexus.router_node.observability import Observability, note_record
 from nexus.router_node.queue import RequestQueue
 from nexus.router_node.rates import RateGate
 from nexus.router_node.refresher import SnapshotRefresher
@@ -128,6 +129,7 @@ class RouterNode:
         # draining node stops taking them once balancers had drain_delay_seconds to notice /ready (server.py)
         self.active = 0
         self.accepting = True
+        self.observability = Observability(settings, self.metrics, redis, self.node_id)
 
     # -- configuration-derived ------------------------------------------------------------------------
     def _key_digests(self) -> frozenset[str]:
@@ -277,6 +279,10 @@ class RouterNode:
         """Buffer a request's record (built by the request: nexus/router_node/inflight.py); its cost and the
         reservation it releases count in the spend this node routes by at once."""
         self.telemetry.record(rec)
+        note_record(rec)  # the request's log line, span and metrics are made from this same record
+        if rec.outcome != Outcome.UPSTREAM_ERROR:  # an answer (not a failed attempt or a release record)
+            self.metrics.observe_request(rec.model, rec.backend, rec.latency_ms / 1000.0, rec.prompt_tokens,
+                                         rec.completion_tokens, rec.cost_usd)
         self._apply_spend()
 
     async def _flush_loop(self) -> None:
@@ -358,6 +364,7 @@ class RouterNode:
             await asyncio.wait_for(self.rates.close(), 1.0)
         with contextlib.suppress(StateError, TimeoutError):
             await asyncio.wait_for(self._beat(), 1.0)
+        await self.observability.close()
         await self.upstream.close()
 
     async def _beat(self) -> None:
@@ -395,6 +402,7 @@ class RouterNode:
     def render_metrics(self) -> bytes:
         """`GET /metrics`: the gauges that mirror this node's state are set now, not on the hot path."""
         self._set_gauges(self.metrics)
+        self.metrics.fleet(self.snapshot, self.load.local, self.telemetry.redis_ok)
         return self.metrics.render()
 
     def _set_gauges(self, m: Metrics) -> None:

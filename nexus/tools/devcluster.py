@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from nexus.core.embedded_redis import EmbeddedRedis
 from nexus.core.errors import NexusError
 from nexus.tools.embedded_sentinel import EmbeddedSentinel
 
-__all__ = ["ClusterError", "FakeSpec", "LocalCluster", "free_port"]
+__all__ = ["ClusterError", "FakeSpec", "LocalCluster", "demo_cluster", "free_port"]
 
 NEXUS = [sys.executable, "-m", "nexus.cli"]
 
@@ -99,6 +100,20 @@ class FakeSpec:
     type: str = "vllm"
     options: Mapping[str, Any] = field(default_factory=dict)  # extra fake-backend CLI flags, e.g. latency_ms
     backend: Mapping[str, Any] = field(default_factory=dict)  # extra backend config, e.g. tier, prices
+
+
+def demo_cluster(demo_config: Path) -> tuple[list[FakeSpec], dict[str, Any]]:
+    """The demo config (`nexus serve --demo`'s) as a cluster: its backends become fakes serving their
+    models, everything else (aliases, fallbacks, policies, budget) is kept; ports are the cluster's own."""
+    with open(demo_config, "rb") as fh:
+        config = tomllib.load(fh)
+    config.pop("server", None)
+    fakes = []
+    for b in config.pop("backends"):
+        models = tuple(m["name"] if isinstance(m, dict) else m for m in b["models"])
+        extra = {k: v for k, v in b.items() if k not in ("name", "url", "type")}
+        fakes.append(FakeSpec(b["name"], models, b["type"], {"latency_ms": 20}, extra))
+    return fakes, config
 
 
 @dataclass(slots=True)

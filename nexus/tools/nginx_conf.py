@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="nexus.toml whose [server] and [queue] limits nginx follows")
     ns = parser.parse_args(argv)
     # The file alone, not this shell's NEXUS_* variables: the output is committed and must be reproducible.
-    settings = load_settings(ns.config, environ={}, check_secrets=False) if ns.config else None
+    settings = load_settings(ns.config, environ={}) if ns.config else None
     command = " ".join(
         [
             "python -m nexus.tools.nginx_conf",

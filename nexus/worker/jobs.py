@@ -40,7 +40,15 @@ from nexus.core.rollup import (
 from nexus.core.spend_report import write_budget_observations
 from nexus.core.state import read_desired
 from nexus.worker.health import HealthPolicy, next_health, warming_up
-from nexus.worker.metrics import AGGREGATE_INCONSISTENCIES, QUARANTINED, UNRECONCILED_USD
+from nexus.worker.metrics import (
+    AGGREGATE_INCONSISTENCIES,
+    BACKEND_LATENCY,
+    QUARANTINED,
+    ROLLUP_LAST_SUCCESS,
+    TICK_FAILURES,
+    TICK_SECONDS,
+    UNRECONCILED_USD,
+)
 from nexus.worker.probe import probe_all, target_for
 from nexus.worker.reconcilers import observe_budgets, plan_liveness, quality_stats
 from nexus.worker.schedule import tick_of
@@ -111,6 +119,8 @@ async def run_health(
     for b in backends:
         raw, prev = previous.get(b.name, (None, None))
         probe = results[b.name]
+        if probe.latency_ms is not None:
+            BACKEND_LATENCY.labels(b.name).observe(probe.latency_ms / 1000.0)
         record = next_health(prev, probe, policy, now, warming_up=warming_up(prev, b.warmup_seconds, now))
         states[b.name] = record.state
         if prev is None or prev.state is not record.state:
@@ -162,6 +172,7 @@ async def run_budget(
         if raised:
             log.warning("live spend of %s was below the aggregate for %s; raised it", period, ", ".join(raised))
         repaired += raised
+    ROLLUP_LAST_SUCCESS.set(time.time())
     return {
         "period": periods[GLOBAL_SCOPE],
         "periods": periods,
@@ -237,7 +248,15 @@ async def _ticked(
     if claimed is None:
         return {"duplicate": True}
     wc, tick = claimed
-    return {"tick": tick, **await body(wc)}
+    started = time.perf_counter()
+    try:
+        result = await body(wc)
+    except Exception:
+        TICK_FAILURES.labels(job).inc()
+        raise
+    finally:
+        TICK_SECONDS.labels(job).observe(time.perf_counter() - started)
+    return {"tick": tick, **result}
 
 
 ticked = _ticked  # for job modules of their own (nexus.worker.discovery, nexus.worker.lifecycle)

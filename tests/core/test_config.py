@@ -142,11 +142,9 @@ BAD = [
         ["backends[0] (backend 'a')", "secret is required for type 'openai'"],
         id="cloud-without-key-env",
     ),
-    pytest.param(
-        '[[backends]]\nname = "a"\nurl = "http://h"\ntype = "openai"\napi_key_env = "NOPE_KEY"\n',
-        ["secrets.NOPE_KEY.env", "NOPE_KEY is not set"],
-        id="unreadable-secret",
-    ),
+    pytest.param("[helth_check]\nenabled = true\n", ["unknown section [helth_check]", "did you mean [health_check]?"],
+                 id="section-typo"),
+    pytest.param("[logging]\nformat = \"xml\"\n", ["logging.format", "pretty"], id="log-format"),
     pytest.param(
         "[routing.budget]\nreset_day = 29\n", ["routing.budget.reset_day", "less than or equal to 28"], id="reset-29"
     ),

@@ -534,7 +534,7 @@ def _k8s_settings(docs: list[dict[str, Any]], tmp_path: Path) -> NexusSettings:
     config = _one(docs, "ConfigMap", "nexus-config")
     path = tmp_path / "nexus.toml"
     path.write_text(config["data"]["nexus.toml"], encoding="utf-8")
-    keys = {s.env: "x" for s in load_settings(path, environ={}, check_secrets=False).secrets.values()}
+    keys = {s.env: "x" for s in load_settings(path, environ={}).secrets.values()}
     return load_settings(path, environ=keys)  # valid, and every secret it names can be supplied
 
 

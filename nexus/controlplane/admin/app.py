@@ -18,11 +18,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from nexus.controlplane import dashboard
 from nexus.controlplane.admin.limits import BodyLimit
+from nexus.controlplane.admin.metrics import AdminMetrics, MetricsMiddleware
 from nexus.controlplane.admin.routers import (
     backends,
     budgets,
@@ -37,6 +39,7 @@ from nexus.controlplane.admin.routers import (
     teams,
     telemetry,
 )
+from nexus.controlplane.dashboard.hub import DashboardHub, collect
 from nexus.core.config import LIMITS, NexusSettings, format_errors, format_validation_error
 from nexus.core.errors import ConfigError, StateError, StateUnavailable
 from nexus.core.redis_conn import connect
@@ -101,6 +104,7 @@ def create_admin_app(
         try:
             yield
         finally:
+            await app.state.dashboard.close()
             if owned is not None:
                 await owned.aclose()
 
@@ -118,6 +122,9 @@ def create_admin_app(
     app.state.settings = settings
     app.state.redis = redis
     app.state.admin_token = required.encode()
+    app.state.dashboard = DashboardHub(
+        lambda: collect(app.state.redis, settings), settings.admin.dashboard_interval_seconds
+    )
 
     @app.exception_handler(ConfigError)
     async def _config_error(_request: Request, exc: ConfigError) -> JSONResponse:
@@ -160,5 +167,13 @@ def create_admin_app(
         models.fleet_router,
     ):
         app.include_router(router, prefix=PREFIX)
+    app.include_router(dashboard.router)
+    metrics = app.state.metrics = AdminMetrics()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return metrics.response()
+
     app.add_middleware(BodyLimit, max_bytes=LIMITS.admin_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -101,6 +101,8 @@ class HealthPublic(BaseModel):
     latency_ema_ms: float | None
     models: list[str]
     quality: dict[str, Any] | None
+    # why routing excludes this backend on the admin process although it is configured (a key variable unset)
+    unusable: str | None = None
 
 
 class NodePublic(BaseModel):

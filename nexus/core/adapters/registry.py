@@ -91,6 +91,7 @@ REGISTRY: Mapping[BackendType, BackendKind] = MappingProxyType({
     BackendType.VLLM: BackendKind(OPENAI, local=True),
     BackendType.LLAMACPP: BackendKind(OPENAI, local=True),
     BackendType.LMSTUDIO: BackendKind(OPENAI, local=True),
+    BackendType.EXO: BackendKind(OPENAI, local=True),  # an exo cluster: OpenAI-compatible API
     BackendType.OPENAI: BackendKind(OPENAI, needs_key=True, prices=_OPENAI_PRICES),
     # no n > 1, logprobs or text completions in the Messages API (JSON modes are emulated: docs/protocols.md)
     BackendType.ANTHROPIC: BackendKind(

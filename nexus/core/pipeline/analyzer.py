@@ -2,7 +2,8 @@
 
 Aliases resolve for at most `MAX_ALIAS_HOPS` hops (a->b->c->d resolves; a fourth hop is an error).
 Config loading refuses cycles and longer chains already; the check here guards snapshots built from
-anything else. Exclusions, one reason per backend, first that applies: unhealthy (unless this router
+anything else. Exclusions, one reason per backend, first that applies: unusable on this process (its API key
+variable is unset: `Backend.unusable`), unhealthy (unless this router
 node's breakers saw it answer since, or its trial is due: `intent.usable_unhealthy`), a request feature the
 model on that backend lacks (vision, tools, JSON mode or schema, `n > 1`, logprobs, text completions: the
 capability check of nexus/core/capabilities.py, never a feature silently dropped), context length too small
@@ -53,12 +54,16 @@ def reconcile(intent: RoutingIntent, snapshot: Snapshot) -> None:
     wanted = features(req)
     if not (wanted & facts.lacks_any) and (facts.min_context is None or need <= facts.min_context):
         # Every backend has what the request needs: only health can exclude.
-        checked: tuple[Backend, ...] = facts.unhealthy
+        checked: tuple[Backend, ...] = facts.unusable + facts.unhealthy if facts.unusable else facts.unhealthy
     else:
         checked = serving
     bad: list[tuple[Backend, str, str]] = []
     for b in checked:
         spec = b.models[model]
+        if b.unusable is not None:
+            bad.append((b, b.unusable, f"export the variable on every Nexus process, then restart; {b.name} "
+                        "stays configured meanwhile"))
+            continue
         unhealthy = b.health is HealthState.UNHEALTHY
         if unhealthy and b.name not in intent.usable_unhealthy:
             bad.append((b, "backend is unhealthy (failing health checks)",

@@ -34,6 +34,7 @@ FACTS = [
     (T.VLLM, "openai", True, False),
     (T.LLAMACPP, "openai", True, False),
     (T.LMSTUDIO, "openai", True, False),
+    (T.EXO, "openai", True, False),  # an exo cluster (Rust Nexus type names)
     (T.OPENAI, "openai", False, True),
     (T.ANTHROPIC, "anthropic", False, True),
     (T.GOOGLE, "google", False, True),  # the OpenAI protocol under Gemini's derived base
@@ -100,6 +101,7 @@ PROBES = [
     pytest.param(T.VLLM, "http://h:8000", "http://h:8000/v1/models", BEARER, id="vllm"),
     pytest.param(T.LLAMACPP, "http://h:8080/v1", "http://h:8080/v1/models", BEARER, id="llamacpp-base-with-v1"),
     pytest.param(T.LMSTUDIO, "http://h:1234", "http://h:1234/v1/models", BEARER, id="lmstudio"),
+    pytest.param(T.EXO, "http://h:52415", "http://h:52415/v1/models", BEARER, id="exo"),
     pytest.param(T.OPENAI, "https://api.openai.com/v1", "https://api.openai.com/v1/models", BEARER, id="openai"),
     pytest.param(T.ANTHROPIC, "https://api.anthropic.com", "https://api.anthropic.com/v1/models", ANTHROPIC,
                  id="anthropic"),

@@ -37,6 +37,7 @@ async def backend_health(redis: RedisDep, settings: SettingsDep) -> list[HealthP
                 latency_ema_ms=b.latency_ema_ms,
                 models=sorted(b.models),
                 quality=asdict(b.quality) if b.quality else None,
+                unusable=b.unusable,
             )
         )
     return out
