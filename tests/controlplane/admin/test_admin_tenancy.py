@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import orjson
 
 from nexus.core import keys
@@ -21,17 +24,19 @@ async def _redis_text(redis) -> bytes:
 
 
 async def test_key_lifecycle_shows_the_secret_once_and_stores_only_its_digest(admin):
+    expires = int(time.time()) + 365 * 86400  # a year from the real now: the key must still be active
+    expires_iso = datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z")
     assert (await admin.call("PUT", "/teams/ml", json={"rpm": 100, "models": ["m*"]}))[0] == 200
     status, created = await admin.call(
         "POST", "/keys",
         json={"name": "app", "team": "ml", "rpm": 60, "tpm": 1000, "privacy": "RESTRICTED", "max_tier": 3,
               "budget": {"monthly_limit_usd": 2, "hard_limit_action": "block_all"},
-              "expires_at": "2099-01-01T00:00:00Z", "metadata": {"owner": "alice"}},
+              "expires_at": expires_iso, "metadata": {"owner": "alice"}},
     )
     assert status == 201, created
     secret, kid = created["key"], created["id"]
     assert secret.startswith("nx-") and kid.startswith("key_") and created["privacy"] == "restricted"
-    assert created["status"] == "active" and created["expires_at"] == 4070908800.0
+    assert created["status"] == "active" and created["expires_at"] == float(expires)
     assert created["usage"] == {"spend_usd": 0.0, "period": created["usage"]["period"], "budget_status": "normal",
                                 "rpm_used": 0, "tpm_used": 0}
     status, listed = await admin.call("GET", "/keys")

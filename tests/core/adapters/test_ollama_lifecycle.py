@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 
 from nexus.core.adapters.ollama import MAX_LOADED, OLLAMA, LoadedModel
 
+EXPIRES = datetime.fromtimestamp(time.time() + 300, UTC).isoformat()  # passed through as Ollama wrote it
+
 
 def test_ps_entries_are_read_and_bounded_and_bad_ones_skipped():
     payload = {"models": [
-        {"name": "llama3:8b", "size_vram": 5_000_000_000, "expires_at": "2026-12-02T08:00:00Z", "extra": 1},
+        {"name": "llama3:8b", "size_vram": 5_000_000_000, "expires_at": EXPIRES, "extra": 1},
         {"name": "tiny", "size_vram": True, "expires_at": 5},  # wrong types: not reported
         {"name": ""}, {"size_vram": 1}, "junk", {"name": "x" * 300},
     ]}
     assert OLLAMA.loaded_models(payload) == [
-        LoadedModel("llama3:8b", 5_000_000_000, "2026-12-02T08:00:00Z"), LoadedModel("tiny", None, None)
+        LoadedModel("llama3:8b", 5_000_000_000, EXPIRES), LoadedModel("tiny", None, None)
     ]
     assert len(OLLAMA.loaded_models({"models": [{"name": f"m{i}"} for i in range(MAX_LOADED + 5)]})) == MAX_LOADED
 
