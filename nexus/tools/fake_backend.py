@@ -28,7 +28,6 @@ import hashlib
 import itertools
 import math
 import random
-import signal
 import struct
 import time
 from collections import deque
@@ -37,6 +36,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from nexus.core.shutdown import stop_on_signals
 
 __all__ = ["FAIL_MODES", "FakeBackend", "FakeBackendOptions", "add_arguments", "options_from_args",
            "run_forever"]
@@ -508,11 +509,7 @@ def run_forever(options: FakeBackendOptions, host: str = "127.0.0.1", port: int 
     """Serve until SIGINT/SIGTERM. Prints `fake backend <name> listening on <url>` once bound."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         fb = FakeBackend(options)
         await fb.start(host, port)
         try:

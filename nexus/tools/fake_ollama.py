@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from nexus.core.shutdown import stop_on_signals
 
 __all__ = ["FakeOllama", "add_arguments", "run_forever"]
 
@@ -264,11 +264,7 @@ def run_forever(ns: argparse.Namespace) -> None:
     """Serve until SIGINT/SIGTERM; prints `fake ollama listening on http://host:port` once bound."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         fake = FakeOllama(ns.models or ["llama3:8b"], load_seconds=ns.load_seconds, pullable=ns.pullable)
         port = await fake.start(ns.host, ns.port)
         try:

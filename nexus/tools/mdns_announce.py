@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import socket
+
+from nexus.core.shutdown import stop_on_signals
 
 __all__ = ["add_arguments", "run_forever"]
 
@@ -31,11 +31,7 @@ def run_forever(ns: argparse.Namespace) -> None:
     props = dict(item.split("=", 1) for item in ns.txt)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         zc = AsyncZeroconf(interfaces=[ns.address], ip_version=IPVersion.V4Only)
         info = AsyncServiceInfo(ns.service_type, f"{ns.name}.{ns.service_type}", port=ns.port,
                                 addresses=[socket.inet_aton(ns.address)], properties=props)

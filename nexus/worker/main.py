@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable, Collection
 from typing import Any
@@ -30,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from nexus.core.config import NexusSettings
 from nexus.core.redis_conn import connect
 from nexus.core.rollup import DEFAULT_BATCH_SIZE
+from nexus.core.shutdown import stop_on_signals
 from nexus.worker.settings import worker_settings
 
 __all__ = ["ThreadedWorker", "WorkerHandle", "build_worker", "run_worker", "start_in_process"]
@@ -275,11 +275,7 @@ def run_worker(settings: NexusSettings, redis_url: str | None = None, metrics_po
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         handle = await start_in_process(settings, redis_url)
         log.info("nexus worker running (%d cron jobs)", len(handle.worker.cron_jobs))
         waiter = asyncio.ensure_future(stop.wait())
