@@ -26,8 +26,9 @@ __all__ = ["AppServer", "GatewayHarness", "eventually", "fake_backend", "setting
 FAST = {"redis": {"snapshot_poll_seconds": 0.2}, "telemetry": {"flush_interval_ms": 20}}
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `check` (sync or async) until it returns a truthy value; fail with its last value after `timeout`."""
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value; fail with its last value (and `what` was
+    awaited) after `timeout`."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -37,7 +38,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+            raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
 
 

@@ -9,7 +9,6 @@ has no route but its /30 and an `unreachable` default. Needs root (CI runs as ro
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ import pytest
 
 from nexus.tools.devcluster import free_port
 from tests.e2e.conftest import chat
+from tests.harness import eventually
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -80,16 +80,6 @@ def _stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             p.wait(5)
 
 
-async def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 async def test_an_announced_ollama_is_discovered_routed_to_and_removed_after_the_grace_period(
     cluster, http: aiohttp.ClientSession, netns: Netns, tmp_path
 ):
@@ -114,14 +104,14 @@ async def test_an_announced_ollama_is_discovered_routed_to_and_removed_after_the
                 except aiohttp.ClientError:
                     return False
 
-            await _until(ready, 20, "the stand-in answers inside the namespace")
+            await eventually(ready, timeout=20, interval=0.1, what="the stand-in answers inside the namespace")
             announcer = _spawn_in(netns, ["mdns-announce", "--name", "gpu-box", "--address", netns.peer_ip,
                                           "--port", str(port), "--txt", "type=ollama"], log)
 
             async def registered():
                 return "announcing gpu-box._ollama._tcp.local." in (tmp_path / "ns.log").read_text()
 
-            await _until(registered, 20, "the announcer registered its service")
+            await eventually(registered, timeout=20, interval=0.1, what="the announcer registered its service")
             announced_at = time.monotonic()
 
             async def discovered():
@@ -129,7 +119,8 @@ async def test_an_announced_ollama_is_discovered_routed_to_and_removed_after_the
                     body = await r.json()
                 return next((b for b in body["backends"] if b["url"] == f"http://{netns.peer_ip}:{port}"), None)
 
-            found = await _until(discovered, 20, "the announced server is in desired state")
+            found = await eventually(discovered, timeout=20, interval=0.1,
+                                     what="the announced server is in desired state")
             assert (found["name"], found["type"], found["zone"]) == ("gpu-box", "ollama", "restricted")
             assert found["service"] == "_ollama._tcp.local."
 
@@ -144,7 +135,8 @@ async def test_an_announced_ollama_is_discovered_routed_to_and_removed_after_the
                     version = int((await r.text()).split("\n", 1)[0].rsplit(" ", 1)[1])
                 return len(nodes) == 2 and all(n["snapshot_version"] >= version for n in nodes)
 
-            await _until(in_every_snapshot, 10, "every router's snapshot has the discovered backend")
+            await eventually(in_every_snapshot, timeout=10, interval=0.1,
+                             what="every router's snapshot has the discovered backend")
             # registered to every router's snapshot: at most one browse interval until the next tick, its browse
             # window (1 s), then a desired-state write that routers get by pub/sub; slack for a loaded machine
             took = time.monotonic() - announced_at
@@ -157,7 +149,8 @@ async def test_an_announced_ollama_is_discovered_routed_to_and_removed_after_the
                 answers = [await chat(http, r.url, body) for r in c.routers]
                 return all(s == 200 and h.get("X-Nexus-Backend") == "gpu-box" for s, h, _ in answers)
 
-            await _until(routed, 15, "every router routes the model to the discovered backend")
+            await eventually(routed, timeout=15, interval=0.1,
+                             what="every router routes the model to the discovered backend")
 
             _stop(announcer, signal.SIGKILL)  # a crash: no goodbye packet
             killed_at = time.monotonic()
@@ -165,7 +158,8 @@ async def test_an_announced_ollama_is_discovered_routed_to_and_removed_after_the
             async def gone():
                 return await discovered() is None
 
-            await _until(gone, GRACE + 4 * BROWSE_INTERVAL + 10, "the backend is removed after the grace period")
+            await eventually(gone, timeout=GRACE + 4 * BROWSE_INTERVAL + 10, interval=0.1,
+                             what="the backend is removed after the grace period")
             # kept at least for the grace period after it was last seen (at most one interval before the kill)
             assert time.monotonic() - killed_at >= GRACE - BROWSE_INTERVAL
             async with http.get(f"{admin}/backends/gpu-box", headers=c.admin_headers) as r:

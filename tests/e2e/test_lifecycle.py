@@ -15,21 +15,12 @@ import pytest
 
 from nexus.tools.devcluster import free_port
 from tests.e2e.conftest import chat
+from tests.harness import eventually
 
 pytestmark = pytest.mark.timeout(150)
 
 MODEL = "llama3:8b"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-
-
-async def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 async def _get(http: aiohttp.ClientSession, url: str, **kw):
@@ -52,7 +43,7 @@ async def test_load_queues_requests_and_migrate_under_traffic_fails_none(cluster
                         return (await _get(http, f"http://127.0.0.1:{port}/api/tags"))["models"]
                     except aiohttp.ClientError:
                         return None
-                await _until(up, 20, "the stand-ins answer")
+                await eventually(up, timeout=20, interval=0.05, what="the stand-ins answer")
             backends = [{"name": n, "url": f"http://127.0.0.1:{p}", "type": "ollama", "models": [MODEL]}
                         for n, p in ports.items()]
             c = await cluster(routers=2, workers=1, config={
@@ -78,7 +69,7 @@ async def test_load_queues_requests_and_migrate_under_traffic_fails_none(cluster
                 rows = (await _get(http, f"{admin}/models", headers=h))["models"]
                 return any(x["backend"] == "box-a" and x["state"] == "loading" for x in rows)
 
-            await _until(marked, 10, "box-a is loading the model")
+            await eventually(marked, timeout=10, interval=0.05, what="box-a is loading the model")
             marked_at = time.time()
 
             async def routers_saw(since: float):  # every router built a snapshot after `since`
@@ -88,10 +79,11 @@ async def test_load_queues_requests_and_migrate_under_traffic_fails_none(cluster
                     for n in nodes
                 )
 
-            await _until(lambda: routers_saw(marked_at), 10, "both routers picked the mark up")
+            await eventually(lambda: routers_saw(marked_at), timeout=10, interval=0.05,
+                             what="both routers picked the mark up")
             status, headers, _ = await chat(http, c.routers[0].url, BODY)
             assert status == 200 and headers["X-Nexus-Lifecycle-Status"] == "loading=box-a"
-            await _until(lambda: op_done(op["id"]), 20, "the load finishes")
+            await eventually(lambda: op_done(op["id"]), timeout=20, interval=0.05, what="the load finishes")
             chats = [e for e in (await _get(http, fake["box-a"] + "/log"))["log"] if e["op"] == "chat"]
             assert chats and all(e["loaded_at_arrival"] for e in chats), chats  # queued, not sent mid-load
             rows = (await _get(http, f"{admin}/models", headers=h))["models"]
@@ -112,21 +104,22 @@ async def test_load_queues_requests_and_migrate_under_traffic_fails_none(cluster
             async def both_routed():
                 return all([(await chat(http, r.url, BODY))[0] == 200 for r in c.routers])
 
-            await _until(both_routed, 10, "both routers serve the model")
+            await eventually(both_routed, timeout=10, interval=0.05, what="both routers serve the model")
             senders = [asyncio.create_task(traffic(r.url)) for r in c.routers for _ in range(2)]
             try:
                 async def flowing(n: int):
                     return len(results) >= n
 
-                await _until(lambda: flowing(8), 10, "traffic flows")
+                await eventually(lambda: flowing(8), timeout=10, interval=0.05, what="traffic flows")
                 body = {"model": MODEL, "from": "box-a", "to": "box-b"}
                 async with http.post(f"{admin}/models/migrate", json=body, headers=h) as r:
                     assert r.status == 202
                     op = await r.json()
-                await _until(lambda: op_done(op["id"]), 40, "the migrate finishes")
+                await eventually(lambda: op_done(op["id"]), timeout=40, interval=0.05, what="the migrate finishes")
                 migrated_at = time.time()
                 done_at = len(results)
-                await _until(lambda: flowing(done_at + 8), 10, "traffic goes on after the migrate")
+                await eventually(lambda: flowing(done_at + 8), timeout=10, interval=0.05,
+                                 what="traffic goes on after the migrate")
             finally:
                 stop.set()
                 await asyncio.gather(*senders)
@@ -143,7 +136,8 @@ async def test_load_queues_requests_and_migrate_under_traffic_fails_none(cluster
             assert all(e["loaded_at_arrival"] for e in a_chats)  # the source was never asked to reload it
             # the migrate is done once the source is marked unloaded; a router sees that mark on its next
             # snapshot (up to snapshot_poll_seconds later), not at once
-            await _until(lambda: routers_saw(migrated_at), 10, "both routers picked the unloaded mark up")
+            await eventually(lambda: routers_saw(migrated_at), timeout=10, interval=0.05,
+                             what="both routers picked the unloaded mark up")
             status, headers, _ = await chat(http, c.routers[1].url, BODY)
             assert (status, headers["X-Nexus-Backend"], headers["X-Nexus-Lifecycle-Status"]) == (
                 200, "box-b", "unloaded=box-a"
