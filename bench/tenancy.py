@@ -54,7 +54,7 @@ KEY = "nx-bench-key-0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_ID = "key_00000000be0c"
 
 
-def _gateway(children: procs.Children, tmp: Path, name: str, fake_url: str, keyed: bool) -> tuple[str, Any]:
+def _gateway(children: procs.Children, tmp: Path, name: str, fake_url: str, keyed: bool) -> tuple[str, Any, int]:
     redis = EmbeddedRedis(tmp / f"redis-{name}")
     redis.start()
     port = free_port()
@@ -72,7 +72,7 @@ def _gateway(children: procs.Children, tmp: Path, name: str, fake_url: str, keye
     gw = children.spawn(name, [*NEXUS, "serve", "--config", str(path)], side="gateway", log=log)
     url = f"http://127.0.0.1:{port}"
     procs.wait_http(url + "/ready", proc=gw, log=log)
-    return url, redis
+    return url, redis, gw.pid
 
 
 async def _cpu_cell(book: TenantBook, gate: RateGate, headers: list, n: int) -> float:
@@ -132,9 +132,9 @@ def latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                        "--model", "m", "--name", "fake"], side="load", log=tmp / "fake.log")
         fake_url = f"http://127.0.0.1:{fake_port}"
         procs.wait_http(fake_url + "/_fake/requests", proc=fake, log=tmp / "fake.log")
-        plain, r1 = _gateway(children, tmp, "unkeyed", fake_url, keyed=False)
-        keyed, r2 = _gateway(children, tmp, "keyed", fake_url, keyed=True)
-        redises = [r1, r2]
+        plain, r1, p1 = _gateway(children, tmp, "unkeyed", fake_url, keyed=False)
+        keyed, r2, p2 = _gateway(children, tmp, "keyed", fake_url, keyed=True)
+        redises, pids = [r1, r2], {"unkeyed": p1, "keyed": p2}
         body = json.dumps(CHAT).encode()
         scripts = {
             "unkeyed": wrklib.write_post_script(tmp / "unkeyed.lua", body),
@@ -148,23 +148,38 @@ def latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cells = []
         for c in args.concurrency:
             runs: dict[str, list[dict]] = {"unkeyed": [], "keyed": []}
-            for _ in range(args.rounds):  # interleaved: drift of the machine hits both alike
-                for name in ("unkeyed", "keyed"):
-                    runs[name].append(wrklib.run(children, wrk, urls[name], scripts[name], connections=c,
-                                                 duration_s=args.duration))
-            p50 = {n: statistics.median(r["p50_ms"] for r in rs) for n, rs in runs.items()}
-            rps = {n: statistics.median(r["rps"] for r in rs) for n, rs in runs.items()}
-            errors = sum(r["error_total"] for rs in runs.values() for r in rs)
-            cells.append({"concurrency": c, "p50_ms": p50, "rps": rps, "errors": errors,
-                          "added_p50_us": round((p50["keyed"] - p50["unkeyed"]) * 1000, 1)})
-            print(f"c={c:<3} unkeyed p50 {p50['unkeyed'] * 1000:7.0f} us  keyed+limited p50 "
-                  f"{p50['keyed'] * 1000:7.0f} us  added {cells[-1]['added_p50_us']:+6.0f} us  "
-                  f"(rps {rps['unkeyed']:.0f} vs {rps['keyed']:.0f}, errors {errors})", flush=True)
+            for i in range(args.rounds):  # interleaved, in alternating order: drift of the machine hits both alike
+                for name in ("unkeyed", "keyed") if i % 2 == 0 else ("keyed", "unkeyed"):
+                    cpu0 = procs.cpu_seconds(pids[name])
+                    run = wrklib.run(children, wrk, urls[name], scripts[name], connections=c, duration_s=args.duration)
+                    # the gateway process's CPU (request path and its in-process worker) per request served
+                    run["cpu_us"] = (procs.cpu_seconds(pids[name]) - cpu0) / max(1, run["requests"]) * 1e6
+                    runs[name].append(run)
+            cells.append(_cell(c, runs))
         return {"cells": cells}
     finally:
         children.stop_all()
         for r in redises:
             r.stop()
+
+
+def _cell(c: int, runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """One concurrency's figures: medians per gateway, and the median of the rounds' paired differences (each
+    round ran both gateways back to back, so a difference within a round is the least disturbed by drift)."""
+    med = {m: {n: statistics.median(r[m] for r in rs) for n, rs in runs.items()} for m in ("p50_ms", "rps", "cpu_us")}
+    paired = [(k["p50_ms"] - u["p50_ms"]) * 1000 for u, k in zip(runs["unkeyed"], runs["keyed"], strict=True)]
+    cpu = [k["cpu_us"] - u["cpu_us"] for u, k in zip(runs["unkeyed"], runs["keyed"], strict=True)]
+    errors = sum(r["error_total"] for rs in runs.values() for r in rs)
+    cell = {"concurrency": c, "p50_ms": med["p50_ms"], "rps": med["rps"], "cpu_us_per_request": med["cpu_us"],
+            "errors": errors, "rounds": len(paired), "added_p50_us": round(statistics.median(paired), 1),
+            "added_p50_us_rounds": [round(x, 1) for x in paired], "added_cpu_us": round(statistics.median(cpu), 1)}
+    p50 = med["p50_ms"]
+    print(f"c={c:<3} unkeyed p50 {p50['unkeyed'] * 1000:7.0f} us  keyed+limited p50 {p50['keyed'] * 1000:7.0f} us  "
+          f"added {cell['added_p50_us']:+6.0f} us (median of {len(paired)} paired rounds: "
+          f"{', '.join(f'{x:+.0f}' for x in paired)}); gateway CPU per request {med['cpu_us']['unkeyed']:.0f} vs "
+          f"{med['cpu_us']['keyed']:.0f} us ({cell['added_cpu_us']:+.0f}); rps {med['rps']['unkeyed']:.0f} vs "
+          f"{med['rps']['keyed']:.0f}, errors {errors}", flush=True)
+    return cell
 
 
 async def _admin(http, c, method, path, body=None):

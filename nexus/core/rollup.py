@@ -7,6 +7,9 @@ computes the integer increments each one adds (`nexus.core.aggregates`), and han
 script that, per record, runs `HDEL` on the raw record and applies its increments only if `HDEL`
 returned 1, remembering the id in the day's `rolled` set (router nodes' writes skip ids found there, so
 a replay arriving after the rollup is not counted again; see `keys.TELEMETRY_ROLLED_GRACE_SECONDS`).
+A batch whose records are all still there (the usual case: no racing worker) goes as one step with its
+increments summed per field (`_APPLY_MERGED`: one HINCRBY per field, not per record and field); else
+record by record.
 
 Invariants:
 - Exactly once: a record is folded in by the script call that deletes it, atomically, so re-running a
@@ -121,6 +124,41 @@ end
 return {applied, quarantined}
 """
 
+# The common case, as one step: KEYS as `_APPLY`'s; ARGV: n records, m expiries, rolled set expire-at, then m
+# pairs (key index, unix expire-at), then the n ids, then triples (key index, field, integer) of the batch's
+# increments summed. Only when every record is still there (no racing worker took one) and none is
+# quarantined: then each record's own increments would all be applied, and their sums are the same writes,
+# one HINCRBY per field instead of one per record and field. A missing record refuses the call before any
+# write (returns {-1}) and the client falls back to `_APPLY`, record by record. Returns {applied}.
+_APPLY_MERGED = """
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids = 4 + 2 * m
+local ops = ids + n
+for b = ops, #ARGV, 3 do
+  local v = ARGV[b + 2]
+  if not string.match(v, '^-?%d+$') or #v > 18 then return redis.error_reply('ERR nexus rollup: bad increment') end
+end
+for i = ids, ops - 1 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then return {-1} end
+end
+for i = ids, ops - 1 do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  redis.call('SADD', KEYS[2], ARGV[i])
+end
+for b = ops, #ARGV, 3 do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[b])], ARGV[b + 1], ARGV[b + 2])
+end
+if n > 0 then
+  redis.call('EXPIREAT', KEYS[2], ARGV[3])
+  for j = 0, m - 1 do
+    local b = 4 + 2 * j
+    redis.call('EXPIREAT', KEYS[tonumber(ARGV[b])], ARGV[b + 1])
+  end
+end
+return {n}
+"""
+_MERGED_MAX = 10**17  # a summed increment beyond this goes record by record (`_APPLY`'s bound per value)
+
 # KEYS[1]: live spend hash; ARGV: ttl, then pairs (scope, floor usd). Raises a scope to its floor.
 _REPAIR = """
 local out = {}
@@ -177,6 +215,27 @@ class _Batch:
             out += [rid, reason, len(ops)]
             for op in ops:
                 out += list(op)
+        return out
+
+    def merged_argv(self) -> list[str | int] | None:
+        """`_APPLY_MERGED`'s arguments, or None when this batch must go record by record (a quarantined
+        record, or a sum beyond `_MERGED_MAX`)."""
+        sums: dict[tuple[int, str], int] = {}
+        for _rid, reason, ops in self.records:
+            if reason:
+                return None
+            for idx, name, n in ops:
+                sums[(idx, name)] = sums.get((idx, name), 0) + n
+        out: list[str | int] = [len(self.records), len(self.expiries), self.rolled_expire_at]
+        for idx, at in self.expiries.items():
+            out += [idx, at]
+        out += [rid for rid, _, _ in self.records]
+        for (idx, name), n in sums.items():
+            if n == 0:
+                continue
+            if abs(n) >= _MERGED_MAX:
+                return None
+            out += [idx, name, n]
         return out
 
 
@@ -239,13 +298,24 @@ async def rollup_day(
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             batch, _ = _build(day, chunk, now, calendar or BudgetCalendar())
-            with guard("rolling up telemetry"):
-                n, q = (int(x) for x in await redis.eval(_APPLY, len(batch.keys), *batch.keys, *batch.argv()))
+            n, q = await _apply(redis, batch)
             seen, applied, quarantined, batches = seen + len(chunk), applied + n, quarantined + q, batches + 1
             if on_batch is not None:
                 await on_batch(n)
         if int(cursor) == 0:
             return RollupResult((day,) if seen else (), seen, applied, quarantined, batches)
+
+
+async def _apply(redis: Redis, batch: _Batch) -> tuple[int, int]:
+    """Fold one batch in: merged when it can be, else (or when a racing worker took some) record by record."""
+    with guard("rolling up telemetry"):
+        merged = batch.merged_argv()
+        if merged is not None:
+            reply = await redis.eval(_APPLY_MERGED, len(batch.keys), *batch.keys, *merged)
+            if int(reply[0]) >= 0:
+                return int(reply[0]), 0
+        n, q = (int(x) for x in await redis.eval(_APPLY, len(batch.keys), *batch.keys, *batch.argv()))
+    return n, q
 
 
 def pending_days(now: float) -> list[str]:

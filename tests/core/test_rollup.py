@@ -18,6 +18,8 @@ from nexus.core.aggregates import parse_aggregate, to_nano
 from nexus.core.model import BudgetStatus
 from nexus.core.periods import BudgetCalendar, PeriodRule, day_of, period_of
 from nexus.core.rollup import (
+    _apply,
+    _build,
     read_aggregate,
     read_quality_minutes,
     read_quarantine,
@@ -228,3 +230,40 @@ async def test_a_key_with_its_own_reset_day_counts_in_its_own_period(redis: Redi
     cost = sum(r.cost_usd for r in records)
     assert await read_live_spend(redis, global_period) == {"global": pytest.approx(cost)}
     assert await read_live_spend(redis, key_period) == {"team-a": pytest.approx(cost)}
+
+
+
+async def _hincrby_calls(redis: Redis) -> int:
+    return int((await redis.info("commandstats")).get("cmdstat_hincrby", {}).get("calls", 0))
+
+
+async def _pending(redis: Redis) -> list[tuple[str, bytes]]:
+    return sorted((k.decode(), v) for k, v in (await redis.hgetall(keys.telemetry_records(DAY))).items())
+
+
+async def test_a_whole_batch_is_folded_in_with_one_increment_per_field(redis: Redis) -> None:
+    records = mixed_records(200)
+    await write_records(redis, records)
+    await redis.config_resetstat()
+    result = await rollup_pending(redis, NOW, batch_size=200)
+    assert (result.applied, result.batches) == (200, 1)
+    fields = await agg_fields(redis)
+    assert fields == sum_increments(records)
+    hour = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d%H")  # the records span the 10 min before NOW
+    quality = sum([await redis.hlen(keys.telemetry_quality(b, hour)) for b in ("gpu", "cloud", "edge")])
+    # one HINCRBY per field the batch touches (aggregate and quality minutes), not one per record and field
+    assert await _hincrby_calls(redis) == len(fields) + quality
+
+
+async def test_a_batch_a_racing_worker_took_part_of_goes_record_by_record(redis: Redis) -> None:
+    records = mixed_records(30)
+    await write_records(redis, records)
+    items = await _pending(redis)
+    whole, _ = _build(DAY, items, NOW, BudgetCalendar())
+    part, _ = _build(DAY, items[:10], NOW, BudgetCalendar())
+    assert await _apply(redis, part) == (10, 0)  # another worker folds in a third of them first
+    # the whole batch cannot go merged any more (10 records are gone): record by record, only the other 20
+    assert await _apply(redis, whole) == (20, 0)
+    assert await agg_fields(redis) == sum_increments(records)
+    assert await _apply(redis, whole) == (0, 0)
+    assert await redis.hlen(keys.telemetry_records(DAY)) == 0
