@@ -54,7 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/gateway.py` puts bench/ on the path, not the repo root
     sys.path.insert(0, str(ROOT))
 
-import redis as redis_sync  # noqa: E402
 import tomli_w  # noqa: E402
 
 from bench.lib import procs, report  # noqa: E402
@@ -264,35 +263,21 @@ def measure_cell(
     return result
 
 
-def _pending_records(client: Any) -> int:
-    """Telemetry records in Redis not rolled up yet (every day bucket the rollup looks at)."""
-    from nexus.core import keys
-    from nexus.core.rollup import pending_days
-
-    with client.pipeline(transaction=False) as pipe:
-        for day in pending_days(time.time()):
-            pipe.hlen(keys.telemetry_records(day))
-        return sum(int(n) for n in pipe.execute())
-
-
-def settle(
-    pids: list[int], idle_cores: float, redis_client: Any = None, timeout: float = 30.0, window: float = 0.25
-) -> dict[str, Any]:
-    """Wait until the processes are back to idle after a cell, so cells stay independent: `nexus serve`
-    runs the worker in-process, and its rollup of the cell's telemetry records would otherwise be billed
-    to a later cell. Done when no record waits for the rollup (with a Redis client) and a `window` passed
-    at idle CPU use. Returns the CPU used meanwhile above the idle baseline: work the cell left behind."""
+def settle(pids: list[int], idle_cores: float, timeout: float = 30.0, window: float = 0.25) -> dict[str, Any]:
+    """Wait until the processes are back to idle after a cell, so cells stay independent: work a cell leaves
+    behind (the in-process worker's ticks of `nexus serve`, the last telemetry flushes) would otherwise be
+    billed to a later cell. Done when a `window` passed at idle CPU use. Returns the CPU used meanwhile above
+    the idle baseline: work the cell left behind."""
     threshold = max(0.08, 3 * idle_cores)  # cores; /proc counts 10 ms ticks
     t0 = time.monotonic()
     start = prev = sum(procs.cpu_seconds(p) for p in pids)
-    settled, pending = False, None
+    settled = False
     while time.monotonic() - t0 < timeout:
         time.sleep(window)
         now = sum(procs.cpu_seconds(p) for p in pids)
         quiet = (now - prev) / window < threshold
         prev = now
-        pending = _pending_records(redis_client) if redis_client is not None else 0
-        if quiet and pending == 0:
+        if quiet:
             settled = True
             break
     elapsed = time.monotonic() - t0
@@ -301,7 +286,6 @@ def settle(
         "seconds": round(elapsed, 2),
         "cpu_s": round(max(0.0, used - idle_cores * elapsed), 3),
         "settled": settled,
-        "records_left": pending,
     }
 
 
@@ -320,7 +304,6 @@ def run_single(
     pinning = children.pinning
     env = _clean_env()
     redis = EmbeddedRedis(tmp / "redis")
-    rclient = None
     try:
         redis.start()
         pinning.pin_tree("redis", redis.pid, "load")
@@ -351,7 +334,7 @@ def run_single(
         config = {
             "server": {"host": "127.0.0.1", "port": gw_port},
             "redis": {"url": redis.url},
-            # the in-process worker rolls telemetry up every second (default 30 s), so the work each cell
+            # the in-process worker's quality tick every second (default 30 s), so the work each cell
             # leaves is done right after it, measured by settle(), instead of landing in a later cell
             "quality": {"metrics_interval_seconds": 1},
             "backends": [
@@ -384,8 +367,7 @@ def run_single(
         for url in targets.values() if args.warmup > 0 else ():  # warm up connections, caches, first paths
             for kind in BODIES:
                 wrklib.run(children, wrk, url, scripts[kind], connections=8, duration_s=args.warmup)
-        rclient = redis_sync.Redis.from_url(redis.url)
-        settle([gateway.pid], idle_cpu / idle_s, rclient)  # the warm-up's telemetry rolled up before the first cell
+        settle([gateway.pid], idle_cpu / idle_s)  # the warm-up's leftovers done before the first cell
         watch = {"gateway": ("gateway", [gateway.pid]), "fake": ("load", [fake.pid]), "redis": ("load", [redis.pid])}
         cells = []
         for kind in BODIES:
@@ -397,7 +379,7 @@ def run_single(
                     )
                     if target == "gateway":
                         run["gateway_rss_kb"] = procs.memory_kb(gateway.pid).get("VmRSS")
-                        bg = settle([gateway.pid], idle_cpu / idle_s, rclient)
+                        bg = settle([gateway.pid], idle_cpu / idle_s)
                         run["background_after"] = bg  # e.g. the in-process worker rolling telemetry up
                         gw_cpu = run["cpu"]["gateway"]
                         gw_cpu["us_per_request_with_background"] = (
@@ -432,8 +414,6 @@ def run_single(
         }
     finally:
         children.stop_all()
-        if rclient is not None:
-            rclient.close()
         redis.stop()
 
 

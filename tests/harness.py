@@ -16,6 +16,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from nexus.core.config import NexusSettings, load_settings
+from nexus.core.telemetry_store import TelemetryRecord
 from nexus.router_node.app import GatewayApp
 from nexus.router_node.node import RouterNode
 from nexus.router_node.server import uvicorn_config
@@ -98,8 +99,18 @@ class GatewayHarness:
         self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=1)
         self.node = RouterNode(settings, self.redis, node_id=node_id, rng_seed=0)
         self.app = GatewayApp(self.node, drain_seconds=2.0)
+        # every telemetry record the node made, in order: what its flushes sum into batches (Redis keeps sums)
+        self.records: list[TelemetryRecord] = []
+        self.node.telemetry.record = self._tap(self.node.telemetry.record)
         # served exactly as `nexus router` serves it (connection limits included), on a free port
         self.server = AppServer(self.app, uvicorn_config(self.app, "127.0.0.1", 0, timeout_graceful_shutdown=5))
+
+    def _tap(self, record: Callable[[TelemetryRecord], None]) -> Callable[[TelemetryRecord], None]:
+        def tapped(rec: TelemetryRecord) -> None:
+            self.records.append(rec)
+            record(rec)
+
+        return tapped
 
     @property
     def url(self) -> str:

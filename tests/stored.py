@@ -6,6 +6,8 @@ that writer through these helpers instead of a second, test-only writer in the p
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -14,11 +16,14 @@ from redis.asyncio import Redis
 from nexus.core import keys
 from nexus.core.aggregates import record_increments
 from nexus.core.observed import HealthRecord, decode_hash
+from nexus.core.periods import BudgetCalendar
 from nexus.core.snapshot import HealthObservation
-from nexus.core.telemetry_store import TelemetryRecord
+from nexus.core.telemetry_store import TelemetryBatch, TelemetryRecord, Written, write_batch
 from nexus.worker.store import compare_and_set, health_change
 
-__all__ = ["put_health", "read_records", "read_ticks", "sum_increments"]
+__all__ = ["put_health", "put_records", "read_ticks", "sum_increments"]
+
+_SEQ = itertools.count(1)
 
 
 async def put_health(
@@ -37,10 +42,18 @@ async def put_health(
     assert written, f"health of {name} changed while the test wrote it"
 
 
-async def read_records(redis: Redis, day: str) -> list[TelemetryRecord]:
-    """Every telemetry record stored for UTC day `day`."""
-    reply = await redis.hgetall(keys.telemetry_records(day))
-    return [TelemetryRecord.model_validate_json(raw) for raw in decode_hash(reply).values()]
+async def put_records(
+    redis: Redis,
+    records: Iterable[TelemetryRecord],
+    calendar: BudgetCalendar | None = None,
+    *,
+    writer: str = "tests",
+    at: float | None = None,
+) -> Written:
+    """Write `records` as one router node's flush does: one batch of `writer`, numbered after every earlier one
+    (`at`, the batch's time, defaults to now)."""
+    batch = TelemetryBatch(writer, next(_SEQ), tuple(records), time.time() if at is None else at)
+    return await write_batch(redis, batch, calendar)
 
 
 async def read_ticks(redis: Redis, job: str, day: str) -> dict[int, int]:

@@ -1,7 +1,8 @@
-"""Rolled-up telemetry, the pure part: which integer counters one record adds, and how to read them back.
+"""Telemetry aggregates, the pure part: which integer counters one record adds, and how to read them back.
 
-The budget and quality workers fold router-node telemetry records into two kinds of Redis hashes (the
-I/O lives in `nexus.core.rollup`; this module only decides *what* to add):
+Router nodes' telemetry batches add their records' counters to two kinds of Redis hashes (summed per batch
+by `nexus.core.batching`, written by `nexus.core.telemetry_store`, read by `nexus.core.aggregate_store`;
+this module only decides *what* to add):
 
 - the period aggregate `{telemetry}:agg:<period>`: fields `<dimension>.<metric>[:<value>]`, e.g.
   `total.nusd`, `backend.requests:gpu-box`, `model.prompt_tokens:llama3:8b`, `key.nusd:team-a`. The
@@ -13,8 +14,8 @@ I/O lives in `nexus.core.rollup`; this module only decides *what* to add):
 
 Invariants:
 - Every counter is an integer: money in nano-USD (`round(usd * 1e9)`), TTFB in microseconds. Integer
-  sums do not depend on the order records are added in, so two workers racing over the same records, or
-  a tick killed half-way and resumed, end with totals identical to one uninterrupted run, bit for bit.
+  sums do not depend on the order records are added in or how they are grouped into batches: a batch's
+  sums are exactly its records' counters one by one, bit for bit.
 - A record id `<request id>:<n>` is a failed attempt before failover (cost 0): it counts under
   `failed_attempts` (and as an errored request in quality), never under `requests`.
 - What counts as a backend error (quality and the `errors` metric): `upstream_error`, `midstream_error`,
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from nexus.core.telemetry_store import Outcome, TelemetryRecord
+from nexus.core.telemetry_records import Outcome, TelemetryRecord
 from nexus.core.tenancy import team_scope
 
 __all__ = [
@@ -67,7 +68,7 @@ ERROR_OUTCOMES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.MIDSTREAM_ERROR})
 METRICS = ("requests", "failed_attempts", "errors", "nusd", "prompt_tokens", "completion_tokens")
 DIMENSIONS = ("total", "backend", "model", "key")
 QUALITY_METRICS = ("requests", "errors", "ttfb_us", "ttfb_count")
-# Records older than this (relative to the rollup's clock) cannot affect any quality window any more.
+# Records older than this (relative to the batch's clock) cannot affect any quality window any more.
 QUALITY_WINDOW_SECONDS = 24 * 3600
 
 

@@ -102,9 +102,8 @@ __all__ = [
     "TELEMETRY_AGG_TTL_SECONDS",
     "TELEMETRY_QUALITY_TTL_SECONDS",
     "TELEMETRY_QUARANTINE",
-    "TELEMETRY_RECORDS_TTL_SECONDS",
-    "TELEMETRY_ROLLED_GRACE_SECONDS",
     "TELEMETRY_SPEND_TTL_SECONDS",
+    "TELEMETRY_WRITER_TTL_SECONDS",
     "VERSION",
     "WIRE_FACT_TTL_SECONDS",
     "WORKER_QUEUE",
@@ -117,12 +116,11 @@ __all__ = [
     "telemetry_admitted",
     "telemetry_agg",
     "telemetry_quality",
-    "telemetry_records",
     "telemetry_reserved",
     "telemetry_restored",
-    "telemetry_rolled",
     "telemetry_spend",
     "telemetry_unreconciled",
+    "telemetry_writer",
     "worker_ticks",
 ]
 
@@ -161,17 +159,17 @@ OBSERVED_LIFECYCLE = _key("observed", "lifecycle")
 # a learned wire fact is trusted this long: a backend upgraded meanwhile gets the field offered again
 WIRE_FACT_TTL_SECONDS = 24 * 3600
 
-# -- telemetry (written by router nodes after each request) ---------------------------------------------
-# Records are bucketed by UTC day so old ones expire as whole keys instead of needing a sweeper; a
-# replayed record carries its original timestamp, so it lands in the same bucket and HSETNX dedups it.
-TELEMETRY_RECORDS_TTL_SECONDS = 35 * 24 * 3600
+# -- telemetry (written by router nodes, one batch per flush: nexus.core.telemetry_store) ------------------
 # Live spend outlives its budget period by a margin so the budget worker can still close the period.
 TELEMETRY_SPEND_TTL_SECONDS = 40 * 24 * 3600
+# A writer's last applied batch number outlives its last batch by this much: a node replaying a batch whose
+# reply it lost (after a Redis outage, say) within that time cannot apply it twice.
+TELEMETRY_WRITER_TTL_SECONDS = 2 * 24 * 3600
 
 
-def telemetry_records(day: str) -> str:
-    """Hash of request id -> record for one UTC day (`YYYY-MM-DD`)."""
-    return _key("telemetry", f"records:{_part('day', day)}")
+def telemetry_writer(writer: str) -> str:
+    """String: the number of the last batch of telemetry writer `writer` (a node's buffer) that was applied."""
+    return _key("telemetry", f"writer:{_part('writer', writer)}")
 
 
 def telemetry_reserved(period: str) -> str:
@@ -243,24 +241,14 @@ def dashboard_session(digest: str) -> str:
     return _key("admin", f"session:{_part('session digest', digest)}")
 
 
-# -- rolled-up telemetry (written by workers) -------------------------------------------------------------
-# Records the rollup could not count (malformed, counters out of bounds): id -> {reason, record, at}. Kept as
-# long as aggregates, for the admin API; the rolled set stops a replay from bringing them back.
+# -- telemetry aggregates (written with each batch) -------------------------------------------------------------
+# Records a batch could not count (counters out of bounds): id -> {reason, record, at}. Kept as long as
+# aggregates, for the admin API.
 TELEMETRY_QUARANTINE = _key("telemetry", "quarantine")
 # Period aggregates back the admin spend report, which keeps old periods: a year and a month.
 TELEMETRY_AGG_TTL_SECONDS = 400 * 24 * 3600
 # Quality hours are read for 24 h windows; the extra 2 h cover the current hour and clock skew.
 TELEMETRY_QUALITY_TTL_SECONDS = 26 * 3600
-
-
-# Ids of rolled-up records are kept until this long after their UTC day ends, so a router node replaying
-# a batch whose reply it lost (after a Redis outage, say) cannot add an already-counted record again.
-TELEMETRY_ROLLED_GRACE_SECONDS = 2 * 24 * 3600
-
-
-def telemetry_rolled(day: str) -> str:
-    """Set of ids of day `day` that the rollup has folded into the aggregates and deleted."""
-    return _key("telemetry", f"rolled:{_part('day', day)}")
 
 
 def telemetry_agg(period: str) -> str:

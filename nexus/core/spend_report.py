@@ -27,9 +27,9 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.aggregate_store import read_aggregate
 from nexus.core.observed import decode_hash, guard, replace_hash
 from nexus.core.recovery import read_restored
-from nexus.core.rollup import read_aggregate
 from nexus.core.snapshot import BudgetObservation
 
 __all__ = ["read_spend_report", "write_budget_observations"]

@@ -91,6 +91,11 @@ class Metrics:
         self.telemetry_dropped = Counter(
             "nexus_telemetry_dropped", "Telemetry records dropped (buffer full)", registry=r
         )
+        self.telemetry_quarantined = Counter(
+            "nexus_telemetry_quarantined",
+            "Telemetry records a flush quarantined instead of counting (GET /admin/v1/telemetry/quarantine)",
+            registry=r,
+        )
         self.telemetry_unreplicated = Counter(
             "nexus_telemetry_unreplicated",
             "Telemetry records written while fewer replicas than redis.replica_acks confirmed them",

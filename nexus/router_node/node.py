@@ -116,6 +116,7 @@ class RouterNode:
             replica_acks=settings.redis.replica_acks,
             ack_timeout_ms=settings.redis.replica_ack_timeout_ms,
             on_unreplicated=self.metrics.telemetry_unreplicated.inc,
+            on_quarantined=self.metrics.telemetry_quarantined.inc,
         )
         self.leases = LeaseBook(redis, self.node_id, self.ledger)
         self.admitted = self.telemetry.admitted

@@ -4,11 +4,11 @@
 memory (no I/O), with `status` healthy (every backend passes its checks), degraded (some do not, or some
 are not checked yet) or unhealthy (none passes, or no snapshot yet), and the backend counts.
 
-`/v1/stats` reads Redis: the current period's rolled-up aggregate (requests, errors, per backend and per
+`/v1/stats` reads Redis: the current period's aggregate (requests, errors, per backend and per
 model), the router nodes' heartbeats (cluster uptime: since the oldest live node started), and the node's
 snapshot (cluster-wide in-flight counts, each backend's quality over the last hour and day, budgets). One
 reading is cached for `STATS_TTL_SECONDS`, so a dashboard polling every replica costs Redis little.
-Records not rolled up yet (at most one budget tick, `nexus_rollup_lag_seconds`) are not counted.
+Requests a node has not flushed yet (at most one `telemetry.flush_interval_ms`) are not counted.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.aggregate_store import read_aggregate
 from nexus.core.config import GLOBAL_SCOPE
 from nexus.core.model import HealthState
-from nexus.core.rollup import read_aggregate
 from nexus.core.snapshot import Snapshot
 from nexus.core.telemetry_store import read_heartbeats
 

@@ -1,14 +1,16 @@
 """The router node's telemetry buffer and its flush loop.
 
 Requests append records to an in-process buffer (no I/O on the request path). Every
-`telemetry.flush_interval_ms` one loop iteration: writes the buffered records in one idempotent script
-call, publishes this node's in-flight gauge, reads back the cluster-wide in-flight sum and every budget
-scope's live spend and leases in the scope's own current period (`nexus.core.periods`). A record leaves
-the buffer only after Redis confirmed the write; while Redis is away the buffer keeps growing up to
-`telemetry.buffer_max_records` (oldest dropped beyond that, counted) and is replayed when Redis returns.
-Replays are safe: records are stored by request id exactly once. With
-`redis.replica_acks` set (Sentinel deployments), a batch leaves the buffer only after Redis WAIT saw it on
-that many replicas (or the wait timed out: counted), so a primary failover does not lose flushed records.
+`telemetry.flush_interval_ms` one loop iteration: sums the buffered records into batches of up to
+`MAX_BATCH` and writes each with one idempotent script call (`nexus.core.telemetry_store.write_batch`:
+aggregates, quality minutes, live spend, lease releases), publishes this node's in-flight gauge, reads back
+the cluster-wide in-flight sum and every budget scope's live spend and leases in the scope's own current
+period (`nexus.core.periods`). A batch, once formed, is sent again unchanged (same writer, same number) until
+Redis confirmed it, and the next is formed only then: so Redis keeps one number per writer and a replay is
+never counted twice. While Redis is away the buffer keeps growing up to `telemetry.buffer_max_records`
+(oldest dropped beyond that, counted) and is written when Redis returns. With `redis.replica_acks` set
+(Sentinel deployments), a batch is confirmed only after Redis WAIT saw it on that many replicas (or the wait
+timed out: counted), so a primary failover does not lose flushed records.
 
 The spend this node routes by is the live spend read back plus what it has recorded but not yet flushed,
 so a replica cut off from Redis still counts its own spending against the budget. Those amounts live in the
@@ -20,6 +22,7 @@ buffers, writes and reads, and moves the ledger on at each step. The loop that c
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,11 +37,13 @@ from nexus.core.periods import BudgetCalendar
 from nexus.core.recovery import restore_spend
 from nexus.core.reservations import read_reserved, report_admitted
 from nexus.core.telemetry_store import (
+    TelemetryBatch,
     TelemetryRecord,
+    Written,
     read_live_spend,
     record_scopes,
-    write_records,
-    write_records_replicated,
+    write_batch,
+    write_batch_replicated,
 )
 from nexus.router_node.leases import AdmittedBook
 from nexus.router_node.load import LoadTracker
@@ -66,6 +71,7 @@ class Telemetry:
         replica_acks: int = 0,
         ack_timeout_ms: int = 100,
         on_unreplicated: Callable[[int], None] | None = None,
+        on_quarantined: Callable[[int], None] | None = None,
     ) -> None:
         self._redis = redis
         self._node_id = node_id
@@ -78,6 +84,11 @@ class Telemetry:
         self.cell = cell or LedgerCell()
         self._acks = (replica_acks, ack_timeout_ms)
         self._on_unreplicated = on_unreplicated
+        self._on_quarantined = on_quarantined
+        # this buffer's name in Redis: new with every start, so batch numbers never need to survive a restart
+        self.writer = f"{node_id}:{secrets.token_hex(6)}"
+        self._seq = 0
+        self._pending: TelemetryBatch | None = None  # formed, not confirmed yet: sent again as it is
         self._short_since: float | None = None
         # the highest live spend read per (scope, period): live spend only grows within a period, so this is what
         # the node still knows when Redis loses it (restored from here, and budgets route by it meanwhile)
@@ -95,7 +106,7 @@ class Telemetry:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + (len(self._pending.records) if self._pending is not None else 0)
 
     @property
     def ledger(self) -> Ledger:
@@ -129,13 +140,18 @@ class Telemetry:
         # only what is buffered now: records keep arriving while a batch is written (and, with replica_acks,
         # waited for), and chasing them could keep one flush going for as long as traffic lasts
         todo = len(self._buffer)
-        while todo > 0 and self._buffer:
-            batch = [self._buffer[i] for i in range(min(MAX_BATCH, todo, len(self._buffer)))]
+        while self._pending is not None or (todo > 0 and self._buffer):
+            if self._pending is None:
+                n = min(MAX_BATCH, todo, len(self._buffer))
+                self._seq += 1
+                records = tuple(self._buffer.popleft() for _ in range(n))
+                self._pending = TelemetryBatch(self.writer, self._seq, records, self._clock())
+                todo -= n
+            batch = self._pending
             await self._write(batch)
-            todo -= len(batch)
-            for _ in batch:
+            self._pending = None
+            for rec in batch.records:
                 # still pending until the live spend read below includes it
-                rec = self._buffer.popleft()
                 self._unseen.append(rec)
                 if rec.reserved_usd > 0:
                     self.admitted.settle(rec.reserved_periods, rec.reserved_usd)
@@ -198,24 +214,34 @@ class Telemetry:
         self.cell.ledger = self.cell.ledger.read(periods, known, reserved)
         return dropped
 
-    async def _write(self, batch: list[TelemetryRecord]) -> None:
+    async def _write(self, batch: TelemetryBatch) -> None:
         wanted, timeout_ms = self._acks
         if not wanted:
-            await write_records(self._redis, batch, self._calendar())
+            self._quarantined(await write_batch(self._redis, batch, self._calendar()))
             return
-        _, acked = await write_records_replicated(self._redis, batch, self._calendar(), wanted, timeout_ms)
+        written, acked = await write_batch_replicated(self._redis, batch, self._calendar(), wanted, timeout_ms)
+        self._quarantined(written)
         if acked >= wanted:
             self._short_since = None
             return
         # the primary holds them, a replica does not yet: kept anyway (a replica may be down for long), but
         # counted, since a failover right now would lose them
         if self._on_unreplicated is not None:
-            self._on_unreplicated(len(batch))
+            self._on_unreplicated(len(batch.records))
         now = time.monotonic()
         if self._short_since is None or now - self._short_since >= 60.0:
             self._short_since = now
             log.warning("telemetry reached %d of %d replicas within %d ms (counted in nexus_telemetry_unreplicated);"
                         " a failover now could lose what was flushed meanwhile", acked, wanted, timeout_ms)
+
+    def _quarantined(self, written: Written) -> None:
+        bad = written.quarantined
+        if not bad:
+            return
+        if self._on_quarantined is not None:
+            self._on_quarantined(len(bad))
+        log.warning("quarantined %d telemetry records that cannot be counted (GET /admin/v1/telemetry/quarantine):"
+                    " %s", len(bad), "; ".join(f"{rid}: {why}" for rid, why in bad[:3]))
 
     def flushed(self) -> float:
         """The flush loop's last iteration succeeded: the seconds to wait before the next."""
@@ -228,7 +254,7 @@ class Telemetry:
     def flush_failed(self, exc: StateError) -> float:
         """It failed (Redis away): records stay buffered; the seconds to wait, backing off up to 1 s."""
         if self.redis_ok:
-            log.warning("telemetry flush failed, buffering %d records: %s", len(self._buffer), exc)
+            log.warning("telemetry flush failed, buffering %d records: %s", self.buffered, exc)
         self.redis_ok = False
         self._backoff = min(1.0, self._backoff * 2)
         return self._backoff

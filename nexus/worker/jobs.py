@@ -24,26 +24,18 @@ import aiohttp
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.aggregate_store import read_aggregate, read_quality_minutes, repair_live_spend
 from nexus.core.aggregates import inconsistencies
 from nexus.core.config import GLOBAL_SCOPE, DesiredConfig, NexusSettings
 from nexus.core.model import HealthState
 from nexus.core.recovery import read_restored
 from nexus.core.reservations import read_unreconciled, settle_node
-from nexus.core.rollup import (
-    DEFAULT_BATCH_SIZE,
-    OnBatch,
-    read_aggregate,
-    read_quality_minutes,
-    repair_live_spend,
-    rollup_pending,
-)
 from nexus.core.spend_report import write_budget_observations
 from nexus.core.state import read_desired
 from nexus.worker.health import HealthPolicy, next_health, warming_up
 from nexus.worker.metrics import (
     AGGREGATE_INCONSISTENCIES,
     BACKEND_LATENCY,
-    QUARANTINED,
     ROLLUP_LAST_SUCCESS,
     TICK_FAILURES,
     TICK_SECONDS,
@@ -95,7 +87,6 @@ class WorkerContext:
 
     settings: NexusSettings
     clock: Callable[[], float] = time.time
-    batch_size: int = DEFAULT_BATCH_SIZE
     http: aiohttp.ClientSession | None = None
 
 
@@ -134,23 +125,11 @@ async def run_health(
     return {"backends": len(backends), **counts, "written": len(written), "seconds": time.perf_counter() - started}
 
 
-async def run_budget(
-    redis: Redis,
-    settings: NexusSettings,
-    now: float,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    on_batch: OnBatch | None = None,
-) -> dict[str, Any]:
-    """Roll up pending telemetry, then observe every budget in its own current period."""
+async def run_budget(redis: Redis, settings: NexusSettings, now: float) -> dict[str, Any]:
+    """Observe every budget in its own current period from the aggregates router nodes' batches write."""
     routing = await _desired(redis, settings)  # budgets of [routing], keys and teams
     # reset days are desired state like the limits: one source for workers, router nodes and admin
     calendar = routing.calendar(settings.testing)
-    rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size, on_batch=on_batch)
-    if rolled.quarantined:
-        QUARANTINED.inc(rolled.quarantined)
-        log.warning("quarantined %d telemetry records that cannot be counted (GET /admin/v1/telemetry/quarantine)",
-                    rolled.quarantined)
     periods = calendar.periods(list(routing.budgets()), now)
     aggregates = {p: await read_aggregate(redis, p) for p in sorted(set(periods.values()))}
     inconsistent = {p: problems for p, agg in aggregates.items() if (problems := inconsistencies(agg))}
@@ -176,27 +155,20 @@ async def run_budget(
     return {
         "period": periods[GLOBAL_SCOPE],
         "periods": periods,
-        "records": rolled.applied,
-        "days": list(rolled.days),
         "budgets": {scope: obs.status.value for scope, obs in observations.items()},
         "repaired": repaired,
-        "quarantined": rolled.quarantined,
         "inconsistent": inconsistent,
     }
 
 
-async def run_quality(
-    redis: Redis, settings: NexusSettings, now: float, *, batch_size: int = DEFAULT_BATCH_SIZE
-) -> dict[str, Any]:
-    """Roll up pending telemetry (so figures are fresh), then recompute every backend's quality."""
+async def run_quality(redis: Redis, settings: NexusSettings, now: float) -> dict[str, Any]:
+    """Recompute every backend's quality from its minutes of the last 24 h."""
     desired = await _desired(redis, settings)
-    calendar = desired.calendar(settings.testing)
-    rolled = await rollup_pending(redis, now, calendar=calendar, batch_size=batch_size)
     names = [b.name for b in desired.backends]
     minutes = await read_quality_minutes(redis, names, now)
     stats = {name: s for name in names if (s := quality_stats(minutes.get(name, {}), now)) is not None}
     await replace_quality(redis, stats)
-    return {"records": rolled.applied, "backends_with_history": len(stats)}
+    return {"backends_with_history": len(stats)}
 
 
 async def run_nodes(redis: Redis, now: float, settings: NexusSettings | None = None) -> dict[str, Any]:
@@ -272,13 +244,13 @@ async def health_job(ctx: dict[str, Any]) -> dict[str, Any]:
 
 async def budget_job(ctx: dict[str, Any]) -> dict[str, Any]:
     return await _ticked(
-        ctx, BUDGET_JOB, lambda wc: run_budget(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)
+        ctx, BUDGET_JOB, lambda wc: run_budget(ctx["redis"], wc.settings, wc.clock())
     )
 
 
 async def quality_job(ctx: dict[str, Any]) -> dict[str, Any]:
     return await _ticked(
-        ctx, QUALITY_JOB, lambda wc: run_quality(ctx["redis"], wc.settings, wc.clock(), batch_size=wc.batch_size)
+        ctx, QUALITY_JOB, lambda wc: run_quality(ctx["redis"], wc.settings, wc.clock())
     )
 
 

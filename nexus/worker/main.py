@@ -28,7 +28,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nexus.core.config import NexusSettings
 from nexus.core.redis_conn import connect
-from nexus.core.rollup import DEFAULT_BATCH_SIZE
 from nexus.core.shutdown import stop_on_signals
 from nexus.worker.settings import worker_settings
 
@@ -103,13 +102,12 @@ def build_worker(
     *,
     jobs: Collection[str] | None = None,
     clock: Callable[[], float] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
     poll_delay: float = 0.5,
     **overrides: Any,
 ) -> Worker:
     """An arq Worker for `settings` (arq keyword arguments in `overrides`, e.g. `burst=True`). Must be
     called inside the event loop that will run it."""
-    cls = worker_settings(settings, redis_url, jobs=jobs, clock=clock, batch_size=batch_size, poll_delay=poll_delay)
+    cls = worker_settings(settings, redis_url, jobs=jobs, clock=clock, poll_delay=poll_delay)
     # our own client (Sentinel-aware, with socket timeouts), not one arq would build from redis_settings
     pool = connect(cls.nexus_redis_target, redis_class=ArqRedis, client_name=f"nexus-worker:{os.getpid()}")
     pool.default_queue_name = cls.queue_name

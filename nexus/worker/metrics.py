@@ -1,14 +1,14 @@
 """Prometheus metrics of the worker loops: one registry per process (a worker process runs one arq worker;
 `nexus serve` serves it on the gateway's `/metrics` too, `nexus worker --metrics-port` on a port of its own).
 
-- `nexus_telemetry_quarantined_total`: records the rollup could not count (kept in the quarantine).
 - `nexus_aggregate_inconsistencies_total{period}`: budget ticks that found a period's totals differing from
   the sum of a breakdown (backend, model); each is also logged with the figures.
 - `nexus_unreconciled_usd_total`: USD charged for dead router nodes' admitted, never recorded requests.
 - `nexus_worker_tick_duration_seconds{job}` / `nexus_worker_tick_failures_total{job}`: each loop's ticks.
 - `nexus_backend_latency_seconds{backend}`: health probe latency (Rust Nexus's name).
 - `nexus_rollup_last_success_timestamp_seconds` and `nexus_rollup_lag_seconds` (seconds since then, at
-  scrape time; 0 before the first rollup of this process): budget ticks fold telemetry into the aggregates.
+  scrape time; 0 before the first of this process): the last completed budget tick, which observes every
+  budget from the aggregates (the names are kept from when the tick also rolled records up).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = [
     "AGGREGATE_INCONSISTENCIES",
     "BACKEND_LATENCY",
-    "QUARANTINED",
     "REGISTRY",
     "ROLLUP_LAST_SUCCESS",
     "TICK_FAILURES",
@@ -29,9 +28,6 @@ __all__ = [
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-QUARANTINED = Counter(
-    "nexus_telemetry_quarantined", "Telemetry records the rollup quarantined instead of counting", registry=REGISTRY
-)
 AGGREGATE_INCONSISTENCIES = Counter(
     "nexus_aggregate_inconsistencies",
     "Budget ticks whose period aggregate totals differ from the sum of a breakdown",

@@ -37,7 +37,6 @@ from arq.cron import CronJob
 from nexus.core import keys
 from nexus.core.config import NexusSettings, load_settings
 from nexus.core.redis_conn import RedisTarget
-from nexus.core.rollup import DEFAULT_BATCH_SIZE
 from nexus.core.state import seed_desired
 from nexus.worker.discovery import DISCOVERY_JOB, discovery_job
 from nexus.worker.fleet import FLEET_JOB, fleet_job
@@ -140,12 +139,11 @@ def worker_settings(
     *,
     jobs: Collection[str] | None = None,
     clock: Callable[[], float] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
     poll_delay: float = 0.5,
 ) -> type:
     """A `WorkerSettings` class for arq (`arq.worker.create_worker(cls, **overrides)`).
 
-    `redis_url` defaults to `[redis]` (a URL or sentinels); `jobs`, `clock` and `batch_size` exist for tests
+    `redis_url` defaults to `[redis]` (a URL or sentinels); `jobs` and `clock` exist for tests
     and for `nexus serve`, which runs the same jobs in-process. The class also carries the parsed target as
     `nexus_redis_target`, from which `nexus.worker.main.build_worker` connects (Sentinel included)."""
     if not redis_url and not settings.redis.configured:
@@ -155,7 +153,7 @@ def worker_settings(
     async def on_startup(ctx: dict[str, Any]) -> None:
         await seed_desired(ctx["redis"], settings.desired())  # no-op unless the store was never seeded
         wall = clock or settings.testing.clock()
-        ctx[CTX_KEY] = WorkerContext(settings, clock=wall, batch_size=batch_size, http=new_session())
+        ctx[CTX_KEY] = WorkerContext(settings, clock=wall, http=new_session())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         wc: WorkerContext | None = ctx.pop(CTX_KEY, None)

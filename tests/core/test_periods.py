@@ -26,8 +26,8 @@ from nexus.core.aggregates import (
     parse_quality_hour,
     quality_increments,
 )
+from nexus.core.batching import TelemetryBatch, batch_write
 from nexus.core.periods import BudgetCalendar, PeriodRule, day_of, period_of
-from nexus.core.rollup import _Batch, pending_days
 from nexus.core.telemetry_store import TelemetryRecord
 
 Y2000 = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
@@ -121,20 +121,19 @@ def test_day_hour_and_minute_buckets_hold_their_instant(ts: float) -> None:
 
 # -- TTLs derived from instants ---------------------------------------------------------------------------------
 @SWEEP
-@given(instants, st.floats(min_value=0, max_value=keys.TELEMETRY_RECORDS_TTL_SECONDS - 1))
-def test_the_rollup_looks_at_every_day_a_live_record_can_be_in(ts: float, age: float) -> None:
-    """A record lives TELEMETRY_RECORDS_TTL_SECONDS after its last write; every rollup in that time (and one
-    whose clock runs a day behind the writer's) looks at its day bucket."""
-    assert day_of(ts) in pending_days(ts + age)
-    assert day_of(ts) in pending_days(ts - DAY + 1)
-
-
-@SWEEP
-@given(instants)
-def test_the_replay_guard_outlives_the_day_by_its_grace(ts: float) -> None:
-    batch = _Batch(day_of(ts), ts)
-    assert batch.rolled_expire_at >= ts + keys.TELEMETRY_ROLLED_GRACE_SECONDS
-    assert batch.rolled_expire_at == day_start(day_of(ts)) + DAY + keys.TELEMETRY_ROLLED_GRACE_SECONDS
+@given(instants, reset_days, st.floats(min_value=0, max_value=2 * DAY))
+def test_a_batch_sets_each_key_to_outlive_its_period(ts: float, reset_day: int, lag: float) -> None:
+    """A record of instant `ts` flushed `lag` later: its live spend outlives the period by a week, the aggregate
+    by a year, and its quality hour every 24 h window that reads it."""
+    rule = PeriodRule(reset_day)
+    rec = TelemetryRecord(id="r", ts=ts, node="n", backend="b", model="m", cost_usd=0.01, ttfb_ms=1.0)
+    w = batch_write(TelemetryBatch("w", 1, (rec,), ts + lag), BudgetCalendar(rule))
+    expiry = {key: w.expiries[i + 1] for i, key in enumerate(w.keys) if i + 1 in w.expiries}
+    end = rule.end(ts)
+    assert expiry[keys.telemetry_spend(rule.name(ts))] > end + 7 * DAY
+    assert expiry[keys.telemetry_agg(rule.name(ts))] > end + 365 * DAY
+    if lag < QUALITY_WINDOW_SECONDS:
+        assert expiry[keys.telemetry_quality("b", hour_of(ts))] > ts + QUALITY_WINDOW_SECONDS
 
 
 @SWEEP

@@ -7,7 +7,8 @@ import pytest
 
 from nexus.core.periods import BudgetCalendar, PeriodRule, period_of
 from nexus.core.reservations import read_reserved, reserve, return_lease, settle_node
-from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from nexus.core.telemetry_store import TelemetryBatch, TelemetryRecord, read_live_spend, write_batch
+from tests.stored import put_records
 
 NOW = time.time()
 PERIOD = period_of(NOW)
@@ -43,7 +44,7 @@ async def test_concurrent_grants_never_exceed_the_limit(redis):
 
 
 async def test_a_grant_is_capped_by_the_room_left_but_never_below_the_need(redis):
-    await write_records(redis, [record("a", 9.5, 0.0)])
+    await put_records(redis, [record("a", 9.5, 0.0)])
     assert (await reserve(redis, "n1", 5.0, 0.1, limits(("global", 10.0)))).amount == pytest.approx(0.5)
     assert not (await reserve(redis, "n2", 1.0, 0.01, limits(("global", 10.0)))).ok  # all leased out
     await return_lease(redis, "n1", 0.3, [("global", PERIOD)])
@@ -53,10 +54,11 @@ async def test_a_grant_is_capped_by_the_room_left_but_never_below_the_need(redis
 async def test_record_write_releases_its_share_of_the_lease_exactly_once(redis):
     assert (await reserve(redis, "n1", 1.0, 0.5, limits(("global", 10.0), ("team", 2.0)))).amount == 1.0
     rec = record("r1", 0.3, 0.5, key="team")
-    assert await write_records(redis, [rec]) == 1
+    batch = TelemetryBatch("n1:test", 1, (rec,), NOW)
+    assert (await write_batch(redis, batch)).applied
     assert await read_reserved(redis, PERIOD) == {"global": 0.5, "team": 0.5}
     assert (await read_live_spend(redis, PERIOD))["global"] == pytest.approx(0.3)
-    assert await write_records(redis, [rec]) == 0  # a replay neither releases nor spends again
+    assert not (await write_batch(redis, batch)).applied  # a replay neither releases nor spends again
     assert await read_reserved(redis, PERIOD) == {"global": 0.5, "team": 0.5}
     assert (await read_live_spend(redis, PERIOD))["team"] == pytest.approx(0.3)
 
@@ -92,7 +94,7 @@ async def test_each_scope_leases_and_spends_in_its_own_period(redis):
     rec = record("r1", 0.5, 0.6, key="team")
     rec = rec.model_copy(update={"reserved_periods": {"global": PERIOD, "team": key_period}})
     calendar = BudgetCalendar(PeriodRule(), {"team": PeriodRule(seconds=10**9, anchor=0)})
-    assert await write_records(redis, [rec], calendar) == 1
+    assert (await put_records(redis, [rec], calendar)).applied
     assert await read_reserved(redis, PERIOD) == {"global": pytest.approx(0.6)}  # n2's lease is left
     assert await read_reserved(redis, key_period) == {}
     assert await read_live_spend(redis, PERIOD) == {"global": pytest.approx(0.5)}

@@ -83,7 +83,8 @@ async def _failover(c, http, redis) -> None:
     during = sum(1 for o in results if o.ok and t_kill <= o.start <= t_kill + t_routers)
 
     want = client_cost(results)
-    report = await assert_spend_matches(http, c, redis, {o.rid for o in results}, want)
+    assert len({o.rid for o in results}) == len(results)
+    report = await assert_spend_matches(http, c, redis, len(results), want)
     lost = want - report["total_usd"]
     print(
         f"\nSentinel failover: primary SIGKILLed under load; replica promoted after {t_promoted:.2f}s; every "

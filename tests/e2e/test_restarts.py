@@ -18,13 +18,15 @@ import signal
 import time
 
 import aiohttp
-import orjson
+import pytest
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.aggregate_store import read_aggregate
+from nexus.core.aggregates import Totals
 from nexus.core.telemetry_store import read_live_spend
 from nexus.tools.devcluster import LocalCluster
-from tests.e2e.test_faults import BUDGET_PERIOD, cloud, config, run_load
+from tests.e2e.test_faults import BUDGET_PERIOD, PIN, POUT, cloud, config, run_load
 from tests.harness import eventually
 
 LIMIT = 1000.0  # far from it: leases are 2% of it ($20), so a leak is plain to see
@@ -134,13 +136,19 @@ async def test_a_partial_stream_is_billed_for_what_was_delivered(cluster, http):
     async with aiohttp.ClientSession() as s, s.post(f"{c.routers[0].url}/v1/chat/completions", json=body) as r:
         payload = await r.read()
         rid = r.headers["X-Nexus-Request-Id"]
-    assert b"upstream_stream_error" in payload
-    redis = Redis.from_url(c.redis.url, decode_responses=True)
-    try:
-        day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert b"upstream_stream_error" in payload and rid
+    redis = Redis.from_url(c.redis.url)
 
-        rec = orjson.loads(await eventually(lambda: redis.hget(keys.telemetry_records(day), rid), timeout=10))
+    async def counted() -> Totals | None:
+        total = (await read_aggregate(redis, BUDGET_PERIOD.name(time.time()))).total
+        return total if total.requests else None
+
+    try:
+        total = await eventually(counted, timeout=10)
+        live = (await read_live_spend(redis, BUDGET_PERIOD.name(time.time())))["global"]
     finally:
         await redis.aclose()
-    assert rec["partial"] is True and rec["outcome"] == "midstream_error"
-    assert 1 <= rec["completion_tokens"] <= 5  # the role event and three content chunks, not 4000
+    assert (total.requests, total.errors) == (1, 1)  # a midstream error
+    assert 1 <= total.completion_tokens <= 5  # the role event and three content chunks, not 4000
+    assert live == pytest.approx(total.usd) and total.usd == pytest.approx(
+        (total.prompt_tokens * PIN + total.completion_tokens * POUT) / 1e6)

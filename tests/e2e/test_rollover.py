@@ -10,12 +10,13 @@ covers that). Redis expires keys by its own clock, which these tests never touch
   with the workers down over the boundary (so the last observation in Redis is the old period's
   hard_limit: routers must not take it for the new period's), and the old period's report is kept.
 - Replicas whose clocks differ by up to 2 s write records around the boundary: each record is counted
-  once, live and rolled up, in the period its own timestamp names.
+  once, live and in the aggregates, in the period its own timestamp names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,14 +26,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from nexus.core import keys
 from nexus.core.observed import read_observed
-from nexus.core.periods import PeriodRule, day_of
-from nexus.core.telemetry_store import TelemetryRecord, read_heartbeats, read_live_spend
+from nexus.core.periods import PeriodRule
+from nexus.core.telemetry_store import read_heartbeats, read_live_spend
 from nexus.tools.devcluster import FakeSpec, LocalCluster
 from tests.clock import knobs_for
 from tests.harness import eventually
-from tests.stored import read_records
 
 PRICE_OUT = 5000.0  # USD per 1M output tokens: max_tokens 2 -> exactly $0.01, estimate and cost alike
 COST = 2 * PRICE_OUT / 1e6
@@ -63,9 +62,10 @@ async def redis_of() -> AsyncIterator[Callable[[LocalCluster], Redis]]:
         await client.aclose()
 
 
-async def post(http: aiohttp.ClientSession, url: str) -> tuple[int, float, str]:
+async def post(http: aiohttp.ClientSession, url: str, key: str | None = None) -> tuple[int, float, str]:
     """(status, real time the answer arrived, request id)."""
-    async with http.post(f"{url}/v1/chat/completions", json=BODY) as r:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with http.post(f"{url}/v1/chat/completions", json=BODY, headers=headers) as r:
         await r.read()
         return r.status, time.time(), r.headers.get("X-Nexus-Request-Id", "")
 
@@ -180,6 +180,9 @@ async def test_records_of_skewed_replicas_count_once_in_the_period_their_own_tim
 ):
     rule = rule_for(10)
     offsets = (-2.0, 0.0, 2.0)
+    # one client key per replica: the aggregates' by-key figures then tell the replicas' requests apart
+    secrets = [f"nx-rollover-replica-{i}-0123456789abcdef" for i in range(3)]
+    key_ids = [f"key_00000000aa0{i}" for i in range(3)]
     c = await cluster(
         routers=3,
         workers=0,
@@ -188,59 +191,48 @@ async def test_records_of_skewed_replicas_count_once_in_the_period_their_own_tim
             "routing": {"budget": {"reconciliation_interval_secs": 1}},
             "telemetry": {"flush_interval_ms": 50},
             "testing": knobs_for(rule),
+            "keys": [{"id": k, "name": k, "digest": "sha256:" + hashlib.sha256(s.encode()).hexdigest()}
+                     for k, s in zip(key_ids, secrets, strict=True)],
         },
         router_env=[{"NEXUS_TESTING_CLOCK_OFFSET_SECONDS": str(o)} for o in offsets],
     )
     redis = redis_of(c)
     boundary = await start_of_a_period(rule, room=4.5)
-    offset_of = {r.name: o for r, o in zip(c.routers, offsets, strict=True)}
+    sent: dict[int, list[float]] = {i: [] for i in range(3)}  # replica -> real times its requests were sent
 
-    sent: dict[str, tuple[str, float]] = {}  # request id -> (router, real time sent)
-
-    async def stream(router: Any) -> None:
+    async def stream(i: int) -> None:
         while time.time() < boundary + 3.5:
             t = time.time()
-            status, _, rid = await post(http, router.url)
+            status, _, _ = await post(http, c.routers[i].url, secrets[i])
             assert status == 200
-            sent[rid] = (router.name, t)
+            sent[i].append(t)
             await asyncio.sleep(0.05)
 
     await until(boundary - 3.5)
-    await asyncio.gather(*(stream(r) for r in c.routers))
-    days = sorted({day_of(boundary + d) for d in (-86400, 0, 86400)})
-
-    async def all_written() -> dict[str, TelemetryRecord] | None:
-        recs = {r.id: r for day in days for r in await read_records(redis, day)}
-        return recs if len(recs) >= len(sent) else None
-
-    records = await eventually(all_written, timeout=10)
-    assert set(records) == set(sent)  # each request recorded once
-    by_period: dict[str, list[TelemetryRecord]] = {}
-    for rid, rec in records.items():
-        router, t = sent[rid]
-        assert rec.node == router
-        assert abs(rec.ts - (t + offset_of[router])) < 1.0, (rec, t)  # the replica's own, skewed clock
-        by_period.setdefault(rule.name(rec.ts), []).append(rec)
+    await asyncio.gather(*(stream(i) for i in range(3)))
     old, new = rule.name(boundary - 1), rule.name(boundary)
-    assert set(by_period) == {old, new}
+    total = sum(len(ts) for ts in sent.values())
+
+    async def all_counted() -> dict[str, dict[str, Any]] | None:
+        reports = {p: await admin(http, c, f"/spend?period={p}") for p in (old, new)}
+        return reports if sum(r["requests"] for r in reports.values()) >= total else None
+
+    reports = await eventually(all_counted, timeout=10)
+    assert sum(r["requests"] for r in reports.values()) == total  # each request counted once
+    slack = 1.0  # a record's timestamp is its replica's clock when it was made: sent + offset + latency
+    for i, times in sent.items():
+        in_new = sum(1 for t in times if t + offsets[i] >= boundary + slack)  # surely the new period's
+        in_old = sum(1 for t in times if t + offsets[i] < boundary - slack)  # surely the old one's
+        got = {p: reports[p]["by_key"].get(key_ids[i], {}).get("requests", 0) for p in (old, new)}
+        assert got[old] + got[new] == len(times), (i, got)
+        assert got[old] >= in_old and got[new] >= in_new, (i, got, in_old, in_new)
     # Around the boundary the replicas disagree, and each record follows its own timestamp: the fast
-    # replica's requests sent before the real boundary are in the new period, the slow one's after it in
-    # the old one.
-    fast, slow = c.routers[2].name, c.routers[0].name
-    assert any(sent[r.id][0] == fast and sent[r.id][1] < boundary - 0.5 for r in by_period[new])
-    assert any(sent[r.id][0] == slow and sent[r.id][1] > boundary + 0.5 for r in by_period[old])
+    # replica's requests sent a second before the real boundary are in the new period, the slow one's a
+    # second after it in the old one (the bounds above, on these non-empty sets).
+    assert any(boundary - 2 + slack <= t < boundary for t in sent[2])
+    assert any(boundary < t < boundary + 2 - slack for t in sent[0])
 
-    for period, recs in by_period.items():  # live spend: once each, in its own period
+    for period, report in reports.items():  # live spend: once each, in its own period
         live = (await read_live_spend(redis, period)).get("global", 0.0)
-        assert live == pytest.approx(COST * len(recs)), period
-
-    c.add_worker()  # now roll up: the aggregates agree with the records' own periods
-
-    async def rolled() -> bool:
-        return sum([await redis.hlen(keys.telemetry_records(day)) for day in days]) == 0
-
-    await eventually(rolled, timeout=20, interval=0.2)
-    for period, recs in by_period.items():
-        report = await admin(http, c, f"/spend?period={period}")
-        assert report["requests"] == len(recs), period
-        assert report["total_usd"] == pytest.approx(COST * len(recs)), period
+        assert live == pytest.approx(COST * report["requests"]), period
+        assert report["total_usd"] == pytest.approx(COST * report["requests"]), period

@@ -22,7 +22,7 @@ import copy
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -35,12 +35,14 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.aggregate_store import read_aggregate
+from nexus.core.aggregates import Totals
 from nexus.core.embedded_redis import EmbeddedRedis
 from nexus.core.errors import StateUnavailable
 from nexus.core.observed import read_inflight
-from nexus.core.periods import BudgetCalendar, day_of, period_of
+from nexus.core.periods import BudgetCalendar, period_of
 from nexus.core.snapshot import GLOBAL_SCOPE
-from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from nexus.core.telemetry_store import TelemetryBatch, TelemetryRecord, read_live_spend, write_batch
 from nexus.router_node.load import LoadTracker
 from nexus.router_node.telemetry import Telemetry
 from tests.clock import knobs_for, steady_period
@@ -537,12 +539,14 @@ async def test_inflight_returns_to_zero_after_disconnects_and_upstream_failures(
     assert gw.node.queue.depth == 0
     # The gateway noticed the streaming clients leave (it did not just stream into the void).
     await eventually(lambda: gw.node.telemetry.buffered == 0, timeout=15)
-    stored = await _records_since(redis, t0)
+    stored = {rec.id: rec for rec in gw.records}
     # every one of the 500 requests left telemetry, whatever happened to it: a final record, or (answered 502
     # after every attempt failed) its failed attempts' `<id>:<n>` records
     assert len({rid.split(":")[0] for rid in stored}) == 500, (len(stored), outcomes)
     finals = [rec for rid, rec in stored.items() if ":" not in rid]
     assert len(finals) == 500 - outcomes["flaky_502"] - outcomes["midstream_502"], outcomes
+    counted = await _counted(redis, t0)  # and Redis counted each exactly once
+    assert (counted.requests, counted.failed_attempts) == (len(finals), len(stored) - len(finals))
     kinds_seen = Counter(rec.outcome for rec in finals)
     assert kinds_seen["client_disconnected"] > 0 and kinds_seen["midstream_error"] > 0, kinds_seen
     async with http.post(url, json=chat("s", "after", stream=True)) as resp:
@@ -567,13 +571,15 @@ def own_redis(tmp_path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
-async def _records_since(redis: Redis, t0: float) -> dict[str, TelemetryRecord]:
-    """Every telemetry record written since `t0`, from each UTC day bucket since (a run may cross 00:00 UTC)."""
-    records: dict[str, TelemetryRecord] = {}
-    for day in sorted({day_of(t0), day_of(time.time())}):
-        for rid, raw in (await redis.hgetall(keys.telemetry_records(day))).items():
-            records[rid.decode()] = TelemetryRecord.model_validate_json(raw)
-    return records
+async def _counted(redis: Redis, t0: float, name: Callable[[float], str] = period_of) -> Totals:
+    """What Redis counted since `t0`: the aggregates of every period since (a run may cross a period's end;
+    `name` names the gateway's periods)."""
+    total: dict[str, int] = {}
+    for period in sorted({name(t0), name(time.time())}):
+        agg = (await read_aggregate(redis, period)).total
+        for name in ("requests", "failed_attempts", "nusd"):
+            total[name] = total.get(name, 0) + getattr(agg, name)
+    return Totals(**total)
 
 
 # Tests comparing the node's view of the period's spend with the stored total: one budget period for the
@@ -581,15 +587,15 @@ async def _records_since(redis: Redis, t0: float) -> dict[str, TelemetryRecord]:
 STEADY = steady_period()
 
 
-async def _stored(redis_url: str, t0: float) -> tuple[dict[str, TelemetryRecord], float]:
-    """Every telemetry record written since `t0`, and the global live spend of the (steady) period."""
+async def _stored(redis_url: str, t0: float) -> tuple[Totals, float]:
+    """What Redis counted since `t0`, and the global live spend of the (steady) period."""
     client = Redis.from_url(redis_url)
     try:
-        records = await _records_since(client, t0)
+        counted = await _counted(client, t0, STEADY.name)
         spend = (await read_live_spend(client, STEADY.name(time.time()))).get(GLOBAL_SCOPE, 0.0)
     finally:
         await client.aclose()
-    return records, spend
+    return counted, spend
 
 
 @pytest.mark.parametrize("outage", ["stop", "kill"])
@@ -671,19 +677,21 @@ async def test_redis_outage_mid_load_keeps_serving_and_replays_spend_exactly_onc
 
     await eventually(cluster_gauge_zero, timeout=15)  # no stale gauge came back with the AOF
 
-    records, spend = await _stored(own_redis.url, t0)
-    stored_cost = sum(r.cost_usd for r in records.values())
-    # Never counted twice: the live spend is exactly the sum over the stored records, each stored once.
-    assert spend == pytest.approx(stored_cost, abs=0.005)
-    assert set(records) <= set(costs), set(records) - set(costs)
-    for rid, rec in records.items():
+    made = {rec.id: rec for rec in gw.records}
+    assert set(made) == set(costs), set(made) ^ set(costs)
+    for rid, rec in made.items():
         assert rec.cost_usd == pytest.approx(costs[rid], abs=1e-9), rec
         assert rec.outcome == "ok" and rec.status == 200
-    # Everything recorded while Redis was away was buffered and replayed.
-    assert after_outage and after_outage <= set(records), len(after_outage - set(records))
+    counted, spend = await _stored(own_redis.url, t0)
+    # Never counted twice: live spend and the aggregate agree, and neither exceeds what was served.
+    assert spend == pytest.approx(counted.nusd / 1e9, abs=0.005)
+    assert counted.requests <= len(costs) and spend <= sum(costs.values()) + 0.005
+    # Everything recorded while Redis was away was buffered and written once it was back (after the restart
+    # nothing is lost any more: at least those and the 100 of the restart are counted).
+    assert after_outage and counted.requests >= len(after_outage) + 100, (counted.requests, len(after_outage))
     if outage == "stop":
         # SHUTDOWN persists every acknowledged write: nothing lost, nothing doubled.
-        assert set(records) == set(costs), (len(records), len(costs))
+        assert counted.requests == len(costs), (counted.requests, len(costs))
         assert spend == pytest.approx(sum(costs.values()), abs=0.005)
     # The node's own view of the period's spend agrees once the buffer drained.
     assert tel.spend(GLOBAL_SCOPE) == pytest.approx(spend, abs=0.005)
@@ -733,9 +741,10 @@ async def test_replay_after_a_lost_reply_never_counts_twice(redis):
     ]
     total = 0.25 + 0.5 + 0.75
 
-    # write_records itself: a repeated batch adds nothing.
-    assert await write_records(redis, records[:1]) == 1
-    assert await write_records(redis, records[:1]) == 0
+    # write_batch itself: a repeated batch adds nothing.
+    once = TelemetryBatch("n1:test", 1, tuple(records[:1]), now)
+    assert (await write_batch(redis, once)).applied
+    assert not (await write_batch(redis, once)).applied
     assert (await read_live_spend(redis, period)) == {GLOBAL_SCOPE: 0.25, "k1": 0.25}
     await redis.flushall()
 
@@ -758,7 +767,7 @@ async def test_replay_after_a_lost_reply_never_counts_twice(redis):
     await tel.flush()
     assert tel.buffered == 0
     assert (await read_live_spend(redis, period)) == {GLOBAL_SCOPE: pytest.approx(total), "k1": pytest.approx(total)}
-    assert len(await redis.hgetall(keys.telemetry_records(day_of(now)))) == 3
+    assert (await read_aggregate(redis, period)).total.requests == 3
     assert tel.spend(GLOBAL_SCOPE) == pytest.approx(total)
 
 
@@ -828,10 +837,12 @@ async def test_graceful_shutdown_lets_inflight_streams_finish(fakes, gateways, h
 
     assert not node.load.local
     ids = {resp.headers["x-nexus-request-id"] for resp in streams}
-    stored = await _records_since(redis, t0)
-    # The final flush on stop wrote every stream's record.
-    assert ids <= set(stored), ids - set(stored)
-    assert all(stored[rid].outcome == "ok" and stored[rid].stream for rid in ids)
+    made = {rec.id: rec for rec in gw.records}
+    assert ids <= set(made), ids - set(made)
+    assert all(made[rid].outcome == "ok" and made[rid].stream for rid in ids)
+    # The final flush on stop wrote every record the node made.
+    assert gw.node.telemetry.buffered == 0
+    assert (await _counted(redis, t0)).requests == len(made)
 
 
 class _BlackHole:

@@ -29,12 +29,12 @@ from nexus.core.periods import PeriodRule
 from nexus.core.reservations import read_reserved
 from nexus.core.snapshot import GLOBAL_SCOPE, HealthObservation
 from nexus.core.state import put_backend, put_routing
-from nexus.core.telemetry_store import TelemetryRecord, write_records
+from nexus.core.telemetry_store import TelemetryRecord
 from nexus.worker.store import replace_quality
 from tests.clock import knobs_for, steady_period
 from tests.harness import GatewayHarness, eventually
 from tests.router_node.conftest import backend_for
-from tests.stored import put_health
+from tests.stored import put_health, put_records
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
 RESTRICTED = {"policies": [{"model_pattern": "m*", "privacy": "restricted"}]}
@@ -94,14 +94,14 @@ STEADY = {"testing": knobs_for(steady_period())}
 
 
 async def add_spend(redis: Redis, usd: float, gw: GatewayHarness) -> None:
-    """Spend as production records it: a router node's telemetry record with a cost (HSETNX + HINCRBYFLOAT),
-    in the budget period `gw` counts in."""
+    """Spend as production records it: a router node's batch of one telemetry record with a cost, in the budget
+    period `gw` counts in."""
     record = TelemetryRecord(
         id=uuid.uuid4().hex, ts=time.time(), node="test-seeder", backend="cloud", backend_type="cloud",
         model="m", requested_model="m", cost_usd=usd,
     )
     settings = gw.node.settings
-    assert await write_records(redis, [record], settings.routing.calendar(settings.testing)) == 1
+    assert (await put_records(redis, [record], settings.routing.calendar(settings.testing))).applied
 
 
 def budget_status(gw: GatewayHarness) -> BudgetStatus | None:

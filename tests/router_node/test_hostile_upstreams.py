@@ -18,7 +18,6 @@ from nexus.core import keys
 from nexus.core.config import ServerConfig
 from nexus.core.gateway_errors import UpstreamError
 from nexus.core.model import Backend, BackendType, HealthState, Zone
-from nexus.core.periods import day_of
 from nexus.core.secrets import SecretConfig
 from nexus.core.snapshot import HealthObservation
 from nexus.core.telemetry_store import TelemetryRecord
@@ -208,9 +207,9 @@ def ok(request) -> bytes | list[bytes]:
 
 
 async def records(gw, redis) -> list[TelemetryRecord]:
+    """What the node recorded, once flushed (Redis keeps only their sums)."""
     await eventually(lambda: gw.node.telemetry.buffered == 0)
-    stored = await redis.hgetall(keys.telemetry_records(day_of(time.time())))
-    return [TelemetryRecord.model_validate_json(raw) for raw in stored.values()]
+    return list(gw.records)
 
 
 async def metric(http, gw, name: str, **labels: str) -> float | None:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 
-from nexus.core.rollup import rollup_pending
-from nexus.core.telemetry_store import TelemetryRecord, write_records
+from nexus.core.telemetry_store import TelemetryRecord
+from tests.stored import put_records
 
 
 async def test_quarantined_records_are_listed_with_their_reason(admin):
     now = time.time()
     bad = TelemetryRecord(id="huge", ts=now, node="n", backend="b", model="m", prompt_tokens=2**63)
     good = TelemetryRecord(id="fine", ts=now, node="n", backend="b", model="m")
-    await write_records(admin.redis, [bad, good])
-    result = await rollup_pending(admin.redis, now)
-    assert (result.applied, result.quarantined) == (1, 1)
+    written = await put_records(admin.redis, [bad, good])
+    assert [rid for rid, _ in written.quarantined] == ["huge"]
     status, body = await admin.call("GET", "/telemetry/quarantine")
     assert status == 200
     assert body["count"] == 1 and [r["id"] for r in body["records"]] == ["huge"]

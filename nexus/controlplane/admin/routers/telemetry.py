@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from nexus.controlplane.admin.deps import Authorized, RedisDep
-from nexus.core.rollup import read_quarantine
+from nexus.core.aggregate_store import read_quarantine
 
 __all__ = ["router"]
 

@@ -1,6 +1,6 @@
-"""nexus.core.rollup and nexus.core.spend_report against a real Redis: exactly-once rollup (re-runs,
-racing workers, replays after the rollup), sweeping old days into their own period, quality minutes,
-live spend repair, the spend report."""
+"""nexus.core.telemetry_store's batches, nexus.core.aggregate_store and nexus.core.spend_report against a real
+Redis: a batch adds what its records add one by one, exactly once (replays, racing sends), each record in its
+own period, quality minutes and expiries, the quarantine, live spend repair, the spend report."""
 
 from __future__ import annotations
 
@@ -11,27 +11,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 
 from nexus.core import keys
+from nexus.core.aggregate_store import read_aggregate, read_quality_minutes, read_quarantine, repair_live_spend
 from nexus.core.aggregates import parse_aggregate, to_nano
 from nexus.core.model import BudgetStatus
 from nexus.core.periods import BudgetCalendar, PeriodRule, day_of, period_of
-from nexus.core.rollup import (
-    _apply,
-    _build,
-    read_aggregate,
-    read_quality_minutes,
-    read_quarantine,
-    repair_live_spend,
-    rollup_day,
-    rollup_pending,
-)
 from nexus.core.snapshot import BudgetObservation
 from nexus.core.spend_report import read_spend_report, write_budget_observations
-from nexus.core.telemetry_store import TelemetryRecord, read_live_spend, write_records
+from nexus.core.telemetry_store import _WRITE, TelemetryBatch, TelemetryRecord, read_live_spend, write_batch
 from tests.clock import next_day_start
-from tests.stored import sum_increments
+from tests.stored import put_records, sum_increments
 
 
 def _today_at_half_past_noon() -> float:
@@ -76,71 +68,101 @@ async def agg_fields(redis: Redis, period: str = PERIOD) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in (await redis.hgetall(keys.telemetry_agg(period))).items()}
 
 
-async def test_rollup_folds_every_record_exactly_once(redis: Redis) -> None:
+def _batch(records: list[TelemetryRecord], seq: int = 1, writer: str = "node-a:1", at: float = NOW) -> TelemetryBatch:
+    return TelemetryBatch(writer, seq, tuple(records), at)
+
+
+def _spend_of(records: list[TelemetryRecord]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in records:
+        for scope in ("global", *([r.key] if r.key else [])):
+            out[scope] = out.get(scope, 0.0) + r.cost_usd
+    return out
+
+
+async def test_a_batch_adds_what_its_records_add_one_by_one(redis: Redis) -> None:
     records = mixed_records(50)
-    assert await write_records(redis, records) == 50
-    result = await rollup_pending(redis, NOW, batch_size=7)
-    assert (result.seen, result.applied, result.quarantined, result.days) == (50, 50, 0, (DAY,))
-    assert result.batches >= 8
+    written = await write_batch(redis, _batch(records))
+    assert written.applied and written.quarantined == ()
     assert await agg_fields(redis) == sum_increments(records)
-    assert await redis.hlen(keys.telemetry_records(DAY)) == 0
-    assert await redis.scard(keys.telemetry_rolled(DAY)) == 50
-
-    again = await rollup_pending(redis, NOW, batch_size=7)
-    assert (again.seen, again.applied) == (0, 0)
-    assert await agg_fields(redis) == sum_increments(records)
-
-
-async def test_a_replay_after_the_rollup_is_not_counted_again(redis: Redis) -> None:
-    records = mixed_records(20)
-    await write_records(redis, records)
     live = await read_live_spend(redis, PERIOD)
-    await rollup_pending(redis, NOW)
-    # A router node that lost the reply to its flush replays the batch after the worker rolled it up.
-    assert await write_records(redis, records) == 0
-    assert await read_live_spend(redis, PERIOD) == live
-    assert (await rollup_pending(redis, NOW)).applied == 0
-    assert await agg_fields(redis) == sum_increments(records)
-
-
-async def test_racing_rollups_count_each_record_once(redis: Redis) -> None:
-    records = mixed_records(300)
-    await write_records(redis, records)
-    results = await asyncio.gather(*(rollup_pending(redis, NOW, batch_size=5) for _ in range(4)))
-    assert sum(r.applied for r in results) == 300
-    assert await agg_fields(redis) == sum_increments(records)
+    assert live == {scope: pytest.approx(usd) for scope, usd in _spend_of(records).items()}
     total = parse_aggregate(await redis.hgetall(keys.telemetry_agg(PERIOD))).total
     assert total.nusd == sum(to_nano(r.cost_usd) for r in records)
-    assert total.usd == pytest.approx(sum(r.cost_usd for r in records))
+    assert (await read_aggregate(redis, PERIOD)).total.requests == sum(1 for r in records if ":" not in r.id)
 
 
-async def test_old_days_are_swept_into_their_own_period(redis: Redis) -> None:
+async def test_a_replayed_batch_is_not_counted_again(redis: Redis) -> None:
+    records = mixed_records(20)
+    first = _batch(records, seq=1)
+    assert (await write_batch(redis, first)).applied
+    live, fields = await read_live_spend(redis, PERIOD), await agg_fields(redis)
+    # the node lost the reply and sends the batch again; then an older one arrives late: neither counts
+    assert not (await write_batch(redis, first)).applied
+    second = _batch(mixed_records(5, seed=9), seq=2)
+    assert (await write_batch(redis, second)).applied
+    assert not (await write_batch(redis, first)).applied
+    assert await agg_fields(redis) == sum_increments(records + list(second.records))
+    assert await read_live_spend(redis, PERIOD) != live
+    assert not (await write_batch(redis, second)).applied
+    assert fields != await agg_fields(redis)
+
+
+async def test_each_writer_counts_its_own_batches(redis: Redis) -> None:
+    a, b = mixed_records(10, seed=1), mixed_records(10, seed=2)
+    assert (await write_batch(redis, _batch(a, seq=7, writer="node-a:1"))).applied
+    assert (await write_batch(redis, _batch(b, seq=1, writer="node-b:1"))).applied  # numbers are per writer
+    assert (await write_batch(redis, _batch(b, seq=1, writer="node-a:2"))).applied  # node-a restarted: new writer
+    assert await agg_fields(redis) == sum_increments(a + b + b)
+    assert int(await redis.get(keys.telemetry_writer("node-a:1"))) == 7
+
+
+async def test_racing_sends_of_one_batch_count_it_once(redis: Redis) -> None:
+    records = mixed_records(300)
+    batch = _batch(records)
+    results = await asyncio.gather(*(write_batch(redis, batch) for _ in range(4)))
+    assert sum(r.applied for r in results) == 1
+    assert await agg_fields(redis) == sum_increments(records)
+
+
+async def test_records_count_in_their_own_period(redis: Redis) -> None:
     now = next_day_start(15) + 300  # reset day 15: a new period began 5 min ago
     late = mixed_records(10, ts=now - 3600, seed=2)  # the 14th: still the period that began last month
     old = mixed_records(10, ts=now - 10 * 86400 + 3600, seed=3)  # the 5th
     fresh = mixed_records(5, ts=now, seed=4)
     fresh = [r.model_copy(update={"ts": now + 1, "id": "f" + r.id}) for r in fresh]
     cal = BudgetCalendar(PeriodRule(15))
-    await write_records(redis, late + old + fresh, cal)
-    result = await rollup_pending(redis, now, calendar=cal)
-    assert result.days == (day_of(now - 10 * 86400), day_of(now - 86400), day_of(now))
+    await put_records(redis, late + old + fresh, cal, at=now)
     assert day_of(now).endswith("-15")
     previous, current = period_of(now - 3600, 15), period_of(now, 15)
     assert previous != current
     assert await agg_fields(redis, previous) == sum_increments(late + old)
     assert await agg_fields(redis, current) == sum_increments(fresh)
+    assert (await read_live_spend(redis, previous))["global"] == pytest.approx(sum(r.cost_usd for r in late + old))
 
 
-async def test_malformed_records_are_quarantined_uncounted(redis: Redis) -> None:
-    await write_records(redis, mixed_records(3))
-    await redis.hset(keys.telemetry_records(DAY), "junk", b"{not json")
-    result = await rollup_day(redis, DAY, now=NOW)
-    assert (result.applied, result.quarantined) == (3, 1)
-    assert (await read_aggregate(redis, PERIOD)).total.requests == 3
-    assert not await redis.exists(keys.telemetry_records(DAY))
+async def test_a_record_past_the_bounds_is_quarantined_its_cost_still_spent(redis: Redis) -> None:
+    good = mixed_records(3)
+    bad = TelemetryRecord(id="huge", ts=NOW, node="n", backend="gpu", model="m", completion_tokens=2**64 - 1,
+                          cost_usd=0.5)
+    written = await write_batch(redis, _batch([*good, bad]))
+    assert [rid for rid, _ in written.quarantined] == ["huge"]
+    assert "completion_tokens" in written.quarantined[0][1]
+    assert await agg_fields(redis) == sum_increments(good)  # counted: the others only
+    assert (await read_live_spend(redis, PERIOD))["global"] == pytest.approx(0.5 + sum(r.cost_usd for r in good))
     count, [entry] = await read_quarantine(redis)
-    assert count == 1 and entry["id"] == "junk" and entry["record"] == "{not json"
-    assert "not a telemetry record" in entry["reason"]
+    assert count == 1 and entry["id"] == "huge" and "completion_tokens" in entry["reason"]
+    assert str(2**64 - 1) in entry["record"]  # kept as written
+    assert not (await write_batch(redis, _batch([*good, bad]))).applied  # a replay brings nothing back
+
+
+async def test_the_script_checks_every_increment_before_writing(redis: Redis) -> None:
+    agg = keys.telemetry_agg(PERIOD)
+    writer = keys.telemetry_writer("w")
+    argv = [1, 60, 2, 0, 0, 0, 0, 3, "total.requests", 1, 3, "total.prompt_tokens", 2**64]
+    with pytest.raises(redis_exc.ResponseError, match="bad increment"):
+        await redis.eval(_WRITE, 3, writer, keys.TELEMETRY_QUARANTINE, agg, *argv)
+    assert not await redis.exists(agg) and not await redis.exists(writer)  # not even the first increment
 
 
 async def test_quality_minutes_and_expiries(redis: Redis) -> None:
@@ -149,10 +171,9 @@ async def test_quality_minutes_and_expiries(redis: Redis) -> None:
         TelemetryRecord(id="a", ts=minute + 1, node="n", backend="gpu", model="m", ttfb_ms=10.0),
         TelemetryRecord(id="b", ts=minute + 2, node="n", backend="gpu", model="m", ttfb_ms=30.0),
         TelemetryRecord(id="c", ts=minute - 60, node="n", backend="gpu", model="m", outcome="upstream_error"),
-        TelemetryRecord(id="d", ts=minute - 2 * 86400, node="n", backend="gpu", model="m"),
+        TelemetryRecord(id="d", ts=minute - 2 * 86400, node="n", backend="gpu", model="m", cost_usd=0.1),
     ]
-    await write_records(redis, records)
-    await rollup_pending(redis, NOW)
+    await put_records(redis, records, writer="q", at=NOW)
     minutes = await read_quality_minutes(redis, ["gpu", "idle"], NOW)
     assert minutes["idle"] == {}
     got = minutes["gpu"]
@@ -161,17 +182,33 @@ async def test_quality_minutes_and_expiries(redis: Redis) -> None:
     assert (got[minute - 60].requests, got[minute - 60].errors) == (1, 1)
     hour = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d%H")
     hour_start = NOW - NOW % 3600
-    day_end = NOW - NOW % 86400 + 86400
-    # Redis 6.2 has no EXPIRETIME: compare remaining TTLs with the expected expiry instants.
     expected = {
         keys.telemetry_quality("gpu", hour): hour_start + 26 * 3600,
-        keys.telemetry_rolled(DAY): day_end + 2 * 86400,
-        keys.telemetry_agg(PERIOD): NOW + 400 * 86400,  # the rollup's clock, not the wall clock
+        keys.telemetry_agg(PERIOD): NOW + 400 * 86400,  # the batch's clock, not the wall clock
+        keys.telemetry_spend(period_of(minute - 2 * 86400)): minute - 2 * 86400 + 40 * 86400,
     }
+    sec, usec = await redis.time()
     for key, at in expected.items():
         # EXPIREAT instants are absolute: compare with Redis's own clock (which may differ from ours)
-        sec, usec = await redis.time()
         assert abs(await redis.pttl(key) / 1000 - (at - (sec + usec / 1e6))) < 5, key
+    assert abs(await redis.ttl(keys.telemetry_writer("q")) - 2 * 86400) < 5
+
+
+async def _calls(redis: Redis, command: str) -> int:
+    return int((await redis.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_batch_costs_one_write_per_field_not_per_record(redis: Redis) -> None:
+    records = mixed_records(200)
+    await redis.config_resetstat()
+    await write_batch(redis, _batch(records))
+    fields = await agg_fields(redis)
+    assert fields == sum_increments(records)
+    hour = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d%H")  # the records span the 10 min before NOW
+    quality = sum([await redis.hlen(keys.telemetry_quality(b, hour)) for b in ("gpu", "cloud", "edge")])
+    assert await _calls(redis, "hincrby") == len(fields) + quality
+    assert await _calls(redis, "hincrbyfloat") == 3  # live spend of global, team-a, team-b
+    assert await _calls(redis, "hsetnx") == await _calls(redis, "sadd") == 0  # no per-record writes
 
 
 async def test_repair_live_spend_only_raises_lower_counters(redis: Redis) -> None:
@@ -184,8 +221,7 @@ async def test_repair_live_spend_only_raises_lower_counters(redis: Redis) -> Non
 
 async def test_spend_report(redis: Redis) -> None:
     records = mixed_records(40)
-    await write_records(redis, records)
-    await rollup_pending(redis, NOW)
+    await put_records(redis, records, at=NOW)
     obs = {
         "global": BudgetObservation(1.0, PERIOD, BudgetStatus.SOFT_LIMIT, 1.2, 0.75, 0.83, NOW),
         "team-a": BudgetObservation(0.1, period_of(NOW - 40 * 86400), BudgetStatus.NORMAL, 5.0, 0.75, 0.02, NOW),
@@ -220,8 +256,7 @@ async def test_a_key_with_its_own_reset_day_counts_in_its_own_period(redis: Redi
     now = next_day_start(15) - 86400 + 3600  # 01:00 UTC on the 14th
     cal = BudgetCalendar(PeriodRule(1), {"team-a": PeriodRule(15)})
     records = [r.model_copy(update={"key": "team-a"}) for r in mixed_records(12, ts=now, seed=5)]
-    await write_records(redis, records, cal)
-    await rollup_pending(redis, now, calendar=cal)
+    await put_records(redis, records, cal, at=now)
     global_period, key_period = period_of(now, 1), period_of(now, 15)
     assert global_period != key_period  # on the 14th, the 15th-based period began last month
     expected = sum_increments(records)
@@ -231,39 +266,3 @@ async def test_a_key_with_its_own_reset_day_counts_in_its_own_period(redis: Redi
     assert await read_live_spend(redis, global_period) == {"global": pytest.approx(cost)}
     assert await read_live_spend(redis, key_period) == {"team-a": pytest.approx(cost)}
 
-
-
-async def _hincrby_calls(redis: Redis) -> int:
-    return int((await redis.info("commandstats")).get("cmdstat_hincrby", {}).get("calls", 0))
-
-
-async def _pending(redis: Redis) -> list[tuple[str, bytes]]:
-    return sorted((k.decode(), v) for k, v in (await redis.hgetall(keys.telemetry_records(DAY))).items())
-
-
-async def test_a_whole_batch_is_folded_in_with_one_increment_per_field(redis: Redis) -> None:
-    records = mixed_records(200)
-    await write_records(redis, records)
-    await redis.config_resetstat()
-    result = await rollup_pending(redis, NOW, batch_size=200)
-    assert (result.applied, result.batches) == (200, 1)
-    fields = await agg_fields(redis)
-    assert fields == sum_increments(records)
-    hour = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d%H")  # the records span the 10 min before NOW
-    quality = sum([await redis.hlen(keys.telemetry_quality(b, hour)) for b in ("gpu", "cloud", "edge")])
-    # one HINCRBY per field the batch touches (aggregate and quality minutes), not one per record and field
-    assert await _hincrby_calls(redis) == len(fields) + quality
-
-
-async def test_a_batch_a_racing_worker_took_part_of_goes_record_by_record(redis: Redis) -> None:
-    records = mixed_records(30)
-    await write_records(redis, records)
-    items = await _pending(redis)
-    whole, _ = _build(DAY, items, NOW, BudgetCalendar())
-    part, _ = _build(DAY, items[:10], NOW, BudgetCalendar())
-    assert await _apply(redis, part) == (10, 0)  # another worker folds in a third of them first
-    # the whole batch cannot go merged any more (10 records are gone): record by record, only the other 20
-    assert await _apply(redis, whole) == (20, 0)
-    assert await agg_fields(redis) == sum_increments(records)
-    assert await _apply(redis, whole) == (0, 0)
-    assert await redis.hlen(keys.telemetry_records(DAY)) == 0
