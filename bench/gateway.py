@@ -8,7 +8,7 @@ One run measures, on this machine, with wrk (`-t1 -c C -d S --latency`, a Lua PO
    minus direct, per percentile) as the headline;
 2. the gateway process's CPU time per request (utime + stime from /proc/<pid>/stat over a cell, divided
    by the requests wrk completed, plus what the cell left behind: `nexus serve` runs the worker, whose
-   telemetry rollup the harness waits out after each cell), its idle CPU and its peak RSS (VmHWM);
+   worker ticks the harness waits out after each cell), its idle CPU and its peak RSS (VmHWM);
 3. pipeline decision time for 10/100/1,000 backends (`bench/pipeline.py`'s `measure`, in this process);
 4. a 3-replica cluster (`nexus.tools.devcluster.LocalCluster`: Redis, 3 `nexus router`, admin API,
    nginx, the same fake): JSON throughput and latency through nginx, and how long an admin change
@@ -380,7 +380,7 @@ def run_single(
                     if target == "gateway":
                         run["gateway_rss_kb"] = procs.memory_kb(gateway.pid).get("VmRSS")
                         bg = settle([gateway.pid], idle_cpu / idle_s)
-                        run["background_after"] = bg  # e.g. the in-process worker rolling telemetry up
+                        run["background_after"] = bg  # e.g. the in-process worker's ticks
                         gw_cpu = run["cpu"]["gateway"]
                         gw_cpu["us_per_request_with_background"] = (
                             round((gw_cpu["cpu_s"] + bg["cpu_s"]) / run["requests"] * 1e6, 1)

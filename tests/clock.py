@@ -3,7 +3,7 @@
 Redis expires keys by its own clock, so a test that writes through production code (which sets expiries from
 the timestamps it is given) must give timestamps a real clock agrees with. An instant ahead of the real now
 is always safe (every expiry computed from it lies further ahead); one in the past is safe only while it is
-younger than the shortest expiry involved (the rolled-up id sets: two days after their UTC day).
+younger than the shortest expiry involved (quality hours: 26 h after their hour starts).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def cluster_line(cell: dict) -> str:
 
 
 def _cpu_per_request(cpu: dict) -> str:
-    """'during+after us': CPU per request during the cell, plus background work it left (worker rollup)."""
+    """'during+after us': CPU per request during the cell, plus background work it left (worker ticks)."""
     during, total = cpu.get("us_per_request"), cpu.get("us_per_request_with_background")
     if not during:
         return "-"
@@ -72,7 +72,7 @@ def summary(result: dict[str, Any]) -> str:
         + f"\ncommand: {result['command']}\n"
         f"{result['settings']['duration_s']:g} s per cell, wrk -t1; latency p50/p90/p99 in ms; "
         "added = gateway minus direct; CPU/req = gateway process CPU time per request during the cell + after it "
-        "(background work the cell left, e.g. the in-process worker's telemetry rollup); gw cores = its CPU use; "
+        "(background work the cell left, e.g. the in-process worker's ticks); gw cores = its CPU use; "
         "other load = share of the gateway's / load side's CPUs used by processes not started here, "
         "during the gateway run (noise)"
     )

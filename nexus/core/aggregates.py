@@ -217,7 +217,7 @@ class Totals:
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """One period's rolled-up telemetry."""
+    """One period's telemetry aggregate."""
 
     total: Totals = field(default_factory=Totals)
     by_backend: Mapping[str, Totals] = field(default_factory=dict)

@@ -11,8 +11,9 @@ Invariants:
   (`nexus.core.aggregates.record_increments`, key fields in the key budget's own period), its quality minute,
   its cost under every scope of `record_scopes` in the scope's own period, its lease amounts released.
 - A record outside the counters' bounds (`record_problem`) is not summed into aggregates or quality: it goes
-  to the quarantine with its reason. Its cost still counts as spend when it is a finite amount (a budget
-  must not miss spending because a backend reported nonsense), and its reservation is released.
+  to the quarantine with its reason. Its cost still counts as spend when it is a finite amount, at most
+  `MAX_RECORD_USD` (a budget must not miss spending because a backend reported nonsense), and its reservation
+  is released.
 - Every key the batch touches is listed once (`BatchWrite.keys`, 1-based indices as Lua sees them) and gets
   an absolute expiry (the latest any of its writes asks for).
 """
@@ -25,7 +26,14 @@ from dataclasses import dataclass, field
 import orjson
 
 from nexus.core import keys
-from nexus.core.aggregates import hour_start, is_key_field, quality_increments, record_increments, record_problem
+from nexus.core.aggregates import (
+    MAX_RECORD_USD,
+    hour_start,
+    is_key_field,
+    quality_increments,
+    record_increments,
+    record_problem,
+)
 from nexus.core.config import GLOBAL_SCOPE
 from nexus.core.observed import dump_model
 from nexus.core.periods import BudgetCalendar
@@ -96,13 +104,15 @@ def _count(out: BatchWrite, rec: TelemetryRecord, now: float, calendar: BudgetCa
 
 def _spend(out: BatchWrite, rec: TelemetryRecord, calendar: BudgetCalendar) -> None:
     """The record's cost under each budget scope, and the lease amounts it releases."""
-    cost = rec.cost_usd if math.isfinite(rec.cost_usd) and rec.cost_usd > 0 else 0.0
+    # at most MAX_RECORD_USD a record: a broken backend's or price's absurd figure is charged at that bound, and
+    # a batch's sums stay finite (a script that fails half-way cannot be redone: its batch is marked applied)
+    cost = min(rec.cost_usd, MAX_RECORD_USD) if math.isfinite(rec.cost_usd) and rec.cost_usd > 0 else 0.0
     spend_expire = rec.ts + keys.TELEMETRY_SPEND_TTL_SECONDS
     for scope in record_scopes(rec):
         if cost > 0:
             spend = out.target(keys.telemetry_spend(calendar.period(scope, rec.ts)), spend_expire)
             _add(out.spend, (spend, scope), cost)
-        leased = rec.reserved_periods.get(scope) if rec.reserved_usd > 0 else None
+        leased = rec.reserved_periods.get(scope) if math.isfinite(rec.reserved_usd) and rec.reserved_usd > 0 else None
         if leased:
             _add(out.releases, (out.target(keys.telemetry_reserved(leased), None), f"{rec.node}|{scope}"),
                  rec.reserved_usd)

@@ -29,17 +29,16 @@ Layout (values are orjson-encoded JSON unless said otherwise):
                  wire      hash  backend name -> {fact: learned at (unix s)}, facts router nodes learned
                                  about a backend's wire format (`no_stream_options`); stale after
                                  WIRE_FACT_TTL_SECONDS, then learned again
-    {telemetry}  records:<day>  hash  request id -> record (HSETNX makes replays idempotent)
+    {telemetry}  writer:<writer> string  the writer's last applied batch number (replay guard)
                  spend:<period> hash  budget scope -> float (HINCRBYFLOAT, live spend of the period)
-                 rolled:<day>   set   ids of records the workers rolled up and deleted (replay guard)
                  reserved:<period> hash "<node>|<scope>" -> float USD reserved by in-flight requests near a
-                                 hard limit (released when their telemetry record is written)
+                                 hard limit (released when their telemetry batch is written)
                  admitted:<period> hash "<node>|<scope>" -> float USD admitted against leases and not yet
                                  recorded, as each node last reported (charged when the node dies)
                  unreconciled:<period> hash scope -> float USD charged for dead nodes' admitted requests
                  restored:<period> hash scope -> float USD put back after a data loss; `_at`: when
-                 agg:<period>   hash  aggregate field -> int (rolled-up records; see nexus.core.aggregates)
-                 quarantine     hash  record id -> {reason, record, at}: records the rollup could not count
+                 agg:<period>   hash  aggregate field -> int (batches' sums; see nexus.core.aggregates)
+                 quarantine     hash  record id -> {reason, record, at}: records a batch could not count
                  quality:<backend>:<YYYYMMDDHH>  hash  "<MM>.<metric>" -> int (per-minute quality counts)
     {load}       inflight:<node>  hash  backend name -> int, expires after INFLIGHT_TTL_SECONDS
                  nodes            zset  node id -> last gauge write (unix s); index of the gauges
@@ -164,7 +163,7 @@ WIRE_FACT_TTL_SECONDS = 24 * 3600
 TELEMETRY_SPEND_TTL_SECONDS = 40 * 24 * 3600
 # A writer's last applied batch number outlives its last batch by this much: a node replaying a batch whose
 # reply it lost (after a Redis outage, say) within that time cannot apply it twice.
-TELEMETRY_WRITER_TTL_SECONDS = 2 * 24 * 3600
+TELEMETRY_WRITER_TTL_SECONDS = 40 * 24 * 3600  # as long as the spend it guards: one small key per process start
 
 
 def telemetry_writer(writer: str) -> str:

@@ -5,7 +5,7 @@ The budget worker writes one `BudgetObservation` (`nexus.core.snapshot`) per con
 writer of that hash: the spend and its period, which snapshots read, plus the status the worker computed
 and what it was computed from.
 
-`read_spend_report` is what the admin API serves for a period: the rolled-up aggregate with its
+`read_spend_report` is what the admin API serves for a period: the aggregate with its
 breakdowns by backend, model and API key, the router nodes' live counter, and the budget observations
 when they belong to that period. Old periods keep their aggregate (`keys.TELEMETRY_AGG_TTL_SECONDS`),
 so their report stays available after the rollover.
@@ -68,7 +68,7 @@ async def read_spend_report(redis: Redis, period: str) -> dict[str, Any]:
 
     `total_usd`, `requests`, `errors`, `failed_attempts`, token counts, `by_backend` / `by_model` /
     `by_key` / `by_team` (each name -> the same figures with `usd`), `live_spend` (scope -> USD, the router nodes'
-    counter, which also holds records not rolled up yet), `unreconciled_usd` (scope -> USD charged for what
+    counter), `unreconciled_usd` (scope -> USD charged for what
     dead router nodes admitted and never recorded) and `budgets` (scope -> observation, only when
     the budget worker's last observation is of this period)."""
     agg = await read_aggregate(redis, period)

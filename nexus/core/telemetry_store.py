@@ -13,7 +13,8 @@ Invariants:
 - Spend is kept per scope: `global` for every record, plus the record's API key id (and its team) when it has
   one; each scope in the `spend:<period>` hash of its own period. A batch adds its cost to spend and releases
   its reservations in the same step, so spend + reserved never counts a request twice or loses it in between.
-- A script call checks every integer increment before its first write (a script is not atomic on error).
+- A script call checks every increment and amount before its first write (a script is not atomic on error,
+  and a batch that failed half-way would be marked applied).
 - One script call touches only `{telemetry}` keys (one Cluster slot).
 """
 
@@ -81,6 +82,12 @@ local p = 8
 for i = 0, c - 1 do
   local v = ARGV[p + 3 * i + 2]
   if not string.match(v, '^-?%d+$') or #v > 18 then return redis.error_reply('ERR nexus telemetry: bad increment') end
+end
+for i = c, c + s + r - 1 do
+  local v = tonumber(ARGV[p + 3 * i + 2])
+  if v == nil or v ~= v or v == math.huge or v == -math.huge then
+    return redis.error_reply('ERR nexus telemetry: bad amount')
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 for i = 1, c do

@@ -1,7 +1,7 @@
 """The fleet job: pre-warming from demand (`[fleet]`, docs/fleet.md).
 
 Every `fleet.interval_seconds` it samples the per-model request counters of the current budget period's
-aggregate (`model.requests:<model>`, rolled up from telemetry), keeps the samples of the last
+aggregate (`model.requests:<model>`, summed from telemetry batches), keeps the samples of the last
 `window_seconds` ({fleet} recommendations), and turns rates into load recommendations for Ollama backends
 (`nexus.core.fleet.lifecycle.recommend`, pure). With `auto_prewarm` it submits those loads as lifecycle
 operations itself, unless one for the same backend and model is still pending or running.

@@ -6,7 +6,7 @@ that stop it gracefully, `start_in_process` returns a handle whose `stop()` the 
 shutdown.
 
 Graceful stop: pick no new jobs, give running ticks `grace_seconds` to finish, cancel what is left (safe:
-every tick is idempotent and the rollup commits whole batches only), then close arq's Redis pool and
+every tick is idempotent), then close arq's Redis pool and
 the probes' HTTP session.
 """
 
@@ -214,9 +214,9 @@ async def start_in_process(
 
 
 class ThreadedWorker:
-    """The worker loops on a thread with an event loop of their own, for `nexus serve`: a budget tick that
-    rolls up tens of thousands of records is CPU work, and on the gateway's loop it would stall requests
-    (measured: up to 128 ms). On its own thread the interpreter switches away from it every few ms."""
+    """The worker loops on a thread with an event loop of their own, for `nexus serve`: a tick's work (health
+    probes of many backends, a fleet pass) must not stall requests on the gateway's loop (a rollup tick once
+    held it for up to 128 ms). On its own thread the interpreter switches away from it every few ms."""
 
     def __init__(self, settings: NexusSettings, redis_url: str | None = None, **options: Any) -> None:
         self._args = (settings, redis_url, options)

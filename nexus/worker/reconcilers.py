@@ -86,7 +86,7 @@ def observe_budgets(
     now: float,
     unreconciled: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, BudgetObservation]:
-    """`periods[scope]` names each budget's current period, `aggregates[period]` that period's rollup and
+    """`periods[scope]` names each budget's current period, `aggregates[period]` that period's aggregate and
     `unreconciled[period][scope]` spend no record carries (what dead nodes admitted and never recorded, what
     nodes put back after a Redis data loss): counted too, so budgets never under-count."""
     out = {}

@@ -17,7 +17,7 @@ Exactly-once per tick, in three layers:
 2. `keep_result` on every cron job (at least 5 min, 3 intervals for slow loops): a finished tick's
    result key makes a late enqueue of the same id (a worker with a lagging clock, a restart) a no-op;
 3. the job body claims its tick (`nexus.worker.store.claim_tick`) and does nothing when it is not the first.
-Each loop's writes are idempotent anyway (the telemetry rollup is exactly-once per record).
+Each loop's writes are idempotent anyway (level-based: a tick recomputes and replaces what it writes).
 
 `WorkerSettings` as a module attribute (for `arq nexus.worker.settings.WorkerSettings`) is built lazily from
 `NEXUS_*` environment settings; `nexus worker` builds it from `--config` via `worker_settings`.

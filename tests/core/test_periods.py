@@ -145,13 +145,13 @@ def test_a_quality_hour_lives_as_long_as_any_window_reads_it(ts: float, read_lat
 
 @SWEEP
 @given(instants, reset_days, st.floats(min_value=0, max_value=2 * DAY))
-def test_spend_leases_and_aggregates_outlive_their_period(ts: float, reset_day: int, rollup_lag: float) -> None:
+def test_spend_leases_and_aggregates_outlive_their_period(ts: float, reset_day: int, flush_lag: float) -> None:
     rule = PeriodRule(reset_day)
     end = rule.end(ts)
     # live spend and leases are refreshed by every write in the period: the last one is before `end`
     assert rule.start(ts) + keys.TELEMETRY_SPEND_TTL_SECONDS > end + 7 * DAY  # a week to close the period
-    # the aggregate is (re)set to live 400 days from each rollup of the period's records
-    assert ts + rollup_lag + keys.TELEMETRY_AGG_TTL_SECONDS > end + 365 * DAY  # a year of history after it
+    # the aggregate is (re)set to live 400 days from each batch of the period's records
+    assert ts + flush_lag + keys.TELEMETRY_AGG_TTL_SECONDS > end + 365 * DAY  # a year of history after it
 
 
 # -- named edge cases ----------------------------------------------------------------------------------------

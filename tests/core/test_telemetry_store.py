@@ -165,6 +165,23 @@ async def test_the_script_checks_every_increment_before_writing(redis: Redis) ->
     assert not await redis.exists(agg) and not await redis.exists(writer)  # not even the first increment
 
 
+async def test_an_amount_that_is_not_a_number_refuses_the_batch_before_any_write(redis: Redis) -> None:
+    spend = keys.telemetry_spend(PERIOD)
+    writer = keys.telemetry_writer("w")
+    argv = [1, 60, 0, 2, 0, 0, 0, 3, "global", "0.5", 3, "k1", "inf"]
+    with pytest.raises(redis_exc.ResponseError, match="bad amount"):
+        await redis.eval(_WRITE, 3, writer, keys.TELEMETRY_QUARANTINE, spend, *argv)
+    # nothing written, the mark included: the batch can be sent again once fixed, not lost half-applied
+    assert not await redis.exists(spend) and not await redis.exists(writer)
+
+
+async def test_an_absurd_cost_is_charged_at_the_bound_and_sums_stay_finite(redis: Redis) -> None:
+    bad = [TelemetryRecord(id=f"x{i}", ts=NOW, node="n", backend="gpu", model="m", cost_usd=1e308) for i in range(3)]
+    written = await write_batch(redis, _batch(bad))
+    assert written.applied and len(written.quarantined) == 3  # cost_usd is outside its bounds
+    assert (await read_live_spend(redis, PERIOD))["global"] == pytest.approx(3 * 10_000.0)
+
+
 async def test_quality_minutes_and_expiries(redis: Redis) -> None:
     minute = NOW - NOW % 60
     records = [
@@ -191,7 +208,7 @@ async def test_quality_minutes_and_expiries(redis: Redis) -> None:
     for key, at in expected.items():
         # EXPIREAT instants are absolute: compare with Redis's own clock (which may differ from ours)
         assert abs(await redis.pttl(key) / 1000 - (at - (sec + usec / 1e6))) < 5, key
-    assert abs(await redis.ttl(keys.telemetry_writer("q")) - 2 * 86400) < 5
+    assert abs(await redis.ttl(keys.telemetry_writer("q")) - keys.TELEMETRY_WRITER_TTL_SECONDS) < 5
 
 
 async def _calls(redis: Redis, command: str) -> int:
