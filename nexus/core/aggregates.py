@@ -48,6 +48,7 @@ __all__ = [
     "MinuteCounts",
     "Totals",
     "aggregate_field",
+    "aggregate_fields",
     "day_start",
     "hour_of",
     "hour_start",
@@ -55,10 +56,14 @@ __all__ = [
     "is_attempt",
     "is_error",
     "is_key_field",
+    "minute_of",
     "parse_aggregate",
     "parse_quality_hour",
     "quality_increments",
+    "quality_metrics",
+    "record_dimensions",
     "record_increments",
+    "record_metrics",
     "record_problem",
     "to_nano",
 ]
@@ -139,21 +144,35 @@ def is_key_field(name: str) -> bool:
     return name.startswith("key.")
 
 
-def record_increments(rec: TelemetryRecord) -> dict[str, int]:
-    """Aggregate field -> amount this record adds (zero amounts left out)."""
-    metrics = {
+def record_metrics(rec: TelemetryRecord) -> dict[str, int]:
+    """Metric -> amount this record adds under each of its dimensions (zero amounts included)."""
+    return {
         "failed_attempts" if is_attempt(rec) else "requests": 1,
         "errors": int(is_error(rec) and not is_attempt(rec)),
         "nusd": to_nano(rec.cost_usd),
         "prompt_tokens": rec.prompt_tokens,
         "completion_tokens": rec.completion_tokens,
     }
-    dims: list[tuple[str, str | None]] = [("total", None), ("backend", rec.backend), ("model", rec.model)]
-    if rec.key:
-        dims.append(("key", rec.key))
-        if rec.team:  # a team is a budget scope like a key (nexus.core.tenancy): `key.<metric>:team:<name>`
-            dims.append(("key", team_scope(rec.team)))
+
+
+def record_dimensions(rec: TelemetryRecord) -> tuple[tuple[str, str | None], ...]:
+    """The (dimension, value) pairs a record counts under."""
+    if not rec.key:
+        return (("total", None), ("backend", rec.backend), ("model", rec.model))
+    if rec.team:  # a team is a budget scope like a key (nexus.core.tenancy): `key.<metric>:team:<name>`
+        return (("total", None), ("backend", rec.backend), ("model", rec.model), ("key", rec.key),
+                ("key", team_scope(rec.team)))
+    return (("total", None), ("backend", rec.backend), ("model", rec.model), ("key", rec.key))
+
+
+def aggregate_fields(dims: tuple[tuple[str, str | None], ...], metrics: Mapping[str, int]) -> dict[str, int]:
+    """Aggregate field -> amount: `metrics` under each of `dims` (zero amounts left out)."""
     return {aggregate_field(d, m, v): n for d, v in dims for m, n in metrics.items() if n}
+
+
+def record_increments(rec: TelemetryRecord) -> dict[str, int]:
+    """Aggregate field -> amount this record adds (zero amounts left out)."""
+    return aggregate_fields(record_dimensions(rec), record_metrics(rec))
 
 
 def _utc(ts: float) -> datetime:
@@ -175,20 +194,27 @@ def hour_start(hour: str) -> float:
     return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
 
 
+def quality_metrics(rec: TelemetryRecord) -> dict[str, int]:
+    """Quality metric -> amount this record adds to its minute."""
+    if is_error(rec):
+        return {"requests": 1, "errors": 1}
+    if rec.ttfb_ms is not None:
+        return {"requests": 1, "ttfb_us": round(rec.ttfb_ms * 1000), "ttfb_count": 1}
+    return {"requests": 1}
+
+
+def minute_of(ts: float) -> str:
+    """The minute (`MM`) of the UTC hour holding `ts`."""
+    return _utc(ts).strftime("%M")
+
+
 def quality_increments(rec: TelemetryRecord, now: float) -> tuple[str, dict[str, int]] | None:
     """(UTC hour `YYYYMMDDHH`, {`<MM>.<metric>`: amount}) for the record's backend, or None when the record
     is too old to matter for any quality window."""
     if rec.ts < now - QUALITY_WINDOW_SECONDS:
         return None
-    minute = _utc(rec.ts).strftime("%M")
-    error = is_error(rec)
-    out = {f"{minute}.requests": 1}
-    if error:
-        out[f"{minute}.errors"] = 1
-    elif rec.ttfb_ms is not None:
-        out[f"{minute}.ttfb_us"] = round(rec.ttfb_ms * 1000)
-        out[f"{minute}.ttfb_count"] = 1
-    return hour_of(rec.ts), out
+    minute = minute_of(rec.ts)
+    return hour_of(rec.ts), {f"{minute}.{m}": n for m, n in quality_metrics(rec).items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ it saw, not with its requests. Per-request detail is the request log's (`nexus.r
 
 Invariants:
 - The sums equal what the records would add one by one: each record's aggregate fields
-  (`nexus.core.aggregates.record_increments`, key fields in the key budget's own period), its quality minute,
-  its cost under every scope of `record_scopes` in the scope's own period, its lease amounts released.
+  (`nexus.core.aggregates.record_increments`; summed per group before fields are named, key fields in the key
+  budget's own period), its quality minute, its cost under every scope of `record_scopes` in the scope's own
+  period, its lease amounts released.
 - A record outside the counters' bounds (`record_problem`) is not summed into aggregates or quality: it goes
   to the quarantine with its reason. Its cost still counts as spend when it is a finite amount, at most
   `MAX_RECORD_USD` (a budget must not miss spending because a backend reported nonsense), and its reservation
@@ -28,10 +29,15 @@ import orjson
 from nexus.core import keys
 from nexus.core.aggregates import (
     MAX_RECORD_USD,
+    QUALITY_WINDOW_SECONDS,
+    aggregate_fields,
+    hour_of,
     hour_start,
     is_key_field,
-    quality_increments,
-    record_increments,
+    minute_of,
+    quality_metrics,
+    record_dimensions,
+    record_metrics,
     record_problem,
 )
 from nexus.core.config import GLOBAL_SCOPE
@@ -81,25 +87,62 @@ def _add(into: dict, where: tuple[int, str], amount: float) -> None:
     into[where] = into.get(where, 0) + amount
 
 
-def _count(out: BatchWrite, rec: TelemetryRecord, now: float, calendar: BudgetCalendar) -> None:
-    """Aggregate fields and the quality minute of one countable record."""
-    expire_at = now + keys.TELEMETRY_AGG_TTL_SECONDS
-    agg = out.target(keys.telemetry_agg(calendar.period(GLOBAL_SCOPE, rec.ts)), expire_at)
-    # the key dimension counts in the period of the key's own budget (the global's unless it has its own reset day)
-    key_agg = out.target(keys.telemetry_agg(calendar.period(rec.key, rec.ts)), expire_at) if rec.key else agg
-    for name, n in record_increments(rec).items():
-        _add(out.counts, (key_agg if is_key_field(name) else agg, name), n)
-    quality = quality_increments(rec, now)
-    if quality is None:
-        return
-    hour, incs = quality
-    try:
-        qkey = keys.telemetry_quality(rec.backend, hour)
-    except ValueError:  # a backend name no key can hold: its spend counts, its quality is skipped
-        return
-    q = out.target(qkey, hour_start(hour) + keys.TELEMETRY_QUALITY_TTL_SECONDS)
-    for name, n in incs.items():
-        _add(out.counts, (q, name), n)
+class _Sums:
+    """One batch's records grouped before any field name is built: aggregate metrics per (aggregate keys,
+    dimensions), quality metrics per (quality key, minute); periods and minutes computed once per second of
+    timestamps (they depend on the floored second only: `nexus.core.periods`). Integer sums are exact, so the
+    fields equal the records' one by one."""
+
+    def __init__(self, out: BatchWrite, now: float, calendar: BudgetCalendar) -> None:
+        self.out, self.now, self.calendar = out, now, calendar
+        self.periods: dict[tuple[str, int], str] = {}
+        self.minutes: dict[int, tuple[str, str, float]] = {}  # second -> (hour, minute, quality expire-at)
+        self.aggregates: dict[tuple[int, int, tuple], dict[str, int]] = {}
+        self.quality: dict[tuple[int, str], dict[str, int]] = {}
+
+    def period(self, scope: str, ts: float) -> str:
+        key = (scope, math.floor(ts))
+        name = self.periods.get(key)
+        if name is None:
+            name = self.periods[key] = self.calendar.period(scope, ts)
+        return name
+
+    def add(self, rec: TelemetryRecord) -> None:
+        """Aggregate metrics and the quality minute of one countable record."""
+        expire_at = self.now + keys.TELEMETRY_AGG_TTL_SECONDS
+        agg = self.out.target(keys.telemetry_agg(self.period(GLOBAL_SCOPE, rec.ts)), expire_at)
+        # the key dimension counts in the period of the key's own budget (the global's unless it has its own
+        # reset day)
+        key_agg = self.out.target(keys.telemetry_agg(self.period(rec.key, rec.ts)), expire_at) if rec.key else agg
+        _merge(self.aggregates.setdefault((agg, key_agg, record_dimensions(rec)), {}), record_metrics(rec))
+        if rec.ts < self.now - QUALITY_WINDOW_SECONDS:
+            return
+        second = math.floor(rec.ts)
+        when = self.minutes.get(second)
+        if when is None:
+            hour = hour_of(rec.ts)
+            expire = hour_start(hour) + keys.TELEMETRY_QUALITY_TTL_SECONDS
+            when = self.minutes[second] = (hour, minute_of(rec.ts), expire)
+        try:
+            qkey = keys.telemetry_quality(rec.backend, when[0])
+        except ValueError:  # a backend name no key can hold: its spend counts, its quality is skipped
+            return
+        _merge(self.quality.setdefault((self.out.target(qkey, when[2]), when[1]), {}), quality_metrics(rec))
+
+    def fields(self) -> None:
+        """The grouped sums as the batch's HINCRBY fields."""
+        counts = self.out.counts
+        for (agg, key_agg, dims), metrics in self.aggregates.items():
+            for name, n in aggregate_fields(dims, metrics).items():
+                _add(counts, (key_agg if is_key_field(name) else agg, name), n)
+        for (q, minute), metrics in self.quality.items():
+            for name, n in metrics.items():
+                _add(counts, (q, f"{minute}.{name}"), n)
+
+
+def _merge(into: dict[str, int], amounts: dict[str, int]) -> None:
+    for name, n in amounts.items():
+        into[name] = into.get(name, 0) + n
 
 
 def _spend(out: BatchWrite, rec: TelemetryRecord, calendar: BudgetCalendar) -> None:
@@ -124,14 +167,16 @@ def batch_write(batch: TelemetryBatch, calendar: BudgetCalendar | None = None) -
     out = BatchWrite()
     out.target(keys.telemetry_writer(batch.writer), None)  # KEYS[1]: the writer's last applied batch
     out.target(keys.TELEMETRY_QUARANTINE, None)  # KEYS[2]
+    sums = _Sums(out, batch.at, cal)
     for rec in batch.records:
         problem = record_problem(rec)
         if problem is None:
-            _count(out, rec, batch.at, cal)
+            sums.add(rec)
         else:
             entry = {"reason": problem, "record": dump_model(rec).decode(), "at": batch.at}
             out.quarantine.append((rec.id, problem, orjson.dumps(entry)))
         _spend(out, rec, cal)
+    sums.fields()
     if out.quarantine:
         out.expiries[2] = int(batch.at + keys.TELEMETRY_AGG_TTL_SECONDS)
     out.counts = {k: n for k, n in out.counts.items() if n}
