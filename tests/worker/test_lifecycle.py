@@ -4,6 +4,8 @@ fleet job turns request rates into recommendations and, with auto_prewarm, into 
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import pytest
 
@@ -14,6 +16,7 @@ from nexus.core.state import seed_desired
 from nexus.tools.fake_ollama import FakeOllama
 from nexus.worker.fleet import run_fleet
 from nexus.worker.lifecycle import run_lifecycle
+from tests.clock import knobs_for, steady_period
 from tests.worker.conftest import RawServer, worker_settings_for
 
 
@@ -82,22 +85,25 @@ async def test_an_operation_leased_by_another_worker_is_left_alone(redis, ollama
 
 
 async def test_the_fleet_job_recommends_busy_unloaded_models_and_prewarms_them(redis, ollama, http):
-    settings = _settings(f"http://127.0.0.1:{ollama.port}", fleet={"auto_prewarm": True, "window_seconds": 600})
+    # the fleet's clock is the real now (Redis's TTLs are by its own clock), in a period no real month end cuts
+    t0 = time.time()
+    settings = _settings(f"http://127.0.0.1:{ollama.port}", fleet={"auto_prewarm": True, "window_seconds": 600},
+                         testing=knobs_for(steady_period(t0)))
     await seed_desired(redis, settings.desired())
-    period = settings.routing.calendar(settings.testing).periods(["global"], 1000.0)["global"]
+    period = settings.routing.calendar(settings.testing).periods(["global"], t0)["global"]
     agg = keys.telemetry_agg(period)
     await redis.hset(agg, mapping={"model.requests:m": 10, "model.requests:n": 10})
-    await run_fleet(redis, settings, lambda: 1000.0)
+    await run_fleet(redis, settings, lambda: t0)
     await redis.hset(agg, mapping={"model.requests:m": 70, "model.requests:n": 10})
-    result = await run_fleet(redis, settings, lambda: 1060.0)
+    result = await run_fleet(redis, settings, lambda: t0 + 60)
     assert result["recommendations"] == 1
     recs = (await read_recommendations(redis))["recommendations"]
     assert [(r["model"], r["backend"], r["performed"]) for r in recs] == [("m", "o", True)]
     assert "60.00 requests/min" in recs[0]["reason"]
     ops = list((await read_ops(redis)).values())
     assert [(o.kind, o.backend, o.model) for o in ops] == [(OpKind.LOAD, "o", "m")]
-    await run_fleet(redis, settings, lambda: 1061.0)  # still pending: not submitted twice
+    await run_fleet(redis, settings, lambda: t0 + 61)  # still pending: not submitted twice
     assert len(await read_ops(redis)) == 1
     await run_lifecycle(redis, http, settings)
-    await run_fleet(redis, settings, lambda: 1120.0)  # loaded now: nothing to recommend
+    await run_fleet(redis, settings, lambda: t0 + 120)  # loaded now: nothing to recommend
     assert (await read_recommendations(redis))["recommendations"] == []
