@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from nexus.core.rates import ALLOWANCE_SECONDS, Correction, GrantReply, ScopeAsk
 
-__all__ = ["MAX_SHARE", "AllowanceBook", "Denied", "Need", "RateView", "Ticket", "format_reset"]
+__all__ = ["MAX_SHARE", "AllowanceBook", "Denied", "Need", "Ticket", "format_reset"]
 
 MAX_SHARE = 0.25  # an allowance is at most this share of the limit (so several replicas share a busy key)
 Need = tuple[str, str, int, int]  # (kind, scope, limit, amount)
@@ -60,15 +60,6 @@ class Denied:
     limit: int
     retry_after: float  # seconds
     headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RateView:
-    """What the rate headers say about one (kind, scope)."""
-
-    limit: int
-    remaining: int
-    reset_seconds: float
 
 
 def format_reset(seconds: float) -> str:
@@ -184,10 +175,8 @@ class AllowanceBook:
             if a.left > 0:
                 self.corrections.append(Correction(key[0], key[1], a.end_ms, -a.left))
 
-    def view(self, kind: str, scope: str, limit: int, now: float) -> RateView:
-        return RateView(*self._view(kind, scope, limit, now))
-
     def _view(self, kind: str, scope: str, limit: int, now: float) -> tuple[int, int, float]:
+        """What the rate headers say about one (kind, scope): (limit, remaining, reset seconds)."""
         a = self.allowances.get((kind, scope))
         if a is None:
             return limit, limit, 0.0

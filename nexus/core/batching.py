@@ -96,6 +96,7 @@ class _Sums:
     def __init__(self, out: BatchWrite, now: float, calendar: BudgetCalendar) -> None:
         self.out, self.now, self.calendar = out, now, calendar
         self.periods: dict[tuple[str, int], str] = {}
+        self.agg_keys: dict[str, str] = {}  # period -> its aggregate's key
         self.minutes: dict[int, tuple[str, str, float]] = {}  # second -> (hour, minute, quality expire-at)
         self.aggregates: dict[tuple[int, int, tuple], dict[str, int]] = {}
         self.quality: dict[tuple[int, str], dict[str, int]] = {}
@@ -107,13 +108,20 @@ class _Sums:
             name = self.periods[key] = self.calendar.period(scope, ts)
         return name
 
+    def agg_key(self, scope: str, ts: float) -> str:
+        period = self.period(scope, ts)
+        key = self.agg_keys.get(period)
+        if key is None:
+            key = self.agg_keys[period] = keys.telemetry_agg(period)
+        return key
+
     def add(self, rec: TelemetryRecord) -> None:
         """Aggregate metrics and the quality minute of one countable record."""
         expire_at = self.now + keys.TELEMETRY_AGG_TTL_SECONDS
-        agg = self.out.target(keys.telemetry_agg(self.period(GLOBAL_SCOPE, rec.ts)), expire_at)
+        agg = self.out.target(self.agg_key(GLOBAL_SCOPE, rec.ts), expire_at)
         # the key dimension counts in the period of the key's own budget (the global's unless it has its own
         # reset day)
-        key_agg = self.out.target(keys.telemetry_agg(self.period(rec.key, rec.ts)), expire_at) if rec.key else agg
+        key_agg = self.out.target(self.agg_key(rec.key, rec.ts), expire_at) if rec.key else agg
         _merge(self.aggregates.setdefault((agg, key_agg, record_dimensions(rec)), {}), record_metrics(rec))
         if rec.ts < self.now - QUALITY_WINDOW_SECONDS:
             return
@@ -145,7 +153,7 @@ def _merge(into: dict[str, int], amounts: dict[str, int]) -> None:
         into[name] = into.get(name, 0) + n
 
 
-def _spend(out: BatchWrite, rec: TelemetryRecord, calendar: BudgetCalendar) -> None:
+def _spend(out: BatchWrite, rec: TelemetryRecord, sums: _Sums) -> None:
     """The record's cost under each budget scope, and the lease amounts it releases."""
     # at most MAX_RECORD_USD a record: a broken backend's or price's absurd figure is charged at that bound, and
     # a batch's sums stay finite (a script that fails half-way cannot be redone: its batch is marked applied)
@@ -153,7 +161,7 @@ def _spend(out: BatchWrite, rec: TelemetryRecord, calendar: BudgetCalendar) -> N
     spend_expire = rec.ts + keys.TELEMETRY_SPEND_TTL_SECONDS
     for scope in record_scopes(rec):
         if cost > 0:
-            spend = out.target(keys.telemetry_spend(calendar.period(scope, rec.ts)), spend_expire)
+            spend = out.target(keys.telemetry_spend(sums.period(scope, rec.ts)), spend_expire)
             _add(out.spend, (spend, scope), cost)
         leased = rec.reserved_periods.get(scope) if math.isfinite(rec.reserved_usd) and rec.reserved_usd > 0 else None
         if leased:
@@ -175,7 +183,7 @@ def batch_write(batch: TelemetryBatch, calendar: BudgetCalendar | None = None) -
         else:
             entry = {"reason": problem, "record": dump_model(rec).decode(), "at": batch.at}
             out.quarantine.append((rec.id, problem, orjson.dumps(entry)))
-        _spend(out, rec, cal)
+        _spend(out, rec, sums)
     sums.fields()
     if out.quarantine:
         out.expiries[2] = int(batch.at + keys.TELEMETRY_AGG_TTL_SECONDS)

@@ -21,7 +21,14 @@ from nexus.core.model import BudgetStatus
 from nexus.core.periods import BudgetCalendar, PeriodRule, day_of, period_of
 from nexus.core.snapshot import BudgetObservation
 from nexus.core.spend_report import read_spend_report, write_budget_observations
-from nexus.core.telemetry_store import _WRITE, TelemetryBatch, TelemetryRecord, read_live_spend, write_batch
+from nexus.core.telemetry_store import (
+    _WRITE,
+    TelemetryBatch,
+    TelemetryRecord,
+    read_live_spend,
+    record_scopes,
+    write_batch,
+)
 from tests.clock import next_day_start
 from tests.stored import put_records, sum_increments
 
@@ -75,7 +82,7 @@ def _batch(records: list[TelemetryRecord], seq: int = 1, writer: str = "node-a:1
 def _spend_of(records: list[TelemetryRecord]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in records:
-        for scope in ("global", *([r.key] if r.key else [])):
+        for scope in record_scopes(r):
             out[scope] = out.get(scope, 0.0) + r.cost_usd
     return out
 
