@@ -1,28 +1,32 @@
 """Tenancy costs and bounds, measured: what a key and its rate limits add to a request, what the limits let
 through across replicas, and how fast a revocation reaches every replica.
 
-0. CPU per request of the keyed path, in process (the figure the machine's noise does not drown): a request's
-   authentication (a managed key: HMAC-SHA256 and the table lookup), its admission from warm RPM and TPM
-   allowances (the rate headers included) and its settlement, against the same steps for an unkeyed gateway;
-   the allowances are granted by a real (embedded) Redis, so their round trips (about one per second per kind)
-   are counted too.
-1. Added latency: two `nexus serve` gateways (each on its own embedded Redis) in front of one zero-latency fake
-   backend: one without client keys, one whose only client key has RPM and TPM limits far above the load (every
-   request authenticates, takes from its allowances and settles, none is refused). wrk (`-t1 -c C`, a Lua POST
-   with the key's Authorization header) at c=1 and c=32. Each round starts both gateways afresh, in alternating
-   order, and measures them back to back; the headline is the median over rounds of keyed minus unkeyed p50.
+Both latency figures compare an unkeyed gateway with one whose only client key has RPM and TPM limits far above
+the load (every request authenticates, takes from its allowances, gets the rate headers and settles; none is
+refused), in front of one zero-latency fake backend, each gateway on its own embedded Redis.
+
+0. In process: both gateways in this process and one event loop, requests alternating between them one by one
+   straight through ASGI (bench/lib/interleave.py): the added time of the whole request path, free of the
+   sockets, the servers and of what differs between two processes. Median over rounds of the p50 difference.
+1. Real gateways (`nexus serve`), started afresh every round in alternating order:
+   - c=1: one keep-alive connection to each, requests alternating between them one by one, so the VM's drift
+     (which moved a sequential wrk c=1 comparison by +-100 us per round) hits both alike;
+   - c=32 (and any other C > 1): wrk `-t1 -c C` against each in turn, and the gateway's CPU per request. A
+     single-core gateway at c=32 is saturated: every request waits for the ~31 ahead of it, so its p50 is about
+     C x the CPU per request, and the added p50 is about C x the added CPU per request (docs/tenancy.md).
 2. The acceptance run of RPM at full scale: `LocalCluster` (Redis, 3 routers, 2 workers, admin, the fake), a key
    with `rpm = 60`, 32 clients spread over the 3 replicas for `--rate-seconds` (default 120): the largest number
    of requests the backend received in any sliding 60 s window (bound: 60; see docs/tenancy.md), then the same
    for `tpm`. And 50 revocations: seconds until all 3 replicas answer 401, p50/p99.
 
-    python bench/tenancy.py [--quick] [--duration S] [--rate-seconds S] [--no-cluster] [--no-latency] [--no-cpu]
+    python bench/tenancy.py [--quick] [--duration S] [--rate-seconds S] [--no-cluster] [--no-latency] [--no-inprocess]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -41,18 +45,19 @@ import aiohttp  # noqa: E402
 import tomli_w  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from bench.lib import procs  # noqa: E402
+from bench.lib import interleave, procs  # noqa: E402
 from bench.lib import wrk as wrklib  # noqa: E402
+from nexus.core.config import load_settings  # noqa: E402
 from nexus.core.embedded_redis import EmbeddedRedis  # noqa: E402
-from nexus.core.tenancy import KeyConfig, hash_key  # noqa: E402
-from nexus.router_node.rates import RateGate  # noqa: E402
-from nexus.router_node.tenants import TenantBook, authenticate  # noqa: E402
+from nexus.router_node.app import GatewayApp  # noqa: E402
+from nexus.router_node.node import RouterNode  # noqa: E402
 from nexus.tools.devcluster import FakeSpec, LocalCluster, free_port  # noqa: E402
 
 NEXUS = [sys.executable, "-m", "nexus.cli"]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Say hello in one short sentence."}], "max_tokens": 16}
 KEY = "nx-bench-key-0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_ID = "key_00000000be0c"
+PATH = "/v1/chat/completions"
 
 
 def _gateway(children: procs.Children, tmp: Path, name: str, fake_url: str, keyed: bool) -> tuple[str, Any, Any]:
@@ -60,14 +65,7 @@ def _gateway(children: procs.Children, tmp: Path, name: str, fake_url: str, keye
     redis = EmbeddedRedis(tmp / f"redis-{name}")
     redis.start()
     port = free_port()
-    config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "redis": {"url": redis.url},
-        "backends": [{"name": "fake", "url": fake_url, "type": "vllm", "max_concurrency": 10_000, "models": ["m"]}],
-    }
-    if keyed:
-        digest = "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()
-        config["keys"] = [{"id": KEY_ID, "name": "bench", "digest": digest, "rpm": 100_000_000, "tpm": 10**11}]
+    config = _config(redis.url, fake_url, keyed, port)
     path = tmp / f"{name}.toml"
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
     log = tmp / f"{name}.log"
@@ -82,95 +80,133 @@ def _gateway(children: procs.Children, tmp: Path, name: str, fake_url: str, keye
     return url, redis, gw
 
 
-async def _cpu_cell(book: TenantBook, gate: RateGate, headers: list, n: int) -> float:
-    """Microseconds per request of authenticate + admit + settle, over `n` requests."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        tenant = authenticate(book, headers)
-        ticket = await gate.admit(tenant, 40)
-        gate.settle(ticket, 25)
-        if len(gate.book.corrections) > 512:  # what the node's maintenance (every 0.1 s) would send
-            await gate.maintain()
-    return (time.perf_counter() - t0) / n * 1e6
+def _config(redis_url: str, fake_url: str, keyed: bool, port: int = 0) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "redis": {"url": redis_url},
+        "backends": [{"name": "fake", "url": fake_url, "type": "vllm", "max_concurrency": 10_000, "models": ["m"]}],
+    }
+    if keyed:
+        digest = "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()
+        config["keys"] = [{"id": KEY_ID, "name": "bench", "digest": digest, "rpm": 100_000_000, "tpm": 10**11}]
+    return config
 
 
-async def _cpu(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    redis_server = EmbeddedRedis(tmp / "redis-cpu")
-    redis_server.start()
-    redis = Redis.from_url(redis_server.url)
-    try:
-        secret = b"s" * 32
-        key = KeyConfig(id=KEY_ID, name="bench", digest=hash_key(secret, KEY), rpm=100_000_000, tpm=10**11)
-        keyed = TenantBook([], time.time)
-        keyed.secret = secret
-        keyed.rebuild([key], [])
-        plain = TenantBook([], time.time)
-        gates = {"unkeyed": RateGate(redis, "bench-a"), "keyed": RateGate(redis, "bench-b")}
-        books = {"unkeyed": plain, "keyed": keyed}
-        headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                   (b"authorization", f"Bearer {KEY}".encode())]
-        n = 2_000 if args.quick else 20_000
-        for name in books:  # warm-up: the first allowances are granted here
-            await _cpu_cell(books[name], gates[name], headers, 500)
-        runs: dict[str, list[float]] = {"unkeyed": [], "keyed": []}
-        for _ in range(5):  # interleaved, the best of five: the least disturbed by the machine
-            for name in books:
-                runs[name].append(await _cpu_cell(books[name], gates[name], headers, n))
-        best = {name: min(v) for name, v in runs.items()}
-        added = best["keyed"] - best["unkeyed"]
-        print(f"CPU per request in process: unkeyed {best['unkeyed']:.1f} us, keyed+limited {best['keyed']:.1f} us, "
-              f"added {added:.1f} us (authenticate + admit + settle, {n} requests x 5, best)", flush=True)
-        return {"unkeyed_us": round(best["unkeyed"], 2), "keyed_us": round(best["keyed"], 2),
-                "added_us": round(added, 2), "requests_per_run": n}
-    finally:
-        await redis.aclose()
-        redis_server.stop()
+async def _app(tmp: Path, name: str, fake_url: str) -> tuple[RouterNode, Redis, EmbeddedRedis, GatewayApp, list]:
+    server = EmbeddedRedis(tmp / f"redis-inproc-{name}")  # its own: the config seeds an empty store only
+    server.start()
+    redis = Redis.from_url(server.url)
+    node = RouterNode(load_settings(overrides=_config(server.url, fake_url, name == "keyed"), environ={}), redis)
+    await node.start()
+    deadline = time.monotonic() + 15
+    while not node.ready:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}: the in-process node did not become ready")
+        await asyncio.sleep(0.05)
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+    if name == "keyed":
+        headers.append((b"authorization", f"Bearer {KEY}".encode()))
+    return node, redis, server, GatewayApp(node, drain_seconds=0.5), headers
 
 
-def latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+async def _inprocess(args: argparse.Namespace, tmp: Path, fake_url: str) -> dict[str, Any]:
+    """Both gateways in this process and event loop, requests alternating between them straight through ASGI:
+    the added time of the whole request path without sockets, servers or a second process's layout."""
+    body = json.dumps(CHAT).encode()
+    n = 1_000 if args.quick else 4_000
+    added: list[float] = []
+    for _ in range(1 if args.quick else 3):
+        parts, calls = [], {}
+        try:
+            for name in ("unkeyed", "keyed"):
+                node, redis, server, app, headers = await _app(tmp, name, fake_url)
+                parts.append((node, redis, server))
+                calls[name] = functools.partial(interleave.asgi_post, app, PATH, body, headers)
+            _, keyed_headers = await calls["keyed"]()
+            if not any(k == b"x-ratelimit-limit-requests" for k, _ in keyed_headers):
+                raise SystemExit("the keyed in-process gateway did not apply its rate limits")
+            await interleave.interleaved_async(calls, 300)  # warm-up: allowances granted, code paths warm
+            lat = await interleave.interleaved_async(calls, n)
+            added.append((statistics.median(lat["keyed"]) - statistics.median(lat["unkeyed"])) / 1000)
+        finally:
+            for node, redis, server in parts:
+                await node.stop(0.5)
+                await redis.aclose()
+                server.stop()
+    out = {"added_us": round(statistics.median(added), 1), "added_us_rounds": [round(a, 1) for a in added],
+           "requests_per_round": n}
+    print(f"in process (one event loop, ASGI direct, requests alternating): keyed+limited adds "
+          f"{out['added_us']:+.1f} us at p50 (rounds: {', '.join(f'{a:+.1f}' for a in added)}; {n} requests each)",
+          flush=True)
+    return out
+
+
+def _fake(children: procs.Children, tmp: Path) -> str:
+    port = free_port()
+    fake = children.spawn("fake", [*NEXUS, "fake-backend", "--host", "127.0.0.1", "--port", str(port),
+                                   "--model", "m", "--name", "fake"], side="load", log=tmp / "fake.log")
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_http(url + "/_fake/requests", proc=fake, log=tmp / "fake.log")
+    return url
+
+
+def latency(args: argparse.Namespace, tmp: Path, children: procs.Children, fake_url: str) -> dict[str, Any]:
     wrk = wrklib.find_wrk()
-    if wrk is None:
+    if wrk is None and any(c > 1 for c in args.concurrency):
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    children = procs.Children(procs.plan_pinning(True))
+    body = json.dumps(CHAT).encode()
+    scripts = {
+        "unkeyed": wrklib.write_post_script(tmp / "unkeyed.lua", body),
+        "keyed": wrklib.write_post_script(tmp / "keyed.lua", body, {"Authorization": f"Bearer {KEY}"}),
+    } if wrk else {}
+    runs: dict[int, dict[str, list[dict]]] = {c: {"unkeyed": [], "keyed": []} for c in args.concurrency}
+    for i in range(args.rounds):
+        # Both gateways start afresh every round, in alternating order: in an A/A run (two identical unkeyed
+        # gateways) the one started second measured up to 6 % slower at c=32, so a fixed order would bias it.
+        order = ("unkeyed", "keyed") if i % 2 == 0 else ("keyed", "unkeyed")
+        _round(children, wrk, tmp / f"round-{i}", fake_url, scripts, order, args, runs)
+    return {"cells": [_cell(c, runs[c]) for c in args.concurrency]}
+
+
+def _one_client(gws: dict[str, tuple[str, Any, Any]], args: argparse.Namespace) -> dict[str, dict]:
+    """c=1, requests alternating between the two gateways one by one on a keep-alive connection each."""
+    body = json.dumps(CHAT).encode()
+    clients = {name: interleave.RawClient(gw[0], PATH, body, {"Authorization": f"Bearer {KEY}"} if name == "keyed"
+                                          else None) for name, gw in gws.items()}
     try:
-        fake_port = free_port()
-        fake = children.spawn("fake", [*NEXUS, "fake-backend", "--host", "127.0.0.1", "--port", str(fake_port),
-                                       "--model", "m", "--name", "fake"], side="load", log=tmp / "fake.log")
-        fake_url = f"http://127.0.0.1:{fake_port}"
-        procs.wait_http(fake_url + "/_fake/requests", proc=fake, log=tmp / "fake.log")
-        body = json.dumps(CHAT).encode()
-        scripts = {
-            "unkeyed": wrklib.write_post_script(tmp / "unkeyed.lua", body),
-            "keyed": wrklib.write_post_script(tmp / "keyed.lua", body, {"Authorization": f"Bearer {KEY}"}),
-        }
-        runs: dict[int, dict[str, list[dict]]] = {c: {"unkeyed": [], "keyed": []} for c in args.concurrency}
-        for i in range(args.rounds):
-            # Both gateways start afresh every round, in alternating order, and are measured in that order: in an
-            # A/A run (two identical unkeyed gateways) the one started second measured up to 6 % slower at c=32,
-            # so a fixed order would bias the difference.
-            order = ("unkeyed", "keyed") if i % 2 == 0 else ("keyed", "unkeyed")
-            _round(children, wrk, tmp / f"round-{i}", fake_url, scripts, order, args, runs)
-        return {"cells": [_cell(c, runs[c]) for c in args.concurrency]}
+        interleave.interleaved(clients, 300)  # warm-up
+        if b"x-ratelimit-limit-requests" not in clients["keyed"].last_head.lower():
+            raise SystemExit("keyed gateway: no x-ratelimit headers, its limits are not applied")
+        cpu0 = {name: procs.cpu_seconds(gw[2].pid) for name, gw in gws.items()}
+        n = max(500, int(args.duration * 700))  # about `duration` seconds per gateway at ~0.7 ms a request
+        lat = interleave.interleaved(clients, n)
+        return {name: {"p50_ms": statistics.median(v) / 1e6, "rps": 1e9 / statistics.fmean(v), "requests": n,
+                       "error_total": 0,
+                       "cpu_us": (procs.cpu_seconds(gws[name][2].pid) - cpu0[name]) / n * 1e6}
+                for name, v in lat.items()}
     finally:
-        children.stop_all()
+        for client in clients.values():
+            client.close()
 
 
-def _round(children: procs.Children, wrk: str, tmp: Path, fake_url: str, scripts: dict[str, Path],
+def _round(children: procs.Children, wrk: str | None, tmp: Path, fake_url: str, scripts: dict[str, Path],
            order: tuple[str, str], args: argparse.Namespace, runs: dict[int, dict[str, list[dict]]]) -> None:
     gws: dict[str, tuple[str, Any, Any]] = {}
     try:
         for name in order:
             gws[name] = _gateway(children, tmp, name, fake_url, keyed=name == "keyed")
-        urls = {name: gw[0] + "/v1/chat/completions" for name, gw in gws.items()}
-        for name in order:  # warm-up, and a check that the keyed gateway really serves the key
-            out = wrklib.run(children, wrk, urls[name], scripts[name], connections=4, duration_s=1)
-            if out["error_total"]:
-                raise SystemExit(f"{name}: warm-up answered errors {out['errors']}")
         for c in args.concurrency:
+            if c == 1:
+                for name, run in _one_client(gws, args).items():
+                    runs[c][name].append(run)
+                continue
             for name in order:
-                pid = gws[name][2].pid
+                url, pid = gws[name][0] + PATH, gws[name][2].pid
+                wrklib.run(children, wrk, url, scripts[name], connections=4, duration_s=1)  # warm-up
                 cpu0 = procs.cpu_seconds(pid)
-                run = wrklib.run(children, wrk, urls[name], scripts[name], connections=c, duration_s=args.duration)
+                run = wrklib.run(children, wrk, url, scripts[name], connections=c, duration_s=args.duration)
+                if run["error_total"]:
+                    raise SystemExit(f"{name}: wrk saw errors {run['errors']}")
                 # the gateway process's CPU (request path and its in-process worker) per request served
                 run["cpu_us"] = (procs.cpu_seconds(pid) - cpu0) / max(1, run["requests"]) * 1e6
                 runs[c][name].append(run)
@@ -287,17 +323,23 @@ def main() -> None:
     p.add_argument("--rate-seconds", type=float, default=120.0)
     p.add_argument("--no-cluster", action="store_true")
     p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--no-cpu", action="store_true")
+    p.add_argument("--no-inprocess", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.duration, args.rounds, args.rate_seconds = 3.0, 1, 20.0
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nexus-bench-tenancy-") as d:
         tmp = Path(d)
-        if not args.no_cpu:
-            result["cpu"] = asyncio.run(_cpu(args, tmp))
-        if not args.no_latency:
-            result["latency"] = latency(args, tmp)
+        children = procs.Children(procs.plan_pinning(True))
+        try:
+            if not (args.no_inprocess and args.no_latency):
+                fake_url = _fake(children, tmp)
+            if not args.no_inprocess:
+                result["in_process"] = asyncio.run(_inprocess(args, tmp, fake_url))
+            if not args.no_latency:
+                result["latency"] = latency(args, tmp, children, fake_url)
+        finally:
+            children.stop_all()
         if not args.no_cluster:
             result["cluster"] = asyncio.run(_cluster(args, tmp))
     out = ROOT / "bench" / "results" / "tenancy-latest.json"
