@@ -122,7 +122,7 @@ async def _inprocess(args: argparse.Namespace, tmp: Path, fake_url: str) -> dict
                 node, redis, server, app, headers = await _app(tmp, name, fake_url)
                 parts.append((node, redis, server))
                 calls[name] = functools.partial(interleave.asgi_post, app, PATH, body, headers)
-            _, keyed_headers = await calls["keyed"]()
+            _, keyed_headers, _ = await calls["keyed"]()
             if not any(k == b"x-ratelimit-limit-requests" for k, _ in keyed_headers):
                 raise SystemExit("the keyed in-process gateway did not apply its rate limits")
             await interleave.interleaved_async(calls, 300)  # warm-up: allowances granted, code paths warm

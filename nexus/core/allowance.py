@@ -64,12 +64,16 @@ class Denied:
 
 def format_reset(seconds: float) -> str:
     """A duration as OpenAI's reset headers write it: `20ms`, `1.5s`, `1m30s`."""
+    return _reset(seconds).decode()
+
+
+def _reset(seconds: float) -> bytes:
+    # bytes %-formatting: the cheapest way to these texts, on every response of a limited key
     if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
+        return b"%dms" % max(0, round(seconds * 1000))
     if seconds < 60:
-        return f"{seconds:.3g}s"
-    m, s = divmod(round(seconds), 60)
-    return f"{m}m{s}s"
+        return b"%.3gs" % seconds
+    return b"%dm%ds" % divmod(round(seconds), 60)
 
 
 @dataclass(slots=True)
@@ -84,33 +88,40 @@ class AllowanceBook:
         return a
 
     def take(self, needs: Sequence[Need], now: float) -> Ticket | Denied | list[ScopeAsk]:
-        """Admit locally (a Ticket), refuse locally (Denied), or the asks Redis must grant first."""
-        asks: list[ScopeAsk] = []
+        """Admit locally (a Ticket), refuse locally (Denied), or the asks Redis must grant first. On every request
+        of a limited key, so one pass finds the allowances and the admitted path reuses them for the headers."""
+        allowances = self.allowances
+        found: list[_Allowance] = []
+        asks: list[ScopeAsk] | None = None
         for kind, scope, limit, amount in needs:
-            a = self._get(kind, scope)
+            a = allowances.get((kind, scope))
+            if a is None:
+                a = allowances[(kind, scope)] = _Allowance()
             if amount > limit:
                 return Denied(kind, scope, limit, 60.0, self.headers(needs, now))
             if a.denied_until > now:
                 return Denied(kind, scope, limit, a.denied_until - now, self.headers(needs, now))
             if a.usable_until <= now or a.left < amount:
+                if asks is None:
+                    asks = []
                 asks.append(ScopeAsk(kind, scope, limit, self._want(a, limit, amount, now), amount))
+            found.append(a)
         if asks:
             return asks
         taken = []
-        for kind, scope, _limit, amount in needs:
-            a = self.allowances[(kind, scope)]
+        for (kind, scope, _limit, amount), a in zip(needs, found, strict=True):
             a.left -= amount
-            self._note_use(a, amount, now)
+            if now - a.lifetime_start >= ALLOWANCE_SECONDS:
+                self._new_lifetime(a, now)
+            a.used_recently += amount
             taken.append((kind, scope, amount, a.end_ms))
-        return Ticket(tuple(taken), self.headers(needs, now))
+        return Ticket(tuple(taken), _headers(needs, found, now))
 
     @staticmethod
-    def _note_use(a: _Allowance, amount: int, now: float) -> None:
-        if now - a.lifetime_start >= ALLOWANCE_SECONDS:
-            a.used_before = a.used_recently if now - a.lifetime_start < 2 * ALLOWANCE_SECONDS else 0
-            a.used_recently = 0
-            a.lifetime_start = now
-        a.used_recently += amount
+    def _new_lifetime(a: _Allowance, now: float) -> None:
+        a.used_before = a.used_recently if now - a.lifetime_start < 2 * ALLOWANCE_SECONDS else 0
+        a.used_recently = 0
+        a.lifetime_start = now
 
     @staticmethod
     def _want(a: _Allowance, limit: int, amount: int, now: float) -> int:
@@ -175,26 +186,27 @@ class AllowanceBook:
             if a.left > 0:
                 self.corrections.append(Correction(key[0], key[1], a.end_ms, -a.left))
 
-    def _view(self, kind: str, scope: str, limit: int, now: float) -> tuple[int, int, float]:
-        """What the rate headers say about one (kind, scope): (limit, remaining, reset seconds)."""
-        a = self.allowances.get((kind, scope))
-        if a is None:
-            return limit, limit, 0.0
-        held = a.left if a.usable_until > now else 0
-        return limit, max(0, min(limit, limit - a.counted + held)), max(0.0, a.reset_at - now)
-
     def headers(self, needs: Sequence[Need], now: float) -> tuple[tuple[bytes, bytes], ...]:
-        """OpenAI's rate headers: per kind, the scope with the least left. On every response of a limited key,
-        so written for speed (no intermediate views, bytes formatting)."""
-        out: list[tuple[bytes, bytes]] = []
-        for kind, (limit_name, remaining_name, reset_name) in _HEADER_NAMES:
-            best = None
-            for k, s, limit, _ in needs:
-                if k == kind:
-                    v = self._view(k, s, limit, now)
-                    if best is None or v[1] < best[1]:
-                        best = v
-            if best is not None:
-                out += ((limit_name, b"%d" % best[0]), (remaining_name, b"%d" % best[1]),
-                        (reset_name, format_reset(best[2]).encode()))
-        return tuple(out)
+        """OpenAI's rate headers: per kind, the scope with the least left."""
+        return _headers(needs, [self.allowances.get((kind, scope)) for kind, scope, _, _ in needs], now)
+
+
+def _headers(needs: Sequence[Need], found: Sequence[_Allowance | None], now: float) -> tuple[tuple[bytes, bytes], ...]:
+    """The rate headers of `needs`, whose allowances (None: none yet) are `found`, in order. On every response
+    of a limited key, so written for speed: one pass, bytes formatting, no intermediate objects."""
+    best: dict[str, tuple[int, int, float]] = {}  # kind -> (remaining, limit, reset seconds)
+    for (kind, _scope, limit, _amount), a in zip(needs, found, strict=True):
+        if a is None:
+            view = (limit, limit, 0.0)
+        else:
+            held = a.left if a.usable_until > now else 0
+            view = (max(0, min(limit, limit - a.counted + held)), limit, max(0.0, a.reset_at - now))
+        b = best.get(kind)
+        if b is None or view[0] < b[0]:
+            best[kind] = view
+    out: list[tuple[bytes, bytes]] = []
+    for kind, (limit_name, remaining_name, reset_name) in _HEADER_NAMES:
+        b = best.get(kind)
+        if b is not None:
+            out += ((limit_name, b"%d" % b[1]), (remaining_name, b"%d" % b[0]), (reset_name, _reset(b[2])))
+    return tuple(out)

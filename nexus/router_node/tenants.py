@@ -15,9 +15,10 @@ snapshot that carries the change (`TenantBook.rebuild`, on every snapshot).
 A key that verified is remembered in this process's memory (`TenantBook.find`: presented bytes -> tenant, at
 most `MAX_VERIFIED` keys), so a busy key pays its hashes once per table, not once per request: in the gateway
 the two hashes measured 15-25 us per request (OpenSSL's per-call setup, cold between requests; 2.6 us in a
-tight loop), the largest part of what a key added (docs/tenancy.md#cost). The memory is dropped whole on every
-table rebuild and secret change, and only keys that verified enter it, so a flood of invalid keys neither
-fills it nor skips a hash. A key is never logged, and never written anywhere (Redis, logs, exports).
+tight loop), the largest part of what a key added (docs/tenancy.md#cost-of-a-key). The memory is dropped
+whole on every table rebuild and secret change, and only keys that verified enter it, so a flood of invalid
+keys neither fills it nor skips a hash. A key is never logged, and never written anywhere (Redis, logs,
+exports).
 """
 
 from __future__ import annotations
